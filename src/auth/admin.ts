@@ -1,0 +1,232 @@
+import { randomUUID } from 'node:crypto'
+import { z } from 'zod'
+import { MemidError } from '../core/errors.ts'
+import { parseDuration } from '../core/duration.ts'
+import { durationSchema, nameSchema, parseWith, principalSchema } from '../core/validate.ts'
+import type { Clock } from '../core/clock.ts'
+import type { AuditEvent, Bot, BotInstance, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store } from '../storage/store.ts'
+import { generateToken } from './tokens.ts'
+import { X509Certificate } from 'node:crypto'
+
+export const DEFAULT_TOKEN_TTL_MS = 30 * 60_000
+export const DEFAULT_BOT_MAX_TTL_MS = 12 * 3_600_000
+
+const listOf = (item: z.ZodType<string>) => z.array(item).max(64).default([])
+const grant = z.union([z.literal('*'), nameSchema])
+
+const roleInput = z.strictObject({
+  name: nameSchema,
+  logins: listOf(principalSchema),
+  kubeClusters: listOf(grant),
+  kubeUsers: listOf(principalSchema),
+  kubeGroups: listOf(principalSchema),
+  databases: listOf(grant),
+  dbUsers: listOf(z.union([z.literal('*'), principalSchema])),
+  dbNames: listOf(z.union([z.literal('*'), principalSchema])),
+})
+
+const botInput = z.strictObject({
+  name: nameSchema,
+  roles: z.array(nameSchema).min(1, 'at least one role is required').max(32),
+  maxTtl: durationSchema.optional(),
+})
+
+const tokenInput = z.strictObject({
+  bot: nameSchema,
+  ttl: durationSchema.optional(),
+  joinMethod: z.literal('token').default('token'),
+})
+
+const resourceInput = z.strictObject({
+  name: nameSchema,
+  uri: z.string().max(512),
+  caPem: z.string().max(65536).optional(),
+})
+
+const lockInput = z.strictObject({
+  bot: nameSchema.optional(),
+  instance: z.string().uuid().optional(),
+  reason: z.string().max(512).optional(),
+}).refine((v) => (v.bot === undefined) !== (v.instance === undefined), 'give exactly one of bot or instance')
+
+const auditInput = z.strictObject({
+  since: durationSchema.optional(),
+  type: z.string().max(64).optional(),
+  bot: nameSchema.optional(),
+  limit: z.number().int().min(1).max(10000).optional(),
+})
+
+/** A join token as shown to admins: the secret only once, at creation. */
+export interface CreatedToken {
+  name: string
+  bot: string
+  token: string
+  expiresAt: string
+}
+
+export type PublicToken = Omit<JoinToken, 'secretHash'>
+
+const URI_RULES: Record<ResourceKind, { schemes: string[]; example: string }> = {
+  kube: { schemes: ['https:'], example: 'https://HOST:PORT' },
+  db: { schemes: ['postgres:', 'postgresql:', 'tls:'], example: 'postgres://HOST:PORT' },
+}
+
+/**
+ * Admin operations behind the admin socket. Every change is audited; inputs are parsed
+ * here, at the edge, and bad ones change nothing.
+ */
+export class AdminService {
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #audit: (ev: NewAuditEvent) => Promise<void>
+
+  constructor(deps: { store: Store; clock: Clock; audit: (ev: NewAuditEvent) => Promise<void> }) {
+    this.#store = deps.store
+    this.#clock = deps.clock
+    this.#audit = deps.audit
+  }
+
+  #now(): string {
+    return new Date(this.#clock.now()).toISOString()
+  }
+
+  async #changed(type: string, fields: Record<string, unknown>, bot?: string): Promise<void> {
+    await this.#audit({ type, success: true, ...(bot !== undefined ? { bot } : {}), fields: { by: 'admin', ...fields } })
+  }
+
+  async addRole(body: unknown): Promise<Role> {
+    const input = parseWith(roleInput, body)
+    const role: Role = { ...input, createdAt: this.#now() }
+    await this.#store.createRole(role)
+    await this.#changed('role.created', { role: role.name })
+    return role
+  }
+
+  listRoles(): Promise<Role[]> {
+    return this.#store.listRoles()
+  }
+
+  async removeRole(name: string): Promise<void> {
+    const users = (await this.#store.listBots()).filter((b) => b.roles.includes(name)).map((b) => b.name)
+    if (users.length > 0) throw new MemidError('ERR_BAD_REQUEST', `role "${name}" is used by bot${users.length > 1 ? 's' : ''} ${users.join(', ')}; remove it from them first`)
+    if (!(await this.#store.deleteRole(name))) throw new MemidError('ERR_NOT_FOUND', `role "${name}" does not exist`)
+    await this.#changed('role.deleted', { role: name })
+  }
+
+  async addBot(body: unknown): Promise<{ bot: Bot; token: CreatedToken }> {
+    const input = parseWith(botInput, body)
+    for (const r of input.roles) {
+      if ((await this.#store.getRole(r)) === undefined) throw new MemidError('ERR_NOT_FOUND', `role "${r}" does not exist (memid roles add ${r})`)
+    }
+    const bot: Bot = { name: input.name, roles: input.roles, maxTtlMs: input.maxTtl ? (parseDuration(input.maxTtl) as number) : DEFAULT_BOT_MAX_TTL_MS, createdAt: this.#now() }
+    await this.#store.createBot(bot)
+    await this.#changed('bot.created', { roles: bot.roles, maxTtlSeconds: bot.maxTtlMs / 1000 }, bot.name)
+    const token = await this.addToken({ bot: bot.name })
+    return { bot, token }
+  }
+
+  listBots(): Promise<Bot[]> {
+    return this.#store.listBots()
+  }
+
+  async removeBot(name: string): Promise<void> {
+    if (!(await this.#store.deleteBot(name))) throw new MemidError('ERR_NOT_FOUND', `bot "${name}" does not exist`)
+    await this.#changed('bot.deleted', {}, name)
+  }
+
+  async addToken(body: unknown): Promise<CreatedToken> {
+    const input = parseWith(tokenInput, body)
+    if ((await this.#store.getBot(input.bot)) === undefined) throw new MemidError('ERR_NOT_FOUND', `bot "${input.bot}" does not exist`)
+    const ttlMs = input.ttl ? (parseDuration(input.ttl) as number) : DEFAULT_TOKEN_TTL_MS
+    if (ttlMs < 1000) throw new MemidError('ERR_BAD_REQUEST', 'ttl: must be at least 1s')
+    const t = generateToken()
+    const now = this.#clock.now()
+    const expiresAt = new Date(now + ttlMs).toISOString()
+    await this.#store.createToken({ name: t.name, bot: input.bot, joinMethod: 'token', secretHash: t.secretHash, createdAt: new Date(now).toISOString(), expiresAt })
+    await this.#changed('token.created', { tokenName: t.name, expiresAt }, input.bot)
+    return { name: t.name, bot: input.bot, token: t.value, expiresAt }
+  }
+
+  async listTokens(): Promise<PublicToken[]> {
+    return (await this.#store.listTokens()).map(({ secretHash: _s, ...rest }) => rest)
+  }
+
+  async removeToken(name: string): Promise<void> {
+    if (!(await this.#store.deleteToken(name))) throw new MemidError('ERR_NOT_FOUND', `token "${name}" does not exist`)
+    await this.#changed('token.deleted', { tokenName: name })
+  }
+
+  async addResource(kind: ResourceKind, body: unknown): Promise<Resource> {
+    const input = parseWith(resourceInput, body)
+    const rule = URI_RULES[kind]
+    let url: URL
+    try {
+      url = new URL(input.uri)
+    } catch {
+      throw new MemidError('ERR_BAD_REQUEST', `uri: must look like ${rule.example}`)
+    }
+    if (!rule.schemes.includes(url.protocol) || url.hostname === '' || url.username || url.password || (url.pathname !== '' && url.pathname !== '/') || url.search) {
+      throw new MemidError('ERR_BAD_REQUEST', `uri: must look like ${rule.example} (no user, password, path or query)`)
+    }
+    if (input.caPem !== undefined) {
+      try {
+        new X509Certificate(input.caPem)
+      } catch {
+        throw new MemidError('ERR_BAD_REQUEST', 'caPem: is not a PEM certificate')
+      }
+    }
+    const res: Resource = { kind, name: input.name, uri: `${url.protocol}//${url.host}`, createdAt: this.#now(), ...(input.caPem ? { caPem: input.caPem } : {}) }
+    await this.#store.putResource(res)
+    await this.#changed(`${kind}.created`, { name: res.name, uri: res.uri })
+    return res
+  }
+
+  listResources(kind: ResourceKind): Promise<Resource[]> {
+    return this.#store.listResources(kind)
+  }
+
+  async removeResource(kind: ResourceKind, name: string): Promise<void> {
+    if (!(await this.#store.deleteResource(kind, name))) throw new MemidError('ERR_NOT_FOUND', `${kind === 'kube' ? 'kube cluster' : 'database'} "${name}" does not exist`)
+    await this.#changed(`${kind}.deleted`, { name })
+  }
+
+  listInstances(bot?: string): Promise<BotInstance[]> {
+    return this.#store.listInstances(bot)
+  }
+
+  async getInstance(bot: string, id: string): Promise<BotInstance> {
+    const i = await this.#store.getInstance(id)
+    if (i === undefined || i.bot !== bot) throw new MemidError('ERR_NOT_FOUND', `bot instance ${bot}/${id} does not exist`)
+    return i
+  }
+
+  async addLock(body: unknown): Promise<Lock> {
+    const input = parseWith(lockInput, body)
+    const lock: Lock = { id: randomUUID(), reason: input.reason ?? 'locked by an administrator', createdAt: this.#now() }
+    if (input.bot !== undefined) lock.bot = input.bot
+    if (input.instance !== undefined) lock.instance = input.instance
+    await this.#store.createLock(lock)
+    await this.#audit({ type: 'lock.created', success: true, ...(lock.bot ? { bot: lock.bot } : {}), ...(lock.instance ? { instance: lock.instance } : {}), message: lock.reason, fields: { by: 'admin', lock: lock.id } })
+    return lock
+  }
+
+  listLocks(): Promise<Lock[]> {
+    return this.#store.listLocks()
+  }
+
+  async removeLock(id: string): Promise<void> {
+    if (!(await this.#store.deleteLock(id))) throw new MemidError('ERR_NOT_FOUND', `lock ${id} does not exist`)
+    await this.#changed('lock.deleted', { lock: id })
+  }
+
+  async audit(body: unknown): Promise<AuditEvent[]> {
+    const q = parseWith(auditInput, body)
+    const since = q.since !== undefined ? new Date(this.#clock.now() - (parseDuration(q.since) as number)).toISOString() : undefined
+    return this.#store.queryAudit({
+      ...(since !== undefined ? { since } : {}),
+      ...(q.type !== undefined ? { type: q.type } : {}),
+      ...(q.bot !== undefined ? { bot: q.bot } : {}),
+      ...(q.limit !== undefined ? { limit: q.limit } : {}),
+    })
+  }
+}

@@ -1,0 +1,326 @@
+import { createPublicKey, randomUUID, type KeyObject } from 'node:crypto'
+import type { Logger } from '../core/log.ts'
+import { MemidError } from '../core/errors.ts'
+import { parseDuration } from '../core/duration.ts'
+import type { Clock } from '../core/clock.ts'
+import type { Authentication, Bot, BotInstance, NewAuditEvent, Role, Store } from '../storage/store.ts'
+import { INSTANCE_HISTORY } from '../storage/store.ts'
+import type {
+  CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, KubeCertRequest,
+  KubeCertResponse, RenewRequest, SshCertRequest, SshCertResponse,
+} from './api-types.ts'
+import { issueBotIdentity, readBotClaims, type BotClaims } from './bot-identity.ts'
+import type { CaSet } from './cas.ts'
+import { secretMatches, splitToken } from './tokens.ts'
+import type { IssueContext } from './issuer.ts'
+import { issueKubeCertificate } from './issue-kube.ts'
+import { issueDbCertificate } from './issue-db.ts'
+import { issueSshCertificate } from './issue-ssh.ts'
+
+/** The shortest certificate TTL we issue: below this renewals could not keep up. */
+export const MIN_TTL_MS = 5_000
+export const DEFAULT_TTL_MS = 3_600_000
+
+/** The peer of an agent-facing request, as the TLS layer saw it. */
+export interface Peer {
+  remoteAddr: string
+  /** DER of the client certificate, present only when it verified against the bot CA. */
+  certificate?: Buffer
+}
+
+interface Authenticated {
+  claims: BotClaims
+  bot: Bot
+  instance: BotInstance
+}
+
+/** Thrown inside a store transaction when a stale generation is presented. */
+class StaleGeneration extends Error {
+  readonly expected: string
+
+  constructor(expected: string) {
+    super('stale generation')
+    this.expected = expected
+  }
+}
+
+/**
+ * The auth service's agent-facing operations, independent of HTTP: join, renew (with the
+ * generation counter and its confirmation step), heartbeat and certificate issuance.
+ */
+export class AuthService {
+  readonly #store: Store
+  readonly #cas: CaSet
+  readonly #clock: Clock
+  readonly #log: Logger
+
+  constructor(deps: { store: Store; cas: CaSet; clock: Clock; logger: Logger }) {
+    this.#store = deps.store
+    this.#cas = deps.cas
+    this.#clock = deps.clock
+    this.#log = deps.logger
+  }
+
+  async audit(ev: NewAuditEvent): Promise<void> {
+    try {
+      await this.#store.appendAudit(ev)
+    } catch (err) {
+      this.#log.error({ type: ev.type, err: (err as Error).message }, 'cannot write audit event')
+    }
+  }
+
+  cas(): CasResponse {
+    return {
+      clusterName: this.#cas.clusterName,
+      tls: this.#cas.tls.certPem,
+      sshHost: this.#cas.sshHost.publicLine,
+      sshUser: this.#cas.sshUser.publicLine,
+    }
+  }
+
+  async join(req: JoinRequest, peer: Peer): Promise<IdentityResponse> {
+    const now = this.#clock.now()
+    const parts = splitToken(req.token)
+    const tokenName = parts?.name
+    try {
+      if (parts === undefined) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
+      const publicKey = parseAgentKey(req.publicKey, 'ec')
+      const token = await this.#store.getToken(parts.name)
+      const bot = token && (await this.#store.getBot(token.bot))
+      const instanceId = randomUUID()
+      const instance = await this.#store.consumeToken(parts.name, (t) => {
+        if (t === undefined || !secretMatches(parts.secret, t.secretHash)) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
+        if (t.usedAt !== undefined) throw new MemidError('ERR_TOKEN_USED', `join token ${t.name} was already used`)
+        if (Date.parse(t.expiresAt) <= now) throw new MemidError('ERR_TOKEN_EXPIRED', `join token ${t.name} expired at ${t.expiresAt}`)
+        if (bot === undefined || bot.name !== t.bot) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${t.bot}" no longer exists`)
+        const auth: Authentication = { time: new Date(now).toISOString(), joinMethod: 'token', remoteAddr: peer.remoteAddr, generation: 1 }
+        return {
+          id: instanceId, bot: t.bot, joinMethod: 'token', tokenName: t.name, createdAt: auth.time,
+          generation: 1, pendingGeneration: null, pendingRetries: 0,
+          initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
+        }
+      })
+      const realBot = bot as Bot
+      const locks = await this.#store.locksFor(realBot.name, instance.id)
+      if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${realBot.name}" is locked: ${locks[0]?.reason}`)
+      const ttlMs = clampTtl(req.ttl, realBot)
+      const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: realBot.name, instanceId: instance.id, generation: 1 }, ttlMs, now)
+      await this.audit({ type: 'join', success: true, bot: realBot.name, instance: instance.id, remoteAddr: peer.remoteAddr, fields: { joinMethod: 'token', tokenName: instance.tokenName } })
+      await this.#auditIssued('bot', realBot.name, instance.id, peer, cert.serial, ttlMs, { generation: 1 })
+      this.#log.info({ bot: realBot.name, instance: instance.id, remoteAddr: peer.remoteAddr }, 'bot joined')
+      return identityResponse(realBot.name, instance.id, 1, cert)
+    } catch (err) {
+      const e = asMemidError(err)
+      await this.audit({
+        type: 'join.failed', success: false, code: e.code, message: e.message, remoteAddr: peer.remoteAddr,
+        fields: { joinMethod: req.joinMethod, ...(tokenName !== undefined ? { tokenName } : {}) },
+      })
+      throw e
+    }
+  }
+
+  /** Verifies the caller's bot identity, that the bot and instance exist and that nothing locks them. */
+  async #authenticate(peer: Peer, op: string): Promise<Authenticated> {
+    const claims = peer.certificate && readBotClaims(peer.certificate)
+    if (claims === undefined) throw new MemidError('ERR_UNAUTHENTICATED', `${op} needs a valid bot identity (client certificate from the bot CA)`)
+    try {
+      const bot = await this.#store.getBot(claims.bot)
+      if (bot === undefined) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${claims.bot}" was deleted`)
+      const instance = await this.#store.getInstance(claims.instanceId)
+      if (instance === undefined || instance.bot !== claims.bot) {
+        throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${claims.instanceId} does not exist`)
+      }
+      const locks = await this.#store.locksFor(bot.name, instance.id)
+      if (locks.length > 0) {
+        const l = locks[0] as (typeof locks)[number]
+        throw new MemidError('ERR_LOCKED', `${l.instance ? `bot instance ${l.instance}` : `bot "${l.bot}"`} is locked: ${l.reason}`)
+      }
+      return { claims, bot, instance }
+    } catch (err) {
+      const e = asMemidError(err)
+      await this.audit({ type: `${op}.failed`, success: false, code: e.code, message: e.message, bot: claims.bot, instance: claims.instanceId, remoteAddr: peer.remoteAddr, fields: { generation: claims.generation } })
+      throw e
+    }
+  }
+
+  /**
+   * A stale generation means the identity was copied: lock the instance, audit, refuse.
+   * The lock is what makes every later request of either copy fail.
+   */
+  async #onStale(a: Authenticated, peer: Peer, op: string, expected: string): Promise<never> {
+    const reason = `generation mismatch on ${op}: presented ${a.claims.generation}, expected ${expected} (identity copied?)`
+    await this.#store.createLock({ id: randomUUID(), instance: a.instance.id, reason, createdAt: new Date(this.#clock.now()).toISOString() })
+    await this.audit({ type: 'generation.mismatch', success: false, code: 'ERR_STALE_GENERATION', message: reason, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { presented: a.claims.generation, expected } })
+    await this.audit({ type: 'lock.created', success: true, bot: a.bot.name, instance: a.instance.id, message: reason, fields: { by: 'auth-service' } })
+    this.#log.warn({ bot: a.bot.name, instance: a.instance.id, presented: a.claims.generation, expected }, 'stale generation: instance locked')
+    throw new MemidError('ERR_STALE_GENERATION', `bot instance ${a.instance.id} presented a stale identity (generation ${a.claims.generation}, expected ${expected}); it is now locked`)
+  }
+
+  /**
+   * Renewal. With no renewal outstanding the caller must present the current generation
+   * and moves to a pending next one. A pending generation becomes current when the agent
+   * first uses it (this renewal, a heartbeat or a certificate request). Until then the
+   * previous generation may retry once — the response may have been lost — and gets a
+   * fresh pending generation; anything else is a copied identity.
+   */
+  async renew(req: RenewRequest, peer: Peer): Promise<IdentityResponse> {
+    const a = await this.#authenticate(peer, 'renew')
+    const now = this.#clock.now()
+    const publicKey = parseAgentKey(req.publicKey, 'ec')
+    const g = a.claims.generation
+    let next = 0
+    let retried = false
+    try {
+      await this.#store.updateInstance(a.instance.id, (cur) => {
+        if (cur === undefined) throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${a.instance.id} does not exist`)
+        const inst = { ...cur }
+        if (inst.pendingGeneration !== null && g === inst.pendingGeneration) {
+          inst.generation = g
+          inst.pendingGeneration = null
+          inst.pendingRetries = 0
+        }
+        if (inst.pendingGeneration === null) {
+          if (g !== inst.generation) throw new StaleGeneration(String(inst.generation))
+          next = inst.generation + 1
+          inst.pendingRetries = 0
+        } else {
+          if (g !== inst.generation || inst.pendingRetries >= 1) {
+            throw new StaleGeneration(inst.pendingRetries >= 1 ? String(inst.pendingGeneration) : `${inst.generation} or ${inst.pendingGeneration}`)
+          }
+          next = inst.pendingGeneration + 1
+          inst.pendingRetries += 1
+          retried = true
+        }
+        inst.pendingGeneration = next
+        inst.latestAuthentications = [...inst.latestAuthentications, { time: new Date(now).toISOString(), joinMethod: inst.joinMethod, remoteAddr: peer.remoteAddr, generation: next }].slice(-INSTANCE_HISTORY)
+        return inst
+      })
+    } catch (err) {
+      if (err instanceof StaleGeneration) return this.#onStale(a, peer, 'renew', err.expected)
+      throw err
+    }
+    const ttlMs = clampTtl(req.ttl, a.bot)
+    const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: a.bot.name, instanceId: a.instance.id, generation: next }, ttlMs, now)
+    await this.audit({ type: 'renew', success: true, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { from: g, generation: next, retry: retried } })
+    await this.#auditIssued('bot', a.bot.name, a.instance.id, peer, cert.serial, ttlMs, { generation: next })
+    return identityResponse(a.bot.name, a.instance.id, next, cert)
+  }
+
+  /** Accepts the current or the pending generation (confirming the pending one). */
+  async #checkGeneration(a: Authenticated, peer: Peer, op: string, record?: (i: BotInstance) => void): Promise<void> {
+    const g = a.claims.generation
+    try {
+      await this.#store.updateInstance(a.instance.id, (cur) => {
+        if (cur === undefined) throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${a.instance.id} does not exist`)
+        const inst = { ...cur }
+        if (inst.pendingGeneration !== null && g === inst.pendingGeneration) {
+          inst.generation = g
+          inst.pendingGeneration = null
+          inst.pendingRetries = 0
+        } else if (g !== inst.generation) {
+          throw new StaleGeneration(inst.pendingGeneration === null ? String(inst.generation) : `${inst.generation} or ${inst.pendingGeneration}`)
+        }
+        record?.(inst)
+        return inst
+      })
+    } catch (err) {
+      if (err instanceof StaleGeneration) return this.#onStale(a, peer, op, err.expected)
+      throw err
+    }
+  }
+
+  async heartbeat(req: HeartbeatRequest, peer: Peer): Promise<{ generation: number }> {
+    const a = await this.#authenticate(peer, 'heartbeat')
+    const time = new Date(this.#clock.now()).toISOString()
+    await this.#checkGeneration(a, peer, 'heartbeat', (inst) => {
+      inst.heartbeats = [...inst.heartbeats, { time, ...req }].slice(-INSTANCE_HISTORY)
+    })
+    return { generation: a.claims.generation }
+  }
+
+  async #issue<Req extends { publicKey: string; ttl?: string | undefined }, Res extends { serial: string }>(
+    kind: 'ssh' | 'kube' | 'db', req: Req, peer: Peer, keyType: 'any' | 'ec',
+    fn: (ctx: IssueContext, req: Req) => Promise<Res>, describe: (res: Res) => Record<string, unknown>,
+  ): Promise<Res> {
+    const a = await this.#authenticate(peer, `cert.${kind}`)
+    await this.#checkGeneration(a, peer, `cert.${kind}`)
+    const now = this.#clock.now()
+    const { publicKey: _pk, ...asked } = req
+    try {
+      const roles = await this.#roles(a.bot)
+      const ttlMs = Math.min(clampTtl(req.ttl, a.bot), a.claims.notAfter.getTime() - now)
+      if (ttlMs < 1000) throw new MemidError('ERR_IDENTITY_EXPIRED', 'the bot identity expires too soon to issue certificates; renew first')
+      const ctx: IssueContext = { bot: a.bot, instance: a.instance, roles, cas: this.#cas, store: this.#store, publicKey: parseAgentKey(req.publicKey, keyType), ttlMs, now }
+      const res = await fn(ctx, req)
+      await this.#auditIssued(kind, a.bot.name, a.instance.id, peer, res.serial, ttlMs, describe(res))
+      return res
+    } catch (err) {
+      const e = asMemidError(err)
+      await this.audit({ type: 'cert.denied', success: false, code: e.code, message: e.message, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { kind, ...asked } })
+      throw e
+    }
+  }
+
+  issueSsh(req: SshCertRequest, peer: Peer): Promise<SshCertResponse> {
+    return this.#issue('ssh', req, peer, 'any', issueSshCertificate, (r) => ({ principals: r.principals, keyId: r.keyId }))
+  }
+
+  issueKube(req: KubeCertRequest, peer: Peer): Promise<KubeCertResponse> {
+    return this.#issue('kube', req, peer, 'ec', issueKubeCertificate, (r) => ({ user: r.user, groups: r.groups, cluster: r.upstream.name }))
+  }
+
+  issueDb(req: DbCertRequest, peer: Peer): Promise<DbCertResponse> {
+    return this.#issue('db', req, peer, 'ec', issueDbCertificate, (r) => ({ user: r.user, service: r.upstream.name }))
+  }
+
+  async #roles(bot: Bot): Promise<Role[]> {
+    const roles: Role[] = []
+    for (const name of bot.roles) {
+      const r = await this.#store.getRole(name)
+      if (r !== undefined) roles.push(r)
+    }
+    return roles
+  }
+
+  async #auditIssued(kind: string, bot: string, instance: string, peer: Peer, serial: string, ttlMs: number, fields: Record<string, unknown>): Promise<void> {
+    await this.audit({ type: 'cert.issued', success: true, bot, instance, remoteAddr: peer.remoteAddr, fields: { kind, serial, ttlSeconds: Math.round(ttlMs / 1000), ...fields } })
+  }
+}
+
+function identityResponse(bot: string, instanceId: string, generation: number, cert: { pem: string; serial: string; notBefore: Date; notAfter: Date }): IdentityResponse {
+  return {
+    certificate: cert.pem, bot, instanceId, generation, serial: cert.serial,
+    notBefore: cert.notBefore.toISOString(), notAfter: cert.notAfter.toISOString(),
+  }
+}
+
+/** Requested TTL, defaulting to 1h, clamped to the bot's max TTL; too short is refused. */
+function clampTtl(ttl: string | undefined, bot: Bot): number {
+  const asked = ttl === undefined ? DEFAULT_TTL_MS : (parseDuration(ttl) as number)
+  if (asked < MIN_TTL_MS) throw new MemidError('ERR_BAD_REQUEST', `ttl: must be at least ${MIN_TTL_MS / 1000}s`)
+  return Math.min(asked, bot.maxTtlMs)
+}
+
+/** Parses an agent's SPKI PEM public key; `ec` demands P-256 (TLS client identities). */
+function parseAgentKey(pem: string, want: 'ec' | 'any'): KeyObject {
+  let key: KeyObject
+  try {
+    key = createPublicKey({ key: pem, format: 'pem' })
+  } catch {
+    throw new MemidError('ERR_BAD_REQUEST', 'publicKey: must be a PEM SubjectPublicKeyInfo public key')
+  }
+  const t = key.asymmetricKeyType
+  if (want === 'ec' && !(t === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1')) {
+    throw new MemidError('ERR_BAD_REQUEST', 'publicKey: must be an ECDSA P-256 key')
+  }
+  if (want === 'any') {
+    const ok = t === 'ed25519' || (t === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') || (t === 'rsa' && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048)
+    if (!ok) throw new MemidError('ERR_BAD_REQUEST', 'publicKey: must be Ed25519, ECDSA P-256 or RSA (2048 bits or more)')
+  }
+  return key
+}
+
+function asMemidError(err: unknown): MemidError {
+  if (err instanceof MemidError) return err
+  return new MemidError('ERR_INTERNAL', 'internal error', { cause: err })
+}

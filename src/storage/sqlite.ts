@@ -1,0 +1,387 @@
+import { DatabaseSync } from 'node:sqlite'
+import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
+import { MemidError } from '../core/errors.ts'
+import {
+  INSTANCE_HISTORY,
+  type AuditEvent, type AuditQuery, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock,
+  type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store, type StoredCa,
+} from './store.ts'
+
+/**
+ * Versioned migrations. The SQL is kept portable (TEXT, INTEGER, BLOB-as-bytea, no
+ * SQLite-only functions) so the PostgreSQL backend can share it; the one dialect
+ * difference is the audit id column, which PostgreSQL writes as an identity column.
+ */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE cas (kind TEXT PRIMARY KEY, private_key BLOB NOT NULL, public_material TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE roles (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE bots (name TEXT PRIMARY KEY, roles TEXT NOT NULL, max_ttl_ms INTEGER NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE join_tokens (name TEXT PRIMARY KEY, bot TEXT NOT NULL, join_method TEXT NOT NULL, secret_hash TEXT NOT NULL,
+     created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT, used_by_instance TEXT);
+   CREATE TABLE bot_instances (id TEXT PRIMARY KEY, bot TEXT NOT NULL, generation INTEGER NOT NULL, pending_generation INTEGER,
+     pending_retries INTEGER NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL);
+   CREATE INDEX bot_instances_bot ON bot_instances (bot);
+   CREATE TABLE locks (id TEXT PRIMARY KEY, bot TEXT, instance TEXT, reason TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE resources (kind TEXT NOT NULL, name TEXT NOT NULL, uri TEXT NOT NULL, ca_pem TEXT, created_at TEXT NOT NULL,
+     PRIMARY KEY (kind, name));
+   CREATE TABLE audit_events (id INTEGER PRIMARY KEY, time TEXT NOT NULL, type TEXT NOT NULL, success INTEGER NOT NULL,
+     code TEXT, message TEXT, bot TEXT, instance TEXT, remote_addr TEXT, fields TEXT NOT NULL);
+   CREATE INDEX audit_events_time ON audit_events (time);`,
+]
+
+type Row = Record<string, unknown>
+
+const str = (v: unknown): string => String(v)
+const optStr = (v: unknown): string | undefined => (v === null || v === undefined ? undefined : String(v))
+
+/** The SQLite backend on node:sqlite (no native build). `:memory:` gives a throwaway store. */
+export class SqliteStore implements Store {
+  readonly #db: DatabaseSync
+
+  private constructor(db: DatabaseSync) {
+    this.#db = db
+  }
+
+  /**
+   * Opens (creating if needed) the database file with mode 0600 — it holds the CA
+   * private keys — and applies pending migrations.
+   */
+  static open(path: string): SqliteStore {
+    if (path !== ':memory:' && !existsSync(path)) {
+      const old = process.umask(0o077)
+      try {
+        closeSync(openSync(path, 'a', 0o600))
+      } finally {
+        process.umask(old)
+      }
+    }
+    if (path !== ':memory:') chmodSync(path, 0o600)
+    let db: DatabaseSync
+    try {
+      db = new DatabaseSync(path)
+      db.exec('PRAGMA busy_timeout = 5000')
+      if (path !== ':memory:') db.exec('PRAGMA journal_mode = WAL')
+      db.exec('PRAGMA foreign_keys = ON')
+    } catch (err) {
+      throw new MemidError('ERR_STORAGE', `cannot open the store ${path}: ${(err as Error).message}`)
+    }
+    const store = new SqliteStore(db)
+    store.#migrate()
+    return store
+  }
+
+  #migrate(): void {
+    this.#db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)')
+    const row = this.#db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as Row | undefined
+    const current = Number(row?.v ?? 0)
+    if (current > MIGRATIONS.length) {
+      throw new MemidError('ERR_STORAGE', `the store has schema version ${current}, newer than this memid (${MIGRATIONS.length}); upgrade memid`)
+    }
+    for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+      this.#tx(() => {
+        this.#db.exec(MIGRATIONS[v - 1] as string)
+        this.#db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(v, new Date().toISOString())
+      })
+    }
+  }
+
+  #tx<T>(fn: () => T): T {
+    this.#db.exec('BEGIN IMMEDIATE')
+    try {
+      const out = fn()
+      this.#db.exec('COMMIT')
+      return out
+    } catch (err) {
+      this.#db.exec('ROLLBACK')
+      throw err
+    }
+  }
+
+  #get(sql: string, ...args: (string | number | null | Buffer)[]): Row | undefined {
+    return this.#db.prepare(sql).get(...args) as Row | undefined
+  }
+
+  #all(sql: string, ...args: (string | number | null | Buffer)[]): Row[] {
+    return this.#db.prepare(sql).all(...args) as Row[]
+  }
+
+  #run(sql: string, ...args: (string | number | null | Buffer)[]): number {
+    return Number(this.#db.prepare(sql).run(...args).changes)
+  }
+
+  #insert(what: string, fn: () => void): void {
+    try {
+      fn()
+    } catch (err) {
+      if (String((err as Error).message).includes('UNIQUE')) throw new MemidError('ERR_ALREADY_EXISTS', `${what} already exists`)
+      throw err
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#db.isOpen) this.#db.close()
+  }
+
+  async getCa(kind: CaKind): Promise<StoredCa | undefined> {
+    const r = this.#get('SELECT * FROM cas WHERE kind = ?', kind)
+    return r && caFromRow(r)
+  }
+
+  async putCaIfAbsent(ca: StoredCa): Promise<StoredCa> {
+    return this.#tx(() => {
+      const r = this.#get('SELECT * FROM cas WHERE kind = ?', ca.kind)
+      if (r) return caFromRow(r)
+      this.#run('INSERT INTO cas (kind, private_key, public_material, created_at) VALUES (?, ?, ?, ?)',
+        ca.kind, ca.privateKeyDer, ca.publicMaterial, ca.createdAt)
+      return ca
+    })
+  }
+
+  async createRole(role: Role): Promise<void> {
+    const { name, createdAt, ...spec } = role
+    this.#insert(`role "${name}"`, () =>
+      this.#run('INSERT INTO roles (name, spec, created_at) VALUES (?, ?, ?)', name, JSON.stringify(spec), createdAt))
+  }
+
+  async getRole(name: string): Promise<Role | undefined> {
+    const r = this.#get('SELECT * FROM roles WHERE name = ?', name)
+    return r && roleFromRow(r)
+  }
+
+  async listRoles(): Promise<Role[]> {
+    return this.#all('SELECT * FROM roles ORDER BY name').map(roleFromRow)
+  }
+
+  async deleteRole(name: string): Promise<boolean> {
+    return this.#run('DELETE FROM roles WHERE name = ?', name) > 0
+  }
+
+  async createBot(bot: Bot): Promise<void> {
+    this.#insert(`bot "${bot.name}"`, () =>
+      this.#run('INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES (?, ?, ?, ?)',
+        bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt))
+  }
+
+  async getBot(name: string): Promise<Bot | undefined> {
+    const r = this.#get('SELECT * FROM bots WHERE name = ?', name)
+    return r && botFromRow(r)
+  }
+
+  async listBots(): Promise<Bot[]> {
+    return this.#all('SELECT * FROM bots ORDER BY name').map(botFromRow)
+  }
+
+  async deleteBot(name: string): Promise<boolean> {
+    return this.#tx(() => {
+      this.#run('DELETE FROM join_tokens WHERE bot = ? AND used_at IS NULL', name)
+      return this.#run('DELETE FROM bots WHERE name = ?', name) > 0
+    })
+  }
+
+  async createToken(t: JoinToken): Promise<void> {
+    this.#insert(`token "${t.name}"`, () =>
+      this.#run('INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)',
+        t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt))
+  }
+
+  async getToken(name: string): Promise<JoinToken | undefined> {
+    const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)
+    return r && tokenFromRow(r)
+  }
+
+  async listTokens(): Promise<JoinToken[]> {
+    return this.#all('SELECT * FROM join_tokens ORDER BY created_at, name').map(tokenFromRow)
+  }
+
+  async deleteToken(name: string): Promise<boolean> {
+    return this.#run('DELETE FROM join_tokens WHERE name = ?', name) > 0
+  }
+
+  async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(() => {
+      const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)
+      const instance = decide(r && tokenFromRow(r))
+      this.#run('UPDATE join_tokens SET used_at = ?, used_by_instance = ? WHERE name = ? AND used_at IS NULL',
+        instance.createdAt, instance.id, name)
+      this.#writeInstance(instance, true)
+      return instance
+    })
+  }
+
+  #writeInstance(i: BotInstance, create: boolean): void {
+    const data = JSON.stringify({
+      joinMethod: i.joinMethod,
+      tokenName: i.tokenName,
+      initialAuthentication: i.initialAuthentication,
+      latestAuthentications: i.latestAuthentications.slice(-INSTANCE_HISTORY),
+      heartbeats: i.heartbeats.slice(-INSTANCE_HISTORY),
+    })
+    if (create) {
+      this.#run('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data)
+    } else {
+      this.#run('UPDATE bot_instances SET generation = ?, pending_generation = ?, pending_retries = ?, data = ? WHERE id = ?',
+        i.generation, i.pendingGeneration, i.pendingRetries, data, i.id)
+    }
+  }
+
+  async getInstance(id: string): Promise<BotInstance | undefined> {
+    const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
+    return r && instanceFromRow(r)
+  }
+
+  async listInstances(bot?: string): Promise<BotInstance[]> {
+    const rows = bot === undefined
+      ? this.#all('SELECT * FROM bot_instances ORDER BY created_at, id')
+      : this.#all('SELECT * FROM bot_instances WHERE bot = ? ORDER BY created_at, id', bot)
+    return rows.map(instanceFromRow)
+  }
+
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(() => {
+      const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
+      const next = decide(r && instanceFromRow(r))
+      this.#writeInstance(next, false)
+      return next
+    })
+  }
+
+  async createLock(lock: Lock): Promise<void> {
+    this.#insert(`lock "${lock.id}"`, () =>
+      this.#run('INSERT INTO locks (id, bot, instance, reason, created_at) VALUES (?, ?, ?, ?, ?)',
+        lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt))
+  }
+
+  async listLocks(): Promise<Lock[]> {
+    return this.#all('SELECT * FROM locks ORDER BY created_at, id').map(lockFromRow)
+  }
+
+  async deleteLock(id: string): Promise<boolean> {
+    return this.#run('DELETE FROM locks WHERE id = ?', id) > 0
+  }
+
+  async locksFor(bot: string, instance: string): Promise<Lock[]> {
+    return this.#all('SELECT * FROM locks WHERE bot = ? OR instance = ? ORDER BY created_at', bot, instance).map(lockFromRow)
+  }
+
+  async putResource(res: Resource): Promise<void> {
+    this.#insert(`${res.kind === 'kube' ? 'kube cluster' : 'database'} "${res.name}"`, () =>
+      this.#run('INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES (?, ?, ?, ?, ?)',
+        res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt))
+  }
+
+  async getResource(kind: ResourceKind, name: string): Promise<Resource | undefined> {
+    const r = this.#get('SELECT * FROM resources WHERE kind = ? AND name = ?', kind, name)
+    return r && resourceFromRow(r)
+  }
+
+  async listResources(kind: ResourceKind): Promise<Resource[]> {
+    return this.#all('SELECT * FROM resources WHERE kind = ? ORDER BY name', kind).map(resourceFromRow)
+  }
+
+  async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
+    return this.#run('DELETE FROM resources WHERE kind = ? AND name = ?', kind, name) > 0
+  }
+
+  async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
+    const time = ev.time ?? new Date().toISOString()
+    const res = this.#db.prepare(
+      'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    ).run(time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
+      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {}))
+    return { ...ev, id: Number(res.lastInsertRowid), time }
+  }
+
+  async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
+    const where: string[] = []
+    const args: (string | number)[] = []
+    if (q.since !== undefined) { where.push('time >= ?'); args.push(q.since) }
+    if (q.type !== undefined) { where.push('type = ?'); args.push(q.type) }
+    if (q.bot !== undefined) { where.push('bot = ?'); args.push(q.bot) }
+    const limit = Math.min(Math.max(q.limit ?? 1000, 1), 10_000)
+    const sql = `SELECT * FROM audit_events ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ${limit}`
+    return this.#all(sql, ...args).map(auditFromRow).reverse()
+  }
+}
+
+function caFromRow(r: Row): StoredCa {
+  return {
+    kind: str(r.kind) as CaKind,
+    privateKeyDer: Buffer.from(r.private_key as Uint8Array),
+    publicMaterial: str(r.public_material),
+    createdAt: str(r.created_at),
+  }
+}
+
+function roleFromRow(r: Row): Role {
+  return { name: str(r.name), ...(JSON.parse(str(r.spec)) as Omit<Role, 'name' | 'createdAt'>), createdAt: str(r.created_at) }
+}
+
+function botFromRow(r: Row): Bot {
+  return { name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
+}
+
+function tokenFromRow(r: Row): JoinToken {
+  const t: JoinToken = {
+    name: str(r.name), bot: str(r.bot), joinMethod: 'token', secretHash: str(r.secret_hash),
+    createdAt: str(r.created_at), expiresAt: str(r.expires_at),
+  }
+  const usedAt = optStr(r.used_at)
+  const usedBy = optStr(r.used_by_instance)
+  if (usedAt !== undefined) t.usedAt = usedAt
+  if (usedBy !== undefined) t.usedByInstance = usedBy
+  return t
+}
+
+function instanceFromRow(r: Row): BotInstance {
+  const data = JSON.parse(str(r.data)) as Pick<BotInstance, 'joinMethod' | 'tokenName' | 'initialAuthentication' | 'latestAuthentications' | 'heartbeats'>
+  return {
+    id: str(r.id),
+    bot: str(r.bot),
+    createdAt: str(r.created_at),
+    generation: Number(r.generation),
+    pendingGeneration: r.pending_generation === null ? null : Number(r.pending_generation),
+    pendingRetries: Number(r.pending_retries),
+    ...data,
+  }
+}
+
+function lockFromRow(r: Row): Lock {
+  const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }
+  const bot = optStr(r.bot)
+  const instance = optStr(r.instance)
+  if (bot !== undefined) l.bot = bot
+  if (instance !== undefined) l.instance = instance
+  return l
+}
+
+function resourceFromRow(r: Row): Resource {
+  const res: Resource = { kind: str(r.kind) as ResourceKind, name: str(r.name), uri: str(r.uri), createdAt: str(r.created_at) }
+  const ca = optStr(r.ca_pem)
+  if (ca !== undefined) res.caPem = ca
+  return res
+}
+
+function auditFromRow(r: Row): AuditEvent {
+  const ev: AuditEvent = {
+    id: Number(r.id), time: str(r.time), type: str(r.type), success: Number(r.success) === 1,
+    fields: JSON.parse(str(r.fields)) as Record<string, unknown>,
+  }
+  for (const [k, col] of [['code', 'code'], ['message', 'message'], ['bot', 'bot'], ['instance', 'instance'], ['remoteAddr', 'remote_addr']] as const) {
+    const v = optStr(r[col])
+    if (v !== undefined) ev[k] = v
+  }
+  return ev
+}
+
+/**
+ * Opens the store named by a `--storage` value: `sqlite:PATH` or `sqlite::memory:`.
+ * PostgreSQL storage is part of the contract but not built yet; it is refused clearly.
+ */
+export function openStore(spec: string): Store {
+  if (spec.startsWith('sqlite:')) return SqliteStore.open(spec.slice('sqlite:'.length))
+  if (spec.startsWith('postgres://') || spec.startsWith('postgresql://')) {
+    throw new MemidError('ERR_CONFIG', 'storage: the PostgreSQL backend is not available in this version; use sqlite:PATH')
+  }
+  throw new MemidError('ERR_CONFIG', `storage: must be sqlite:PATH or postgres://…, got "${spec.slice(0, 60)}"`)
+}
