@@ -135,24 +135,25 @@ class SshAgentService implements Service {
       this.#refuse(describeError(err))
       throw err
     }
-    const ring = this.#ring
-    if (ring?.credential === cred) return ring
-    let next: Keyring
-    try {
-      next = new Keyring(cred, { plainKey: this.#plainKey })
-    } catch (err) {
-      this.#refuse(describeError(err))
-      throw err
+    let ring = this.#ring
+    if (ring?.credential !== cred) {
+      let next: Keyring
+      try {
+        next = new Keyring(cred, { plainKey: this.#plainKey })
+      } catch (err) {
+        this.#refuse(describeError(err))
+        throw err
+      }
+      if (ring !== undefined && this.#refusing === undefined) {
+        this.#previous = { ring, until: Math.min(ring.credential.notAfter.getTime(), this.#deps.clock.now() + PREVIOUS_GRACE_MS) }
+      }
+      this.#ring = ring = next
     }
-    if (ring !== undefined) {
-      this.#previous = { ring, until: Math.min(ring.credential.notAfter.getTime(), this.#deps.clock.now() + PREVIOUS_GRACE_MS) }
-    }
-    this.#ring = next
     if (this.#refusing !== undefined) {
       this.#refusing = undefined
       this.#deps.logger.info({ serial: cred.serial }, 'ssh agent serving again')
     }
-    return next
+    return ring
   }
 
   #previousFor(buf: Buffer, start: number, end: number): Keyring | undefined {
