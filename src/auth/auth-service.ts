@@ -192,7 +192,7 @@ export class AuthService {
           retried = true
         }
         inst.pendingGeneration = next
-        inst.latestAuthentications = [...inst.latestAuthentications, { time: new Date(now).toISOString(), joinMethod: inst.joinMethod, remoteAddr: peer.remoteAddr, generation: next }].slice(-INSTANCE_HISTORY)
+        inst.latestAuthentications = [...inst.latestAuthentications, { time: new Date(now).toISOString(), joinMethod: 'bot-certificate', remoteAddr: peer.remoteAddr, generation: next }].slice(-INSTANCE_HISTORY)
         return inst
       })
     } catch (err) {

@@ -1,0 +1,128 @@
+import type { Counter } from 'prom-client'
+import type { Logger } from '../core/log.ts'
+import { FATAL_IDENTITY_CODES, MemidError, describeError } from '../core/errors.ts'
+
+export interface RenewalOptions {
+  name: string
+  /** Run periodically at this interval (± jitter); when omitted, only on `trigger()` and retries. */
+  intervalMs?: number
+  /** Fraction of the interval used as random jitter either way. */
+  jitter?: number
+  backoffMinMs?: number
+  backoffMaxMs?: number
+  run: () => Promise<void>
+  /** Called once with the error when an answer means renewal can never succeed again. */
+  onFatal: (err: MemidError) => void
+  onFailure?: (err: unknown) => void
+  logger: Logger
+  renewals?: Counter<'credential' | 'result'>
+}
+
+export interface RenewalStatus {
+  lastSuccess?: string
+  lastFailure?: string
+  lastError?: string
+  consecutiveFailures: number
+  nextRunAt?: string
+  succeeded: number
+  failed: number
+}
+
+/**
+ * The one renewal primitive, for the bot identity and every service credential: a run
+ * every interval with jitter, exponential backoff with jitter on failure (1 s → 60 s by
+ * default), an early run on demand (SIGHUP), fatal answers reported once, and metrics.
+ */
+export class RenewalLoop {
+  readonly #o: Required<Pick<RenewalOptions, 'jitter' | 'backoffMinMs' | 'backoffMaxMs'>> & RenewalOptions
+  #timer: NodeJS.Timeout | undefined
+  #running: Promise<void> | undefined
+  #again = false
+  #stopped = false
+  #status: RenewalStatus = { consecutiveFailures: 0, succeeded: 0, failed: 0 }
+
+  constructor(opts: RenewalOptions) {
+    this.#o = { jitter: 0.1, backoffMinMs: 1_000, backoffMaxMs: 60_000, ...opts }
+  }
+
+  /** Schedules the first periodic run (the first credential is obtained by the caller). */
+  start(): void {
+    if (this.#o.intervalMs !== undefined) this.#schedule(this.#jittered(this.#o.intervalMs))
+  }
+
+  /** Runs now; a trigger during a run queues exactly one more run after it. */
+  trigger(): Promise<void> {
+    if (this.#stopped) return Promise.resolve()
+    if (this.#running) {
+      this.#again = true
+      return this.#running
+    }
+    this.#clear()
+    this.#running = this.#runOnce().finally(() => {
+      this.#running = undefined
+      if (this.#again && !this.#stopped) {
+        this.#again = false
+        void this.trigger()
+      }
+    })
+    return this.#running
+  }
+
+  stop(): void {
+    this.#stopped = true
+    this.#clear()
+  }
+
+  status(): RenewalStatus {
+    return { ...this.#status }
+  }
+
+  async #runOnce(): Promise<void> {
+    try {
+      await this.#o.run()
+      this.#status.lastSuccess = new Date().toISOString()
+      this.#status.consecutiveFailures = 0
+      this.#status.succeeded++
+      delete this.#status.lastError
+      this.#o.renewals?.inc({ credential: this.#o.name, result: 'success' })
+      if (this.#o.intervalMs !== undefined) this.#schedule(this.#jittered(this.#o.intervalMs))
+    } catch (err) {
+      this.#status.lastFailure = new Date().toISOString()
+      this.#status.lastError = describeError(err)
+      this.#status.consecutiveFailures++
+      this.#status.failed++
+      this.#o.renewals?.inc({ credential: this.#o.name, result: 'failure' })
+      this.#o.onFailure?.(err)
+      if (err instanceof MemidError && FATAL_IDENTITY_CODES.has(err.code)) {
+        this.#o.logger.error({ credential: this.#o.name, code: err.code, reason: err.message }, 'renewal refused for good')
+        this.stop()
+        this.#o.onFatal(err)
+        return
+      }
+      const n = this.#status.consecutiveFailures
+      const backoff = Math.min(this.#o.backoffMaxMs, this.#o.backoffMinMs * 2 ** (n - 1))
+      const delay = this.#jittered(backoff)
+      this.#o.logger.warn({ credential: this.#o.name, failures: n, retryInMs: delay, reason: describeError(err) }, 'renewal failed; retrying')
+      this.#schedule(delay)
+    }
+  }
+
+  #jittered(ms: number): number {
+    const j = this.#o.jitter
+    return Math.max(50, Math.round(ms * (1 - j + Math.random() * 2 * j)))
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#stopped) return
+    this.#clear()
+    this.#status.nextRunAt = new Date(Date.now() + delayMs).toISOString()
+    this.#timer = setTimeout(() => void this.trigger(), delayMs)
+    this.#timer.unref?.()
+  }
+
+  #clear(): void {
+    if (this.#timer) clearTimeout(this.#timer)
+    this.#timer = undefined
+    delete this.#status.nextRunAt
+  }
+}

@@ -1,0 +1,200 @@
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import type { Command } from 'commander'
+import YAML from 'yaml'
+import { MemidError } from '../core/errors.ts'
+import { formatDuration } from '../core/duration.ts'
+import { resolveDataDir } from '../config/auth.ts'
+import type { AuditEvent, Bot, BotInstance, Lock, Resource, Role } from '../storage/store.ts'
+import type { CreatedToken, PublicToken } from '../auth/admin.ts'
+import { emit, list, parseFormat, table, type Format } from './output.ts'
+import { socketRequest } from './socket-client.ts'
+
+interface Common {
+  dataDir?: string
+  format?: string
+}
+
+function adminCall<T>(opts: Common, method: string, p: string, body?: unknown): Promise<T> {
+  const dir = resolveDataDir(opts.dataDir)
+  return socketRequest<T>(path.join(dir, 'admin.sock'), method, p, body, 'the auth service admin socket', `is "memid auth start --data-dir ${dir}" running?`)
+}
+
+const csv = (v: string | undefined): string[] => (v === undefined ? [] : v.split(',').map((s) => s.trim()).filter(Boolean))
+
+/** Adds `--data-dir` and `--format` to an admin command. */
+function common(cmd: Command, formats: Format[] = ['text', 'json', 'yaml']): Command {
+  return cmd.option('--data-dir <dir>', 'the auth service data directory').option('--format <format>', formats.join(' | '), 'text')
+}
+
+function readCaFile(file: string | undefined): string | undefined {
+  if (file === undefined) return undefined
+  try {
+    return readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new MemidError('ERR_NOT_FOUND', `--ca-file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
+  }
+}
+
+function done(format: Format, what: string): void {
+  emit(format, { ok: true }, () => `${what}\n`)
+}
+
+export function registerAdminCommands(program: Command): void {
+  const roles = program.command('roles').description('roles: what bots may do')
+  common(roles.command('add <name>').description('create a role'))
+    .option('--logins <list>', 'SSH logins (principals)')
+    .option('--kube-clusters <list>', "kube clusters, or '*'")
+    .option('--kube-users <list>', 'kube users')
+    .option('--kube-groups <list>', 'kube groups')
+    .option('--databases <list>', "database services, or '*'")
+    .option('--db-users <list>', 'database users')
+    .option('--db-names <list>', "database names, or '*'")
+    .action(async (name: string, o: Common & Record<string, string | undefined>) => {
+      const f = parseFormat(o.format)
+      const role = await adminCall<Role>(o, 'POST', '/v1/roles', {
+        name, logins: csv(o.logins), kubeClusters: csv(o.kubeClusters), kubeUsers: csv(o.kubeUsers), kubeGroups: csv(o.kubeGroups),
+        databases: csv(o.databases), dbUsers: csv(o.dbUsers), dbNames: csv(o.dbNames),
+      })
+      emit(f, role, () => `role "${role.name}" created\n`)
+    })
+  common(roles.command('ls').description('list roles')).action(async (o: Common) => {
+    const f = parseFormat(o.format)
+    const rows = await adminCall<Role[]>(o, 'GET', '/v1/roles')
+    emit(f, rows, () => table(['Name', 'Logins', 'Kube Clusters', 'Kube Users', 'Kube Groups', 'Databases', 'DB Users', 'DB Names'],
+      rows.map((r) => [r.name, list(r.logins), list(r.kubeClusters), list(r.kubeUsers), list(r.kubeGroups), list(r.databases), list(r.dbUsers), list(r.dbNames)])))
+  })
+  common(roles.command('rm <name>').description('delete a role')).action(async (name: string, o: Common) => {
+    await adminCall(o, 'DELETE', `/v1/roles/${encodeURIComponent(name)}`)
+    done(parseFormat(o.format), `role "${name}" deleted`)
+  })
+
+  const bots = program.command('bots').description('bots: machine identities')
+  common(bots.command('add <name>').description('create a bot and print its first join token'))
+    .requiredOption('--roles <list>', 'roles, comma-separated')
+    .option('--max-ttl <duration>', 'longest certificate TTL (default 12h)')
+    .action(async (name: string, o: Common & { roles: string; maxTtl?: string }) => {
+      const f = parseFormat(o.format)
+      const out = await adminCall<{ bot: Bot; token: CreatedToken }>(o, 'POST', '/v1/bots', { name, roles: csv(o.roles), ...(o.maxTtl ? { maxTtl: o.maxTtl } : {}) })
+      emit(f, out, () =>
+        `bot "${out.bot.name}" created with roles ${out.bot.roles.join(', ')} (max TTL ${formatDuration(out.bot.maxTtlMs)})\n` +
+        `join token ${out.token.name}, single use, expires ${out.token.expiresAt}:\n${out.token.token}\n`)
+    })
+  common(bots.command('ls').description('list bots')).action(async (o: Common) => {
+    const f = parseFormat(o.format)
+    const rows = await adminCall<Bot[]>(o, 'GET', '/v1/bots')
+    emit(f, rows, () => table(['Name', 'Roles', 'Max TTL', 'Created'], rows.map((b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])))
+  })
+  common(bots.command('rm <name>').description('delete a bot; its instances can no longer renew')).action(async (name: string, o: Common) => {
+    await adminCall(o, 'DELETE', `/v1/bots/${encodeURIComponent(name)}`)
+    done(parseFormat(o.format), `bot "${name}" deleted`)
+  })
+
+  const tokens = program.command('tokens').description('join tokens (single use, expiring)')
+  common(tokens.command('add').description('create a join token; prints only the token'))
+    .requiredOption('--bot <name>', 'the bot the token joins as')
+    .option('--ttl <duration>', 'validity (default 30m)')
+    .option('--join-method <method>', 'join method', 'token')
+    .action(async (o: Common & { bot: string; ttl?: string; joinMethod: string }) => {
+      const f = parseFormat(o.format)
+      const t = await adminCall<CreatedToken>(o, 'POST', '/v1/tokens', { bot: o.bot, joinMethod: o.joinMethod, ...(o.ttl ? { ttl: o.ttl } : {}) })
+      emit(f, t, () => `${t.token}\n`)
+    })
+  common(tokens.command('ls').description('list join tokens (names only, never secrets)')).action(async (o: Common) => {
+    const f = parseFormat(o.format)
+    const rows = await adminCall<PublicToken[]>(o, 'GET', '/v1/tokens')
+    emit(f, rows, () => table(['Name', 'Bot', 'Join Method', 'Expires', 'Used By'], rows.map((t) => [t.name, t.bot, t.joinMethod, t.expiresAt, t.usedByInstance])))
+  })
+  common(tokens.command('rm <name>').description('delete a join token')).action(async (name: string, o: Common) => {
+    await adminCall(o, 'DELETE', `/v1/tokens/${encodeURIComponent(name)}`)
+    done(parseFormat(o.format), `token "${name}" deleted`)
+  })
+
+  for (const [group, kind, flag, example] of [['kube', 'kube cluster', '--server', 'https://HOST:PORT'], ['dbs', 'database', '--uri', 'postgres://HOST:PORT']] as const) {
+    const g = program.command(group).description(`${kind}s the bots may reach`)
+    common(g.command('add <name>').description(`register a ${kind}`))
+      .requiredOption(`${flag} <uri>`, example)
+      .option('--ca-file <pem>', `the CA that signed the ${kind}'s server certificate`)
+      .action(async (name: string, o: Common & { server?: string; uri?: string; caFile?: string }) => {
+        const f = parseFormat(o.format)
+        const caPem = readCaFile(o.caFile)
+        const res = await adminCall<Resource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
+        emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n`)
+      })
+    common(g.command('ls').description(`list ${kind}s`)).action(async (o: Common) => {
+      const f = parseFormat(o.format)
+      const rows = await adminCall<Resource[]>(o, 'GET', `/v1/${group}`)
+      emit(f, rows, () => table(['Name', group === 'kube' ? 'Server' : 'URI', 'CA', 'Created'], rows.map((r) => [r.name, r.uri, r.caPem ? 'custom' : 'system roots', r.createdAt])))
+    })
+    common(g.command('rm <name>').description(`remove a ${kind}`)).action(async (name: string, o: Common) => {
+      await adminCall(o, 'DELETE', `/v1/${group}/${encodeURIComponent(name)}`)
+      done(parseFormat(o.format), `${kind} "${name}" removed`)
+    })
+  }
+
+  common(program.command('get <resource>').description('show bot_instance, bot_instance/BOT or bot_instance/BOT/ID'))
+    .action(async (resource: string, o: Common) => {
+      const f = parseFormat(o.format)
+      const parts = resource.split('/')
+      if (parts[0] !== 'bot_instance' || parts.length > 3 || parts.some((p) => p === '')) {
+        throw new MemidError('ERR_USAGE', `unknown resource "${resource}": use bot_instance, bot_instance/BOT or bot_instance/BOT/ID`)
+      }
+      if (parts.length === 3) {
+        const i = await adminCall<BotInstance>(o, 'GET', `/v1/instances/${encodeURIComponent(parts[1] as string)}/${encodeURIComponent(parts[2] as string)}`)
+        emit(f, i, () => instanceText(i))
+        return
+      }
+      const q = parts.length === 2 ? `?bot=${encodeURIComponent(parts[1] as string)}` : ''
+      const rows = await adminCall<BotInstance[]>(o, 'GET', `/v1/instances${q}`)
+      emit(f, rows, () => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
+        const hb = i.heartbeats.at(-1)
+        const last = [hb?.time, i.latestAuthentications.at(-1)?.time].filter(Boolean).sort().at(-1)
+        return [i.bot, i.id, i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
+      })))
+    })
+
+  const locks = program.command('locks').description('locks: stop a bot or instance at its next request')
+  common(locks.command('add').description('lock a bot or a bot instance'))
+    .option('--bot <name>', 'lock every instance of this bot')
+    .option('--instance <id>', 'lock one bot instance')
+    .option('--reason <text>', 'why (recorded and shown to the agent)')
+    .action(async (o: Common & { bot?: string; instance?: string; reason?: string }) => {
+      const f = parseFormat(o.format)
+      if ((o.bot === undefined) === (o.instance === undefined)) throw new MemidError('ERR_USAGE', 'give exactly one of --bot NAME or --instance ID')
+      const lock = await adminCall<Lock>(o, 'POST', '/v1/locks', { ...(o.bot ? { bot: o.bot } : {}), ...(o.instance ? { instance: o.instance } : {}), ...(o.reason ? { reason: o.reason } : {}) })
+      emit(f, lock, () => `lock ${lock.id} created\n`)
+    })
+  common(locks.command('ls').description('list locks')).action(async (o: Common) => {
+    const f = parseFormat(o.format)
+    const rows = await adminCall<Lock[]>(o, 'GET', '/v1/locks')
+    emit(f, rows, () => table(['ID', 'Target', 'Reason', 'Created'], rows.map((l) => [l.id, l.bot ? `bot/${l.bot}` : `instance/${l.instance}`, l.reason, l.createdAt])))
+  })
+  common(locks.command('rm <id>').description('remove a lock')).action(async (id: string, o: Common) => {
+    await adminCall(o, 'DELETE', `/v1/locks/${encodeURIComponent(id)}`)
+    done(parseFormat(o.format), `lock ${id} removed`)
+  })
+
+  common(program.command('audit').description('show audit events'), ['text', 'json'])
+    .option('--since <duration>', 'only events newer than this, e.g. 1h')
+    .option('--type <type>', 'only this event type, e.g. join.failed')
+    .option('--bot <name>', 'only events about this bot')
+    .action(async (o: Common & { since?: string; type?: string; bot?: string }) => {
+      const f = parseFormat(o.format, ['text', 'json'])
+      const rows = await adminCall<AuditEvent[]>(o, 'POST', '/v1/audit', { ...(o.since ? { since: o.since } : {}), ...(o.type ? { type: o.type } : {}), ...(o.bot ? { bot: o.bot } : {}) })
+      emit(f, rows, () => table(['Time', 'Type', 'Result', 'Bot', 'Instance', 'Details'], rows.map((e) => [
+        e.time, e.type, e.success ? 'ok' : e.code ?? 'failed', e.bot, e.instance?.slice(0, 8),
+        [e.message, ...Object.entries(e.fields).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)].filter(Boolean).join(' '),
+      ])))
+    })
+}
+
+function instanceText(i: BotInstance): string {
+  const doc = {
+    bot: i.bot, instance: i.id, joinMethod: i.joinMethod, token: i.tokenName, created: i.createdAt,
+    generation: i.generation, pendingGeneration: i.pendingGeneration,
+    initialAuthentication: i.initialAuthentication,
+    latestAuthentications: i.latestAuthentications,
+    heartbeats: i.heartbeats,
+  }
+  return YAML.stringify(doc)
+}

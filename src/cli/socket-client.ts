@@ -1,0 +1,50 @@
+import http from 'node:http'
+import { MemidError, type ErrorCode } from '../core/errors.ts'
+
+/**
+ * JSON over HTTP on a local unix socket: the admin socket of the auth service and the
+ * control socket of the agent speak it.
+ */
+export function socketRequest<T>(socketPath: string, method: string, path: string, body: unknown, what: string, hint: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body)
+    const req = http.request({
+      socketPath, method, path,
+      headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+      timeout: 15_000,
+    }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        const ctype = String(res.headers['content-type'] ?? '')
+        if (!ctype.startsWith('application/json')) {
+          if ((res.statusCode ?? 500) < 300) return resolve(text as T)
+          return reject(new MemidError('ERR_INTERNAL', `${what} answered ${res.statusCode}`))
+        }
+        let parsed: unknown
+        try {
+          parsed = JSON.parse(text)
+        } catch {
+          return reject(new MemidError('ERR_INTERNAL', `${what} answered malformed JSON`))
+        }
+        if ((res.statusCode ?? 500) >= 400) {
+          const e = (parsed as { error?: { code?: string; message?: string } }).error
+          return reject(new MemidError((e?.code ?? 'ERR_INTERNAL') as ErrorCode, e?.message ?? `${what} answered ${res.statusCode}`))
+        }
+        resolve(parsed as T)
+      })
+      res.on('error', reject)
+    })
+    req.on('timeout', () => req.destroy(new MemidError('ERR_ADMIN_UNREACHABLE', `${what} at ${socketPath} did not answer in time`)))
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err instanceof MemidError) return reject(err)
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+        return reject(new MemidError('ERR_ADMIN_UNREACHABLE', `cannot reach ${what} at ${socketPath}: ${hint}`))
+      }
+      if (err.code === 'EACCES') return reject(new MemidError('ERR_ADMIN_UNREACHABLE', `permission denied on ${socketPath}: run as the user that owns it`))
+      reject(new MemidError('ERR_ADMIN_UNREACHABLE', `cannot reach ${what} at ${socketPath}: ${err.code ?? err.message}`))
+    })
+    req.end(payload)
+  })
+}

@@ -1,0 +1,76 @@
+import { readFileSync, mkdirSync, statSync, chmodSync } from 'node:fs'
+import path from 'node:path'
+import YAML from 'yaml'
+import { z } from 'zod'
+import { ConfigError } from '../core/errors.ts'
+import { nameSchema, parseWith } from '../core/validate.ts'
+
+const fileSchema = z.strictObject({
+  version: z.literal('v1'),
+  data_dir: z.string().min(1).optional(),
+  listen: z.string().min(1).optional(),
+  storage: z.string().min(1).optional(),
+  cluster_name: nameSchema.optional(),
+  log_format: z.enum(['json', 'text']).optional(),
+})
+
+export interface AuthConfig {
+  dataDir: string
+  listen: string
+  storage: string
+  clusterName: string
+  logFormat: 'json' | 'text'
+}
+
+export interface AuthFlags {
+  config?: string
+  dataDir?: string
+  listen?: string
+  storage?: string
+  clusterName?: string
+  logFormat?: string
+}
+
+/** The data dir: flag, then `$MEMID_DATA_DIR`, then `./memid-data`. */
+export function resolveDataDir(flag?: string): string {
+  return path.resolve(flag ?? process.env.MEMID_DATA_DIR ?? 'memid-data')
+}
+
+/** Reads a YAML config file into a plain value; a missing or malformed file is a ConfigError. */
+export function readYamlFile(file: string): unknown {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`--config: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
+  }
+  try {
+    return YAML.parse(text, { maxAliasCount: 10 }) ?? {}
+  } catch (err) {
+    throw new ConfigError(`${file}: not valid YAML: ${(err as Error).message.split('\n')[0]}`)
+  }
+}
+
+/** File, then flags on top. */
+export function loadAuthConfig(flags: AuthFlags): AuthConfig {
+  const file = flags.config !== undefined ? parseWith(fileSchema, readYamlFile(flags.config), 'ERR_CONFIG') : undefined
+  const dataDir = resolveDataDir(flags.dataDir ?? file?.data_dir)
+  const logFormat = flags.logFormat ?? file?.log_format ?? 'json'
+  if (logFormat !== 'json' && logFormat !== 'text') throw new ConfigError('--log-format: must be json or text')
+  const clusterName = flags.clusterName ?? file?.cluster_name ?? 'memid'
+  parseWith(nameSchema, clusterName, 'ERR_CONFIG', 'cluster_name: ')
+  return {
+    dataDir,
+    listen: flags.listen ?? file?.listen ?? '127.0.0.1:3025',
+    storage: flags.storage ?? file?.storage ?? `sqlite:${path.join(dataDir, 'memid.db')}`,
+    clusterName,
+    logFormat,
+  }
+}
+
+/** Creates the data dir 0700 (and tightens an existing one we own). */
+export function ensureDataDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const st = statSync(dir)
+  if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700)
+}

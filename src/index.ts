@@ -1,0 +1,17 @@
+/**
+ * memid as a library: embed the agent in a Node program, or start an auth service.
+ * The CLI (`memid`) is built on exactly these exports.
+ */
+export { startAgent } from './agent/agent.ts'
+export type { AgentHandle, AgentOptions, AgentStatus, AgentExit, ServiceStatus } from './agent/agent.ts'
+export type { ServiceConfig } from './config/agent.ts'
+export { loadAgentConfig } from './config/agent.ts'
+export { startAuthServer } from './auth/server.ts'
+export type { AuthServer, AuthServerOptions } from './auth/server.ts'
+export { SqliteStore, openStore } from './storage/sqlite.ts'
+export type { Store } from './storage/store.ts'
+export { AuthClient } from './agent/auth-client.ts'
+export { MemidError, ConfigError } from './core/errors.ts'
+export type { ErrorCode } from './core/errors.ts'
+export { createLogger } from './core/log.ts'
+export { VERSION } from './version.ts'
