@@ -96,7 +96,7 @@ async function measure(sock: string, seconds: number, connections: number, depth
     s.once('connect', () => resolve(s)).once('error', reject)
   })))
   await Promise.all(conns.map((s) => new Promise<void>((resolve) => {
-    let pending = Buffer.alloc(0)
+    let pending: Buffer = Buffer.alloc(0)
     let inFlight = 0
     const pump = () => {
       while (running && inFlight < depth) {
