@@ -245,7 +245,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
         ...(this.#diag ? { diagnostics: this.#diag.address } : {}),
       }, 'agent ready')
     } catch (err) {
-      await this.#shutdown(0).catch(() => undefined)
+      await this.#shutdown(0, undefined, 0, false).catch(() => undefined)
       throw err
     }
   }
@@ -402,7 +402,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
     return this.#shutdown(0, undefined, deadlineMs)
   }
 
-  #shutdown(code: 0 | 3, reason?: string, deadlineMs = this.#o.drainMs ?? 10_000): Promise<void> {
+  #shutdown(code: 0 | 3, reason?: string, deadlineMs = this.#o.drainMs ?? 10_000, logStop = true): Promise<void> {
     this.#stopping ??= (async () => {
       this.#loop?.stop()
       for (const s of this.#slots) s.loop.stop()
@@ -412,7 +412,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       await this.#diag?.stop().catch(() => undefined)
       this.#identity.peek()?.caller.agent.destroy()
       this.#client.close()
-      this.#log.info({ code, ...(reason ? { reason } : {}) }, 'agent stopped')
+      if (logStop) this.#log.info({ code, ...(reason ? { reason } : {}) }, 'agent stopped')
       this.#resolveClosed(reason !== undefined ? { code, reason } : { code })
     })()
     return this.#stopping

@@ -170,6 +170,9 @@ export class AuthClient {
         if (code.startsWith('ERR_TLS') || code.includes('CERT') || code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE') {
           return done(new MemidError('ERR_CA_PIN_MISMATCH', `${what}: the auth server's certificate did not verify against the pinned CA (${code})`))
         }
+        if (code === 'EPROTO' || code === 'ECONNRESET' || code === 'HPE_INVALID_CONSTANT') {
+          return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: ${this.server} did not answer as a memid auth service over TLS (${code})`))
+        }
         done(new MemidError('ERR_AUTH_UNREACHABLE', `${what}: cannot reach the auth server at ${this.server} (${code || err.message})`))
       })
       req.end(payload)

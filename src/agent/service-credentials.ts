@@ -1,6 +1,7 @@
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { MemidError } from '../core/errors.ts'
-import { parseSshCertificateLine, sshPublicKeyBlob } from '../pki/openssh.ts'
+import { parseSshPublicKeyLine } from '../pki/openssh.ts'
+import { sshCredential } from '../services/ssh-agent/credential.ts'
 import { buildClientContext } from '../pki/tls-context.ts'
 import type { AuthClient, CallerIdentity } from './auth-client.ts'
 import type { IssuedCredential, SshCredential, TlsClientCredential, Upstream } from './credentials.ts'
@@ -33,12 +34,8 @@ export function sshFetcher(cfg: Extract<ServiceConfig, { type: 'ssh-agent' }>): 
       ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
       : cfg.keyType === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: 3072 }) : generateKeyPairSync('ed25519')
     const res = await client.issueSsh(caller, { publicKey: spki(privateKey), ttl: ttlText(ttlMs), ...(cfg.principals ? { principals: cfg.principals } : {}) })
-    const cert = parseSshCertificateLine(res.certificate)
-    return {
-      kind: 'ssh', privateKey, publicKeyBlob: sshPublicKeyBlob(createPublicKey(privateKey)), certificateBlob: cert.blob,
-      certificateType: cert.type, principals: res.principals, keyId: res.keyId, serial: res.serial,
-      notBefore: new Date(res.notBefore), notAfter: new Date(res.notAfter),
-    }
+    // Checked against our key and the pinned cluster's ssh-user CA before it is served.
+    return sshCredential(privateKey, res.certificate, parseSshPublicKeyLine(client.cas.sshUser))
   }
 }
 
