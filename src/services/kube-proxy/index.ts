@@ -1,0 +1,247 @@
+/**
+ * The local Kubernetes API proxy: kubectl talks plain HTTP to a loopback port (or a unix
+ * socket), the agent forwards to the API server over mutual TLS with the client
+ * certificate it holds in memory.
+ *
+ * Written on node:http / node:https / node:http2 rather than the `http-proxy` package:
+ * http-proxy destroys upgrades that are not WebSocket (so SPDY exec and port-forward die)
+ * and keeps upstream watch requests running after the client has gone away.
+ */
+import http from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { TlsClientCredential } from '../../agent/credentials.ts'
+import { MemidError, describeError } from '../../core/errors.ts'
+import type { Logger } from '../../core/log.ts'
+import { ConnectionTracker, closeServer, formatAddress, listen, removeSocketFile, type ListenAddress } from '../listener.ts'
+import type { Health, Service, ServiceDeps } from '../service.ts'
+import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
+import { isWatch } from './headers.ts'
+import { KubeProxyMetrics } from './metrics.ts'
+import { writeRawStatus, writeStatus } from './status.ts'
+import { pipeUpgrade } from './upgrade.ts'
+import { UpstreamConnections, type UpstreamProtocol } from './upstream-connections.ts'
+
+export type { KubeProxyConfig } from './config.ts'
+export { DEFAULT_ALLOWED_HOSTS } from './config.ts'
+export type { UpstreamProtocol } from './upstream-connections.ts'
+
+/**
+ * Request headers larger than this (all of them together) get 431. kubectl sends about
+ * one kilobyte; the cap keeps a hostile local client from making the agent buffer more.
+ */
+export const MAX_HEADER_BYTES = 16 * 1024
+
+/** Options tests and benchmarks may set; the agent uses the defaults. */
+export interface KubeProxyTuning {
+  /** `auto` (default) uses HTTP/2 for ordinary requests when the API server offers it. */
+  upstreamProtocol?: UpstreamProtocol
+}
+
+/**
+ * Builds the kube proxy for one cluster. `start` binds the listener; requests are
+ * forwarded with whatever `deps.credentials.current()` holds at that moment.
+ */
+export function createKubeProxyService(cfg: KubeProxyConfig & KubeProxyTuning, deps: ServiceDeps<TlsClientCredential>): Service {
+  return new KubeProxyService(resolveKubeProxyConfig(cfg), cfg.upstreamProtocol ?? 'auto', deps)
+}
+
+class KubeProxyService implements Service {
+  readonly name: string
+  readonly #cfg: ResolvedKubeProxyConfig
+  readonly #deps: ServiceDeps<TlsClientCredential>
+  readonly #log: Logger
+  readonly #metrics: KubeProxyMetrics
+  readonly #protocol: UpstreamProtocol
+  readonly #tracker = new ConnectionTracker()
+  readonly #server: http.Server
+  #bound: ListenAddress | undefined
+  #state: 'new' | 'listening' | 'stopped' = 'new'
+  #conns: UpstreamConnections | undefined
+  readonly #retired = new Set<UpstreamConnections>()
+  #upstreamError: string | undefined
+  #activeUpgrades = 0
+  #activeWatches = 0
+  readonly #onRenewed = (cred: TlsClientCredential) => this.#rotate(cred)
+
+  constructor(cfg: ResolvedKubeProxyConfig, protocol: UpstreamProtocol, deps: ServiceDeps<TlsClientCredential>) {
+    this.name = `kube-proxy:${cfg.cluster}`
+    this.#cfg = cfg
+    this.#deps = deps
+    this.#protocol = protocol
+    this.#log = deps.logger.child({ service: this.name })
+    this.#metrics = new KubeProxyMetrics(deps.metrics, cfg.cluster)
+    this.#server = http.createServer({
+      maxHeaderSize: MAX_HEADER_BYTES,
+      // Watches and `logs -f` stay open for as long as kubectl wants: no idle timeout.
+      requestTimeout: 0,
+      headersTimeout: 30_000,
+      keepAliveTimeout: 30_000,
+    })
+    this.#server.on('connection', (socket) => this.#tracker.add(socket))
+    this.#server.on('request', (req, res) => this.#onRequest(req, res))
+    this.#server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head))
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.#onClientError(err, socket))
+  }
+
+  get address(): string {
+    return formatAddress(this.#bound ?? this.#cfg.listen)
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'new') throw new MemidError('ERR_LISTEN', `${this.name} was already started`)
+    this.#bound = await listen(this.#server, this.#cfg.listen)
+    this.#state = 'listening'
+    this.#deps.credentials.on('renewed', this.#onRenewed)
+    this.#log.info({ listen: this.address, upstream: this.#deps.credentials.peek()?.upstream.uri }, 'kube proxy listening')
+  }
+
+  async stop(deadlineMs: number): Promise<void> {
+    if (this.#state === 'stopped') return
+    const wasListening = this.#state === 'listening'
+    this.#state = 'stopped'
+    this.#deps.credentials.off('renewed', this.#onRenewed)
+    const closed = closeServer(this.#server)
+    this.#server.closeIdleConnections()
+    await this.#tracker.drain(deadlineMs)
+    await closed
+    this.#conns?.destroy()
+    for (const c of this.#retired) c.destroy()
+    this.#retired.clear()
+    if (wasListening && this.#bound !== undefined) removeSocketFile(this.#bound)
+  }
+
+  health(): Health {
+    if (this.#state === 'new') return { status: 'starting' }
+    if (this.#state === 'stopped') return { status: 'stopped' }
+    const cred = this.#deps.credentials
+    if (!cred.valid()) {
+      const s = cred.state()
+      return { status: 'failed', reason: s.status === 'pending' ? `no certificate yet${s.lastError ? `: ${s.lastError}` : ''}` : `certificate expired${s.lastError ? `: ${s.lastError}` : ''}` }
+    }
+    if (this.#upstreamError !== undefined) return { status: 'degraded', reason: this.#upstreamError }
+    return { status: 'ok' }
+  }
+
+  describe(): Record<string, unknown> {
+    const c = this.#deps.credentials.peek()
+    return {
+      cluster: this.#cfg.cluster,
+      listen: this.address,
+      ...(c !== undefined ? { upstream: c.upstream.uri, user: c.user, groups: c.groups, serial: c.serial, notAfter: c.notAfter.toISOString() } : {}),
+      activeUpgrades: this.#activeUpgrades,
+      activeWatches: this.#activeWatches,
+    }
+  }
+
+  /** The connections for the current credential, or the reason there is none. */
+  #current(): UpstreamConnections | MemidError {
+    let cred: TlsClientCredential
+    try {
+      cred = this.#deps.credentials.current()
+    } catch (err) {
+      return err instanceof MemidError ? err : new MemidError('ERR_NOT_READY', describeError(err))
+    }
+    if (this.#conns === undefined || this.#conns.credential !== cred) this.#rotate(cred)
+    return this.#conns as UpstreamConnections
+  }
+
+  /** A new credential: new connections for new requests; the old ones finish what they carry. */
+  #rotate(cred: TlsClientCredential): void {
+    if (this.#conns?.credential === cred || this.#state === 'stopped') return
+    const old = this.#conns
+    this.#conns = new UpstreamConnections(cred, this.#protocol)
+    if (old !== undefined) {
+      old.retire()
+      this.#log.debug({ serial: cred.serial }, 'kube proxy switched to the renewed certificate')
+    }
+  }
+
+  #hostAllowed(req: http.IncomingMessage): boolean {
+    if (this.#cfg.allowedHosts.allows(req.headers.host)) return true
+    this.#log.warn({ host: String(req.headers.host ?? '').slice(0, 100) }, 'kube proxy refused a request with a foreign Host header')
+    return false
+  }
+
+  #upstreamFailed(err: Error): string {
+    const uri = this.#conns?.credential.upstream.uri ?? 'the API server'
+    const message = `memid: cannot reach the Kubernetes API server ${uri}: ${describeError(err)}`
+    if (this.#upstreamError === undefined) this.#log.warn({ upstream: uri, reason: describeError(err) }, 'kube API server unreachable')
+    this.#upstreamError = `API server unreachable: ${describeError(err)}`
+    return message
+  }
+
+  #upstreamOk(): void {
+    if (this.#upstreamError !== undefined) this.#log.info('kube API server reachable again')
+    this.#upstreamError = undefined
+  }
+
+  #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    res.once('finish', () => this.#metrics.request(res.statusCode))
+    if (!this.#hostAllowed(req)) {
+      return writeStatus(res, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
+    }
+    const conns = this.#current()
+    if (conns instanceof MemidError) return writeStatus(res, 503, 'ServiceUnavailable', `memid: ${conns.message}`)
+    if (isWatch(req.url ?? '')) {
+      this.#activeWatches++
+      this.#metrics.watchOpened()
+      res.once('close', () => {
+        this.#activeWatches--
+        this.#metrics.watchClosed()
+      })
+    }
+    conns.forward(req, res, {
+      onResponse: (_status, seconds) => {
+        this.#upstreamOk()
+        this.#metrics.upstreamLatency(seconds)
+      },
+      onUpstreamError: (err) => writeStatus(res, 502, 'ServiceUnavailable', this.#upstreamFailed(err)),
+    })
+  }
+
+  #onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy())
+    if (!this.#hostAllowed(req)) {
+      this.#metrics.request(403)
+      return writeRawStatus(socket, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
+    }
+    const conns = this.#current()
+    if (conns instanceof MemidError) {
+      this.#metrics.request(503)
+      return writeRawStatus(socket, 503, 'ServiceUnavailable', `memid: ${conns.message}`)
+    }
+    pipeUpgrade(req, socket, head, conns, {
+      onStatus: (status, seconds) => {
+        this.#upstreamOk()
+        this.#metrics.request(status)
+        this.#metrics.upstreamLatency(seconds)
+        if (status === 101) {
+          this.#activeUpgrades++
+          this.#metrics.upgradeOpened()
+        }
+      },
+      onUpstreamError: (err) => {
+        this.#metrics.request(502)
+        this.#upstreamFailed(err)
+      },
+      onClosed: () => {
+        this.#activeUpgrades--
+        this.#metrics.upgradeClosed()
+      },
+    })
+  }
+
+  /** Unparseable bytes, oversized headers, timeouts: answer if the socket can still take it, never throw. */
+  #onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy()
+      return
+    }
+    if (err.code === 'HPE_HEADER_OVERFLOW') {
+      this.#metrics.request(431)
+      return writeRawStatus(socket, 431, 'BadRequest', `memid: request headers exceed ${MAX_HEADER_BYTES} bytes`)
+    }
+    this.#metrics.request(400)
+    writeRawStatus(socket, 400, 'BadRequest', 'memid: malformed HTTP request')
+  }
+}

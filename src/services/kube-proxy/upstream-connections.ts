@@ -1,0 +1,239 @@
+import http2 from 'node:http2'
+import https from 'node:https'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import net from 'node:net'
+import tls from 'node:tls'
+import type { TlsClientCredential } from '../../agent/credentials.ts'
+import { authority, downstreamResponseHeaders, upstreamRequestHeaders } from './headers.ts'
+
+/** Which protocol carries ordinary requests to the API server. */
+export type UpstreamProtocol = 'auto' | 'http/1.1'
+
+/** What the forwarder reports back for metrics, health and logs. */
+export interface ForwardHooks {
+  /** Response headers arrived from the API server after `seconds`. */
+  onResponse(status: number, seconds: number): void
+  /** The API server could not be reached or failed before answering. */
+  onUpstreamError(err: Error): void
+}
+
+const { HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants
+
+/**
+ * Everything that talks to the API server with one client certificate: a keep-alive
+ * HTTP/1.1 agent, an HTTP/2 session when the server offers h2 (one TLS connection
+ * multiplexing every ordinary request, as `kubectl proxy` does), and fresh TLS connections
+ * for upgrades. Built when a credential arrives; on renewal the previous set is retired:
+ * nothing new goes through it, requests and streams already open run to their end, and
+ * its connections are closed once the last one finishes.
+ */
+export class UpstreamConnections {
+  readonly credential: TlsClientCredential
+  readonly #authority: string
+  readonly #tlsOptions: tls.ConnectionOptions
+  readonly #agent: https.Agent
+  #protocol: UpstreamProtocol
+  #h2: http2.ClientHttp2Session | undefined
+  #h2Connecting: Promise<http2.ClientHttp2Session | 'http/1.1' | Error> | undefined
+  #inFlight = 0
+  #retired = false
+  #closed = false
+
+  constructor(credential: TlsClientCredential, protocol: UpstreamProtocol) {
+    this.credential = credential
+    this.#protocol = protocol
+    const up = credential.upstream
+    this.#authority = authority(up.host, up.port)
+    // The secure context (key, client certificate, the cluster's CA) was built once when the
+    // credential arrived; every connection reuses it. The server is verified against that
+    // CA and its certificate must name the host (or IP) registered with `memid kube add`.
+    this.#tlsOptions = {
+      host: up.host,
+      port: up.port,
+      secureContext: credential.secureContext,
+      rejectUnauthorized: true,
+      ...(net.isIP(up.host) === 0 ? { servername: up.host } : {}),
+    }
+    this.#agent = new https.Agent({ ...this.#tlsOptions, keepAlive: true, scheduling: 'lifo', ALPNProtocols: ['http/1.1'] })
+  }
+
+  get retired(): boolean {
+    return this.#retired
+  }
+
+  /** Forwards one ordinary request and streams the answer back without buffering. */
+  forward(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
+    this.#inFlight++
+    let done = false
+    const finish = () => {
+      if (done) return
+      done = true
+      this.#inFlight--
+      if (this.#retired && this.#inFlight === 0) this.#close()
+    }
+    res.once('close', finish)
+    if (this.#protocol === 'http/1.1') return this.#forwardHttp1(req, res, hooks)
+    if (this.#h2 !== undefined && !this.#h2.closed && !this.#h2.destroyed) return this.#forwardHttp2(this.#h2, req, res, hooks)
+    void this.#session().then((session) => {
+      if (res.destroyed) return
+      if (session === 'http/1.1') this.#forwardHttp1(req, res, hooks)
+      else if (session instanceof Error) hooks.onUpstreamError(session)
+      else this.#forwardHttp2(session, req, res, hooks)
+    })
+  }
+
+  /**
+   * A fresh mutual-TLS connection for one upgrade (exec, attach, port-forward): those
+   * connections become raw byte pipes, so they never share a pooled connection.
+   */
+  connectTunnel(): tls.TLSSocket {
+    return tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'] })
+  }
+
+  /** Stops new use; open requests finish on their own, then the connections close. */
+  retire(): void {
+    if (this.#retired) return
+    this.#retired = true
+    // Keep-alive sockets returned after this point are closed instead of pooled.
+    this.#agent.on('free', (socket: net.Socket) => socket.destroy())
+    for (const list of Object.values(this.#agent.freeSockets)) for (const s of list ?? []) s.destroy()
+    // A graceful close: streams already open on the h2 session (watches) keep running.
+    this.#h2?.close()
+    if (this.#inFlight === 0) this.#close()
+  }
+
+  /** Closes everything now, open requests included (service stop after its drain deadline). */
+  destroy(): void {
+    this.#retired = true
+    this.#close()
+  }
+
+  #close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    this.#agent.destroy()
+    this.#h2?.destroy()
+  }
+
+  #forwardHttp1(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
+    const started = performance.now()
+    const upReq = https.request({
+      ...this.#tlsOptions,
+      agent: this.#agent,
+      method: req.method,
+      path: req.url,
+      headers: upstreamRequestHeaders(req.rawHeaders, this.#authority),
+    })
+    // The client went away (Ctrl-C on a watch, `logs -f` closed): end the upstream request now
+    // rather than let the API server stream into a dead socket.
+    res.once('close', () => {
+      if (!res.writableFinished) upReq.destroy()
+    })
+    upReq.once('response', (upRes) => {
+      const status = upRes.statusCode ?? 502
+      hooks.onResponse(status, (performance.now() - started) / 1000)
+      res.writeHead(status, upRes.statusMessage, downstreamResponseHeaders(upRes.rawHeaders))
+      // Watches and `logs -f` have no length: send the headers now so the client sees the
+      // stream open before the first event.
+      if (upRes.headers['content-length'] === undefined) res.flushHeaders()
+      upRes.on('error', () => res.destroy())
+      upRes.on('aborted', () => res.destroy())
+      upRes.pipe(res)
+    })
+    upReq.once('error', (err) => {
+      if (res.headersSent) {
+        res.destroy()
+        return
+      }
+      if (res.destroyed) return
+      hooks.onUpstreamError(err)
+    })
+    req.pipe(upReq)
+  }
+
+  #forwardHttp2(session: http2.ClientHttp2Session, req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
+    const started = performance.now()
+    const headers: http2.OutgoingHttpHeaders = {
+      ':method': req.method ?? 'GET',
+      ':path': req.url ?? '/',
+      ':authority': this.#authority,
+      ':scheme': 'https',
+    }
+    const raw = upstreamRequestHeaders(req.rawHeaders, this.#authority)
+    // Index 0/1 is the Host pair, carried by :authority in HTTP/2.
+    for (let i = 2; i < raw.length; i += 2) {
+      const name = (raw[i] as string).toLowerCase()
+      const value = raw[i + 1] as string
+      const prev = headers[name]
+      headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [String(prev), value]
+    }
+    const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined
+    let stream: http2.ClientHttp2Stream
+    try {
+      stream = session.request(headers, { endStream: !hasBody })
+    } catch (err) {
+      hooks.onUpstreamError(err as Error)
+      return
+    }
+    res.once('close', () => {
+      if (!res.writableFinished && !stream.destroyed) stream.close(NGHTTP2_CANCEL)
+    })
+    stream.once('response', (h) => {
+      const status = Number(h[HTTP2_HEADER_STATUS] ?? 502)
+      hooks.onResponse(status, (performance.now() - started) / 1000)
+      const out: string[] = []
+      for (const [name, value] of Object.entries(h)) {
+        if (name.startsWith(':') || value === undefined) continue
+        if (Array.isArray(value)) for (const v of value) out.push(name, v)
+        else out.push(name, String(value))
+      }
+      res.writeHead(status, out)
+      if (h['content-length'] === undefined) res.flushHeaders()
+      stream.pipe(res)
+    })
+    stream.once('error', (err) => {
+      if (res.headersSent) {
+        res.destroy()
+        return
+      }
+      if (res.destroyed) return
+      hooks.onUpstreamError(err)
+    })
+    if (hasBody) req.pipe(stream)
+  }
+
+  /**
+   * The HTTP/2 session, connected on first use and shared by concurrent first requests.
+   * `'http/1.1'` (remembered) when the server does not offer h2; an Error when the server
+   * cannot be reached, which that request reports (the next one tries again).
+   */
+  #session(): Promise<http2.ClientHttp2Session | 'http/1.1' | Error> {
+    if (this.#h2Connecting !== undefined) return this.#h2Connecting
+    const connecting = new Promise<http2.ClientHttp2Session | 'http/1.1' | Error>((resolve) => {
+      const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['h2', 'http/1.1'] })
+      socket.once('secureConnect', () => {
+        if (socket.alpnProtocol !== 'h2') {
+          socket.destroy()
+          this.#protocol = 'http/1.1'
+          resolve('http/1.1')
+          return
+        }
+        const session = http2.connect(`https://${this.#authority}`, { createConnection: () => socket })
+        // Errors surface on the streams that were open; the session itself is just dropped.
+        session.on('error', () => {})
+        session.once('close', () => {
+          if (this.#h2 === session) this.#h2 = undefined
+        })
+        this.#h2 = session
+        if (this.#retired) session.close()
+        resolve(session)
+      })
+      socket.once('error', (err) => resolve(err))
+    })
+    this.#h2Connecting = connecting
+    void connecting.then(() => {
+      if (this.#h2Connecting === connecting) this.#h2Connecting = undefined
+    })
+    return connecting
+  }
+}
