@@ -1,0 +1,66 @@
+import path from 'node:path'
+import { ConfigError, MemidError } from '../../core/errors.ts'
+import { parseListenAddress, type ListenAddress } from '../listener.ts'
+
+/** How a database tunnel is configured (`services[].type: database-tunnel`). */
+export interface DbTunnelConfig {
+  /** `host:port` (loopback by default) or a unix socket path `<dir>/.s.PGSQL.<port>`. */
+  listen: string
+  /** The database service as registered with `memid dbs add`. */
+  service: string
+  /** The database user; the client certificate's CN and the only user the tunnel accepts. */
+  username: string
+  /** When set, clients may only open this database. */
+  database?: string
+  /** `postgres` speaks PostgreSQL's SSLRequest on both legs; `tls` wraps raw bytes in TLS. */
+  protocol: 'postgres' | 'tls'
+  /** Concurrent tunnelled connections; more get a too_many_connections error. */
+  maxConnections: number
+  /** Deadline for reaching the server: TCP connect, TLS handshake and its first answer. */
+  connectTimeoutMs: number
+  /** Closes sessions with no traffic either way for this long; no limit when absent. */
+  idleTimeoutMs?: number
+}
+
+/** A validated config with its listen address parsed. */
+export interface ResolvedDbTunnelConfig extends DbTunnelConfig {
+  address: ListenAddress
+}
+
+const PG_SOCKET = /^\.s\.PGSQL\.(\d{1,5})$/
+
+/**
+ * Checks a tunnel config before the service exists. Messages name the key, the agent
+ * prefixes the path of the service entry (`services[2].`).
+ */
+export function resolveDbTunnelConfig(cfg: DbTunnelConfig): ResolvedDbTunnelConfig {
+  let address: ListenAddress
+  try {
+    address = parseListenAddress(cfg.listen)
+  } catch (err) {
+    throw new ConfigError(`listen: ${err instanceof MemidError ? err.message : String(err)}`)
+  }
+  if (address.kind === 'unix' && cfg.protocol === 'postgres' && !PG_SOCKET.test(path.basename(address.path))) {
+    throw new ConfigError(
+      `listen: name the socket <dir>/.s.PGSQL.<port> so that psql -h <dir> -p <port> finds it (got ${path.basename(address.path)})`,
+    )
+  }
+  if (typeof cfg.service !== 'string' || cfg.service.length === 0) throw new ConfigError('service: should not be empty')
+  if (typeof cfg.username !== 'string' || cfg.username.length === 0) throw new ConfigError('username: should not be empty')
+  if (cfg.database !== undefined && (typeof cfg.database !== 'string' || cfg.database.length === 0)) {
+    throw new ConfigError('database: should not be empty when given')
+  }
+  if (cfg.protocol !== 'postgres' && cfg.protocol !== 'tls') throw new ConfigError(`protocol: must be postgres or tls`)
+  if (!Number.isInteger(cfg.maxConnections) || cfg.maxConnections < 1) throw new ConfigError('max_connections: must be a positive integer')
+  if (!Number.isFinite(cfg.connectTimeoutMs) || cfg.connectTimeoutMs <= 0) throw new ConfigError('connect_timeout: must be positive')
+  if (cfg.idleTimeoutMs !== undefined && (!Number.isFinite(cfg.idleTimeoutMs) || cfg.idleTimeoutMs <= 0)) {
+    throw new ConfigError('idle_timeout: must be positive when given')
+  }
+  return { ...cfg, address }
+}
+
+/** The port psql must be given for a unix listener (`-p`), from `.s.PGSQL.<port>`. */
+export function socketPort(socketPath: string): number | undefined {
+  const m = PG_SOCKET.exec(path.basename(socketPath))
+  return m ? Number(m[1]) : undefined
+}

@@ -1,0 +1,364 @@
+import net from 'node:net'
+import type tls from 'node:tls'
+import type { TlsClientCredential } from '../../agent/credentials.ts'
+import { describeError, hasCode } from '../../core/errors.ts'
+import type { Logger } from '../../core/log.ts'
+import { closeServer, ConnectionTracker, formatAddress, listen, removeSocketFile, type ListenAddress } from '../listener.ts'
+import type { Health, Service, ServiceDeps } from '../service.ts'
+import { socketPort, type ResolvedDbTunnelConfig } from './config.ts'
+import { TunnelMetrics, type TunnelStats } from './metrics.ts'
+import { errorResponse, printable, readClientHello, SqlState, TunnelRefusal, type ErrorFields } from './postgres.ts'
+import { classify, dialUpstream, firstChunk } from './upstream.ts'
+
+/** How long a client may take to send its startup packet (PostgreSQL allows 60 s). */
+const STARTUP_TIMEOUT_MS = 15_000
+/** Connections allowed to be negotiating on top of max_connections, before the kernel-level cut. */
+const NEGOTIATION_SLACK = 64
+/** How long a refused or finished socket may linger half-closed before it is destroyed. */
+const LINGER_MS = 5_000
+
+/**
+ * One database tunnel: a local plaintext listener, and for every client a fresh
+ * upstream TLS connection made with the credential current at that moment. Open
+ * connections keep the credential they started with across renewals.
+ */
+export class DbTunnelService implements Service, TunnelStats {
+  readonly name: string
+  readonly service: string
+  readonly #cfg: ResolvedDbTunnelConfig
+  readonly #deps: ServiceDeps<TlsClientCredential>
+  readonly #log: Logger
+  readonly #metrics: TunnelMetrics
+  readonly #tracker = new ConnectionTracker()
+  readonly #open = new Set<net.Socket>()
+  readonly #closedBytes: [number, number] = [0, 0]
+  #server: net.Server | undefined
+  #bound: ListenAddress | undefined
+  #state: 'new' | 'listening' | 'stopping' | 'stopped' = 'new'
+  /** Connections holding (or dialing) an upstream session; what max_connections limits. */
+  #sessions = 0
+  #lastUpstreamError: string | undefined
+
+  constructor(cfg: ResolvedDbTunnelConfig, deps: ServiceDeps<TlsClientCredential>) {
+    this.#cfg = cfg
+    this.#deps = deps
+    this.service = cfg.service
+    this.name = `db-tunnel:${cfg.service}`
+    this.#log = deps.logger.child({ service: this.name })
+    this.#metrics = TunnelMetrics.for(deps.metrics)
+  }
+
+  get address(): string {
+    return formatAddress(this.#bound ?? this.#cfg.address)
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'new') throw new Error(`${this.name} was already started`)
+    const server = net.createServer({ pauseOnConnect: true, noDelay: true })
+    server.maxConnections = this.#cfg.maxConnections + NEGOTIATION_SLACK
+    server.on('connection', (socket) => this.#accept(socket))
+    server.on('drop', () => this.#metrics.errors.inc({ service: this.service, reason: 'listener_full' }))
+    server.on('error', (err) => this.#log.error({ err: describeError(err) }, 'database tunnel listener error'))
+    this.#bound = await listen(server, this.#cfg.address)
+    this.#server = server
+    this.#state = 'listening'
+    this.#metrics.add(this)
+    this.#log.info({ listen: this.address, protocol: this.#cfg.protocol, user: this.#cfg.username }, 'database tunnel listening')
+  }
+
+  async stop(deadlineMs: number): Promise<void> {
+    if (this.#state === 'stopped' || this.#state === 'stopping') return
+    this.#state = 'stopping'
+    // The server's close callback waits for every connection, so drain before awaiting it.
+    const closed = this.#server ? closeServer(this.#server) : Promise.resolve()
+    await this.#tracker.drain(deadlineMs)
+    await closed
+    if (this.#bound) removeSocketFile(this.#bound)
+    this.#metrics.remove(this)
+    this.#state = 'stopped'
+    this.#log.info('database tunnel stopped')
+  }
+
+  health(): Health {
+    if (this.#state === 'new') return { status: 'starting' }
+    if (this.#state !== 'listening') return { status: 'stopped' }
+    try {
+      this.#deps.credentials.current()
+    } catch (err) {
+      return { status: 'failed', reason: describeError(err) }
+    }
+    if (this.#lastUpstreamError !== undefined) return { status: 'degraded', reason: this.#lastUpstreamError }
+    return { status: 'ok' }
+  }
+
+  describe(): Record<string, unknown> {
+    const cred = this.#deps.credentials.peek()
+    const addr = this.#bound ?? this.#cfg.address
+    const db = this.#cfg.database ?? this.#cfg.username
+    const connect = this.#cfg.protocol !== 'postgres'
+      ? undefined
+      : addr.kind === 'tcp'
+        ? `psql "host=${addr.host} port=${addr.port} user=${this.#cfg.username} dbname=${db}"`
+        : `psql "host=${addr.path.slice(0, addr.path.lastIndexOf('/'))} port=${socketPort(addr.path)} user=${this.#cfg.username} dbname=${db}"`
+    return {
+      service: this.service,
+      protocol: this.#cfg.protocol,
+      user: this.#cfg.username,
+      ...(this.#cfg.database !== undefined ? { database: this.#cfg.database } : {}),
+      ...(cred ? { upstream: `${cred.upstream.host}:${cred.upstream.port}`, serial: cred.serial, notAfter: cred.notAfter.toISOString() } : {}),
+      activeConnections: this.#open.size,
+      maxConnections: this.#cfg.maxConnections,
+      ...(connect ? { connect } : {}),
+    }
+  }
+
+  activeConnections(): number {
+    return this.#open.size
+  }
+
+  bytes(): [number, number] {
+    let up = this.#closedBytes[0]
+    let down = this.#closedBytes[1]
+    for (const s of this.#open) {
+      up += s.bytesRead
+      down += s.bytesWritten
+    }
+    return [up, down]
+  }
+
+  #accept(socket: net.Socket): void {
+    if (this.#state !== 'listening') {
+      socket.destroy()
+      return
+    }
+    this.#tracker.add(socket)
+    this.#open.add(socket)
+    this.#metrics.connections.inc({ service: this.service })
+    // A permanent listener: whatever phase the connection is in, a socket error only
+    // ends this connection and never reaches the process as an uncaught exception.
+    socket.on('error', (err) => this.#log.debug({ err: describeError(err) }, 'client connection error'))
+    socket.once('close', () => {
+      this.#open.delete(socket)
+      this.#closedBytes[0] += socket.bytesRead
+      this.#closedBytes[1] += socket.bytesWritten
+    })
+    const handle = this.#cfg.protocol === 'postgres' ? this.#handlePostgres(socket) : this.#handleTls(socket)
+    handle.catch((err: unknown) => {
+      this.#log.error({ err: describeError(err) }, 'unexpected error in database tunnel connection')
+      socket.destroy()
+    })
+  }
+
+  async #handlePostgres(client: net.Socket): Promise<void> {
+    let hello
+    try {
+      hello = await readClientHello(client, STARTUP_TIMEOUT_MS)
+    } catch (err) {
+      if (!(err instanceof TunnelRefusal)) throw err
+      this.#count(err.reason, err.message)
+      if (err.reason === 'client_closed') client.destroy()
+      else this.#answer(client, err.fields)
+      return
+    }
+    if (hello.kind === 'cancel') return this.#forwardCancel(client, hello.packet)
+
+    const refusal = this.#checkStartup(hello.params)
+    if (refusal !== undefined) return this.#refuse(client, refusal)
+    const credential = this.#credential()
+    if (credential instanceof TunnelRefusal) return this.#refuse(client, credential)
+
+    const upstream = await this.#openSession(client, credential, hello.packet)
+    if (upstream === undefined) return
+    this.#splice(client, upstream)
+  }
+
+  async #handleTls(client: net.Socket): Promise<void> {
+    // No protocol to answer in: refusals are logged and counted, and the socket closed.
+    if (this.#sessions >= this.#cfg.maxConnections) return this.#drop(client, 'too_many_connections', `max_connections ${this.#cfg.maxConnections} reached`)
+    const credential = this.#credential()
+    if (credential instanceof TunnelRefusal) return this.#drop(client, credential.reason, credential.message)
+    const upstream = await this.#openSession(client, credential)
+    if (upstream === undefined) return
+    this.#splice(client, upstream)
+  }
+
+  /** What the tunnel refuses before it spends an upstream connection. */
+  #checkStartup(params: Map<string, string>): TunnelRefusal | undefined {
+    const { username, database, maxConnections } = this.#cfg
+    const user = params.get('user')
+    if (user === undefined || user === '') {
+      return this.#refusal('bad_startup', SqlState.invalidAuthorization, 'no PostgreSQL user name specified in startup packet', `connect with -U ${username}`)
+    }
+    if (user !== username) {
+      return this.#refusal('wrong_user', SqlState.invalidAuthorization,
+        `this tunnel serves the database user "${username}", not "${printable(user)}"`,
+        `connect with -U ${username} (or PGUSER=${username}), or configure another tunnel for "${printable(user)}"`)
+    }
+    // PostgreSQL itself defaults the database to the user name.
+    const db = params.get('database') || user
+    if (database !== undefined && db !== database) {
+      return this.#refusal('wrong_database', SqlState.invalidAuthorization,
+        `this tunnel serves the database "${database}", not "${printable(db)}"`, `connect with -d ${database}`)
+    }
+    if (this.#sessions >= maxConnections) {
+      return this.#refusal('too_many_connections', SqlState.tooManyConnections,
+        `too many connections: this tunnel allows ${maxConnections} at a time`,
+        'close idle sessions or raise max_connections of this tunnel')
+    }
+    return undefined
+  }
+
+  #credential(): TlsClientCredential | TunnelRefusal {
+    try {
+      return this.#deps.credentials.current()
+    } catch (err) {
+      const expired = hasCode(err, 'ERR_IDENTITY_EXPIRED')
+      return this.#refusal(
+        expired ? 'identity_expired' : 'not_ready',
+        expired ? SqlState.invalidAuthorization : SqlState.cannotConnectNow,
+        describeError(err),
+        'run `memid status` on this host to see why the agent cannot renew its certificates',
+      )
+    }
+  }
+
+  /**
+   * Dials upstream and, for PostgreSQL, forwards the startup packet and waits for the
+   * server's first answer: with TLS 1.3 a server that refuses our client certificate
+   * says so only after the handshake, and that must become an ErrorResponse rather than
+   * a closed socket. Returns undefined when the client was answered or is gone.
+   */
+  async #openSession(client: net.Socket, credential: TlsClientCredential, startup?: Buffer): Promise<tls.TLSSocket | undefined> {
+    this.#sessions++
+    client.once('close', () => this.#sessions--)
+    const gone = new AbortController()
+    const onGone = () => gone.abort(new TunnelRefusal('client_closed', { code: SqlState.connectionFailure, message: 'client went away' }))
+    client.once('close', onGone)
+    const signal = AbortSignal.any([AbortSignal.timeout(this.#cfg.connectTimeoutMs), gone.signal])
+    const where = `${credential.upstream.host}:${credential.upstream.port}`
+    let upstream: tls.TLSSocket | undefined
+    try {
+      upstream = await dialUpstream({ credential, protocol: this.#cfg.protocol, signal })
+      if (startup !== undefined) {
+        upstream.write(startup)
+        const first = await firstChunk(upstream, signal, where, `the database server at ${where} closed the connection before answering the startup message`)
+        client.write(first)
+      }
+      client.off('close', onGone)
+      this.#lastUpstreamError = undefined
+      this.#log.debug({ serial: credential.serial }, 'tunnel session open')
+      return upstream
+    } catch (err) {
+      client.off('close', onGone)
+      upstream?.destroy()
+      const refusal = err instanceof TunnelRefusal ? err : classify(err, where)
+      if (refusal.reason === 'client_closed') return undefined
+      this.#lastUpstreamError = refusal.message
+      if (this.#cfg.protocol === 'postgres') this.#refuse(client, refusal)
+      else this.#drop(client, refusal.reason, refusal.message)
+      return undefined
+    }
+  }
+
+  /**
+   * Pipes both ways: stream backpressure, no copies, no per-chunk work. Either side
+   * ending ends the other after its buffered bytes are written; an error destroys both.
+   */
+  #splice(client: net.Socket, upstream: tls.TLSSocket): void {
+    if (client.destroyed) {
+      upstream.destroy()
+      return
+    }
+    upstream.on('error', (err) => {
+      this.#log.debug({ err: describeError(err) }, 'upstream connection error')
+      client.destroy()
+    })
+    client.once('error', () => upstream.destroy())
+    client.once('close', () => {
+      if (upstream.destroyed) return
+      upstream.end()
+      upstream.setTimeout(LINGER_MS, () => upstream.destroy())
+    })
+    upstream.once('close', () => {
+      if (!client.destroyed && !client.writableEnded) client.end()
+      client.setTimeout(LINGER_MS, () => client.destroy())
+    })
+    const idle = this.#cfg.idleTimeoutMs
+    if (idle !== undefined) {
+      client.setTimeout(idle, () => {
+        // Nothing moved either way for the whole period, so no message is half-sent and a
+        // FATAL ErrorResponse can be slipped in, as PostgreSQL's idle_session_timeout does.
+        this.#count('idle_timeout', `no traffic for ${idle} ms`)
+        upstream.unpipe(client)
+        client.unpipe(upstream)
+        upstream.destroy()
+        if (this.#cfg.protocol === 'postgres') {
+          client.end(errorResponse({
+            code: SqlState.idleSessionTimeout,
+            message: `memid: terminating connection after ${idle} ms without traffic (idle timeout of tunnel ${this.service})`,
+          }))
+        } else {
+          client.end()
+        }
+        client.setTimeout(LINGER_MS, () => client.destroy())
+      })
+    }
+    client.pipe(upstream)
+    upstream.pipe(client)
+  }
+
+  /**
+   * Forwards a CancelRequest over its own TLS connection. PostgreSQL never answers a
+   * cancel request, so neither does the tunnel: the client only sees the socket close.
+   */
+  async #forwardCancel(client: net.Socket, packet: Buffer): Promise<void> {
+    const credential = this.#credential()
+    if (credential instanceof TunnelRefusal) return this.#drop(client, credential.reason, `cancel request not forwarded: ${credential.message}`)
+    let upstream: tls.TLSSocket | undefined
+    try {
+      const signal = AbortSignal.timeout(this.#cfg.connectTimeoutMs)
+      upstream = await dialUpstream({ credential, protocol: 'postgres', signal })
+      upstream.on('error', () => undefined)
+      upstream.end(packet)
+      upstream.setTimeout(LINGER_MS, () => upstream?.destroy())
+      upstream.resume()
+      this.#log.debug('cancel request forwarded')
+    } catch (err) {
+      upstream?.destroy()
+      const refusal = classify(err, `${credential.upstream.host}:${credential.upstream.port}`)
+      this.#count(refusal.reason, `cancel request not forwarded: ${refusal.message}`)
+    }
+    client.resume()
+    client.end()
+    client.setTimeout(LINGER_MS, () => client.destroy())
+  }
+
+  #refusal(reason: string, code: string, message: string, hint?: string): TunnelRefusal {
+    return new TunnelRefusal(reason, { code, message, ...(hint !== undefined ? { hint } : {}) })
+  }
+
+  /** Counts and logs a refusal, then answers the client with it as a FATAL ErrorResponse. */
+  #refuse(client: net.Socket, refusal: TunnelRefusal): void {
+    this.#count(refusal.reason, refusal.message)
+    this.#answer(client, refusal.fields)
+  }
+
+  #answer(client: net.Socket, fields: ErrorFields): void {
+    if (client.destroyed) return
+    client.resume()
+    client.end(errorResponse({ ...fields, message: `memid tunnel ${this.service}: ${fields.message}` }))
+    client.setTimeout(LINGER_MS, () => client.destroy())
+  }
+
+  /** For protocols the tunnel cannot speak: count, log, close. */
+  #drop(client: net.Socket, reason: string, message: string): void {
+    this.#count(reason, message)
+    client.destroy()
+  }
+
+  #count(reason: string, message: string): void {
+    this.#metrics.errors.inc({ service: this.service, reason })
+    const level = reason === 'client_closed' || reason === 'bad_startup' || reason === 'wrong_user' || reason === 'wrong_database' ? 'info' : 'warn'
+    this.#log[level]({ reason, detail: message }, 'database tunnel connection refused')
+  }
+}
