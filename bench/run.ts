@@ -1,0 +1,17 @@
+// Runs every benchmark in bench/ one after another; each prints its own ratio against the real peer.
+import { spawnSync } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const only = process.argv.slice(2)
+const benches = readdirSync(here).filter((f) => f.endsWith('.ts') && f !== 'run.ts' && !f.startsWith('_'))
+let failed = 0
+for (const file of benches) {
+  if (only.length > 0 && !only.some((o) => file.includes(o))) continue
+  process.stdout.write(`\n=== ${file}\n`)
+  const r = spawnSync(process.execPath, [path.join(here, file)], { stdio: 'inherit' })
+  if (r.status !== 0) failed++
+}
+process.exit(failed === 0 ? 0 : 1)
