@@ -46,6 +46,8 @@ export function resolveKubeProxyConfig(cfg: KubeProxyConfig): ResolvedKubeProxyC
 export class HostAllowList {
   readonly #anyPort = new Set<string>()
   readonly #exact = new Set<string>()
+  /** Recent verdicts: kubectl sends the same Host on every request. Bounded, so junk cannot grow it. */
+  readonly #seen = new Map<string, boolean>()
 
   constructor(entries: readonly string[]) {
     entries.forEach((raw, i) => {
@@ -59,6 +61,15 @@ export class HostAllowList {
   /** True when a request carrying this Host header may be forwarded. */
   allows(hostHeader: string | undefined): boolean {
     if (hostHeader === undefined) return false
+    const known = this.#seen.get(hostHeader)
+    if (known !== undefined) return known
+    const verdict = this.#check(hostHeader)
+    if (this.#seen.size >= 32) this.#seen.clear()
+    this.#seen.set(hostHeader, verdict)
+    return verdict
+  }
+
+  #check(hostHeader: string): boolean {
     const parsed = splitHost(hostHeader.toLowerCase())
     if (parsed === undefined) return false
     if (this.#anyPort.has(parsed.host)) return true

@@ -67,6 +67,20 @@ export function upgradeRequestHead(method: string, url: string, raw: readonly st
   return head + '\r\n'
 }
 
+/** The same as {@link upstreamRequestHeaders}, as an HTTP/2 header object (`:authority` replaces Host). */
+export function upstreamHttp2Headers(method: string, path: string, raw: readonly string[], host: string): Record<string, string | string[]> {
+  const extra = connectionTokens(raw)
+  const out: Record<string, string | string[]> = { ':method': method, ':path': path, ':authority': host, ':scheme': 'https' }
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = (raw[i] as string).toLowerCase()
+    if (REQUEST_DROP.has(lower) || extra?.has(lower)) continue
+    const value = raw[i + 1] as string
+    const prev = out[lower]
+    out[lower] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value]
+  }
+  return out
+}
+
 /** The response headers to pass back to kubectl. */
 export function downstreamResponseHeaders(raw: readonly string[]): string[] {
   const extra = connectionTokens(raw)
@@ -87,6 +101,7 @@ export function authority(host: string, port: number): string {
 
 /** True for requests that stay open and stream events: `?watch=true|1` or the legacy `/watch/` paths. */
 export function isWatch(url: string): boolean {
+  if (!url.includes('watch')) return false
   const q = url.indexOf('?')
   if (q >= 0) {
     const params = new URLSearchParams(url.slice(q + 1))

@@ -176,20 +176,24 @@ class KubeProxyService implements Service {
   }
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
-    res.once('finish', () => this.#metrics.request(res.statusCode))
+    const watch = isWatch(req.url ?? '')
+    if (watch) {
+      this.#activeWatches++
+      this.#metrics.watchOpened()
+    }
+    res.once('close', () => {
+      // 499 (nginx's "client closed request") when the client left before any answer.
+      this.#metrics.request(res.headersSent ? res.statusCode : 499)
+      if (watch) {
+        this.#activeWatches--
+        this.#metrics.watchClosed()
+      }
+    })
     if (!this.#hostAllowed(req)) {
       return writeStatus(res, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
     }
     const conns = this.#current()
     if (conns instanceof MemidError) return writeStatus(res, 503, 'ServiceUnavailable', `memid: ${conns.message}`)
-    if (isWatch(req.url ?? '')) {
-      this.#activeWatches++
-      this.#metrics.watchOpened()
-      res.once('close', () => {
-        this.#activeWatches--
-        this.#metrics.watchClosed()
-      })
-    }
     conns.forward(req, res, {
       onResponse: (_status, seconds) => {
         this.#upstreamOk()

@@ -4,7 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import net from 'node:net'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../agent/credentials.ts'
-import { authority, downstreamResponseHeaders, upstreamRequestHeaders } from './headers.ts'
+import { authority, downstreamResponseHeaders, upstreamHttp2Headers, upstreamRequestHeaders } from './headers.ts'
 
 /** Which protocol carries ordinary requests to the API server. */
 export type UpstreamProtocol = 'auto' | 'http/1.1'
@@ -64,21 +64,28 @@ export class UpstreamConnections {
   /** Forwards one ordinary request and streams the answer back without buffering. */
   forward(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
     this.#inFlight++
-    let done = false
-    const finish = () => {
-      if (done) return
-      done = true
-      this.#inFlight--
-      if (this.#retired && this.#inFlight === 0) this.#close()
+    let cancel: (() => void) | undefined
+    // One listener does all the cleanup. A client that goes away (Ctrl-C on a watch, `logs -f`
+    // closed) ends the upstream request at once rather than let the API server stream into
+    // a dead socket.
+    res.once('close', () => {
+      if (!res.writableFinished) cancel?.()
+      if (--this.#inFlight === 0 && this.#retired) this.#close()
+    })
+    if (this.#protocol === 'http/1.1') {
+      cancel = this.#forwardHttp1(req, res, hooks)
+      return
     }
-    res.once('close', finish)
-    if (this.#protocol === 'http/1.1') return this.#forwardHttp1(req, res, hooks)
-    if (this.#h2 !== undefined && !this.#h2.closed && !this.#h2.destroyed) return this.#forwardHttp2(this.#h2, req, res, hooks)
+    const h2 = this.#h2
+    if (h2 !== undefined && !h2.closed && !h2.destroyed) {
+      cancel = this.#forwardHttp2(h2, req, res, hooks)
+      return
+    }
     void this.#session().then((session) => {
       if (res.destroyed) return
-      if (session === 'http/1.1') this.#forwardHttp1(req, res, hooks)
+      if (session === 'http/1.1') cancel = this.#forwardHttp1(req, res, hooks)
       else if (session instanceof Error) hooks.onUpstreamError(session)
-      else this.#forwardHttp2(session, req, res, hooks)
+      else cancel = this.#forwardHttp2(session, req, res, hooks)
     })
   }
 
@@ -115,7 +122,7 @@ export class UpstreamConnections {
     this.#h2?.destroy()
   }
 
-  #forwardHttp1(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
+  #forwardHttp1(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): () => void {
     const started = performance.now()
     const upReq = https.request({
       ...this.#tlsOptions,
@@ -123,11 +130,6 @@ export class UpstreamConnections {
       method: req.method,
       path: req.url,
       headers: upstreamRequestHeaders(req.rawHeaders, this.#authority),
-    })
-    // The client went away (Ctrl-C on a watch, `logs -f` closed): end the upstream request now
-    // rather than let the API server stream into a dead socket.
-    res.once('close', () => {
-      if (!res.writableFinished) upReq.destroy()
     })
     upReq.once('response', (upRes) => {
       const status = upRes.statusCode ?? 502
@@ -149,35 +151,20 @@ export class UpstreamConnections {
       hooks.onUpstreamError(err)
     })
     req.pipe(upReq)
+    return () => upReq.destroy()
   }
 
-  #forwardHttp2(session: http2.ClientHttp2Session, req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
+  #forwardHttp2(session: http2.ClientHttp2Session, req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): () => void {
     const started = performance.now()
-    const headers: http2.OutgoingHttpHeaders = {
-      ':method': req.method ?? 'GET',
-      ':path': req.url ?? '/',
-      ':authority': this.#authority,
-      ':scheme': 'https',
-    }
-    const raw = upstreamRequestHeaders(req.rawHeaders, this.#authority)
-    // Index 0/1 is the Host pair, carried by :authority in HTTP/2.
-    for (let i = 2; i < raw.length; i += 2) {
-      const name = (raw[i] as string).toLowerCase()
-      const value = raw[i + 1] as string
-      const prev = headers[name]
-      headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [String(prev), value]
-    }
+    const headers = upstreamHttp2Headers(req.method ?? 'GET', req.url ?? '/', req.rawHeaders, this.#authority)
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined
     let stream: http2.ClientHttp2Stream
     try {
       stream = session.request(headers, { endStream: !hasBody })
     } catch (err) {
       hooks.onUpstreamError(err as Error)
-      return
+      return () => undefined
     }
-    res.once('close', () => {
-      if (!res.writableFinished && !stream.destroyed) stream.close(NGHTTP2_CANCEL)
-    })
     stream.once('response', (h) => {
       const status = Number(h[HTTP2_HEADER_STATUS] ?? 502)
       hooks.onResponse(status, (performance.now() - started) / 1000)
@@ -200,6 +187,9 @@ export class UpstreamConnections {
       hooks.onUpstreamError(err)
     })
     if (hasBody) req.pipe(stream)
+    return () => {
+      if (!stream.destroyed) stream.close(NGHTTP2_CANCEL)
+    }
   }
 
   /**
