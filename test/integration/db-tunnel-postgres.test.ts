@@ -4,12 +4,11 @@ import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, statSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import net from 'node:net'
 import { CredentialSource, type TlsClientCredential } from '../../src/agent/credentials.ts'
 import { createDbTunnelService } from '../../src/services/db-tunnel/index.ts'
 import type { Service } from '../../src/services/service.ts'
 import type { X509Authority } from '../../src/pki/x509.ts'
-import { dbCredential, run, testCa, TestClock, tunnelDeps } from '../fixtures/db-tunnel.ts'
+import { dbCredential, freePort, run, testCa, TestClock, tunnelDeps } from '../fixtures/db-tunnel.ts'
 import { startPostgres, type PostgresFixture } from '../fixtures/postgres.ts'
 import {
   cleanPgEnv, conninfo, parseErrorResponse, psql, PsqlSession, rawConnect, readUntilClose, startupPacket,
@@ -237,7 +236,7 @@ describe('db-tunnel (postgres) against a real PostgreSQL 15', () => {
   })
 
   test('an unreachable database server: ErrorResponse 08001', async () => {
-    const closed = await closedPort()
+    const closed = await freePort()
     const src = new CredentialSource<TlsClientCredential>('database orders', clock)
     src.set(await issue({ port: closed }))
     const t = await tunnel({}, src)
@@ -391,14 +390,4 @@ async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5000
     if (Date.now() > until) throw new Error('condition not met in time')
     await new Promise((r) => setTimeout(r, 25))
   }
-}
-
-function closedPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer()
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
 }

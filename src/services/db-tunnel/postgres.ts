@@ -157,6 +157,7 @@ export function readClientHello(socket: net.Socket, timeoutMs: number): Promise<
       socket.off('data', onData)
       socket.off('end', onEnd)
       socket.off('error', onEnd)
+      socket.off('close', onEnd)
       socket.pause()
       if (result instanceof TunnelRefusal) return reject(result)
       if (rest !== undefined && rest.length > 0) socket.unshift(rest)
@@ -178,12 +179,24 @@ export function readClientHello(socket: net.Socket, timeoutMs: number): Promise<
         if (len < 8 || len > MAX_STARTUP_PACKET) {
           return finish(violation(`invalid length of startup packet: ${len}`))
         }
+        if (buf.length < 8) return
+        // Lengths are checked against the request code before waiting for the body, so a
+        // bad header is answered at once rather than after the startup timeout.
+        const code = buf.readInt32BE(4)
+        const negotiation = code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE
+        if (negotiation && len !== 8) return finish(violation('invalid length of SSL/GSS negotiation request'))
+        if (code === CANCEL_REQUEST_CODE && (len < 16 || len > MAX_CANCEL_PACKET)) return finish(violation('invalid length of cancel request'))
+        const major = code >>> 16
+        if (!negotiation && code !== CANCEL_REQUEST_CODE && major !== 3) {
+          return finish(new TunnelRefusal('bad_startup', {
+            code: SqlState.featureNotSupported,
+            message: `unsupported frontend protocol ${major}.${code & 0xffff}: this tunnel speaks protocol 3`,
+          }))
+        }
         if (buf.length < len) return
         const packet = buf.subarray(0, len)
         const rest = buf.subarray(len)
-        const code = packet.readInt32BE(4)
-        if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
-          if (len !== 8) return finish(violation('invalid length of SSL/GSS negotiation request'))
+        if (negotiation) {
           const isSsl = code === SSL_REQUEST_CODE
           if (isSsl ? answeredSsl : answeredGss) return finish(violation('repeated SSL/GSS negotiation request'))
           if (isSsl) answeredSsl = true
@@ -198,17 +211,7 @@ export function readClientHello(socket: net.Socket, timeoutMs: number): Promise<
           buf = Buffer.alloc(0)
           continue
         }
-        if (code === CANCEL_REQUEST_CODE) {
-          if (len < 16 || len > MAX_CANCEL_PACKET) return finish(violation('invalid length of cancel request'))
-          return finish({ kind: 'cancel', packet: Buffer.from(packet) }, rest)
-        }
-        const major = code >>> 16
-        if (major !== 3) {
-          return finish(new TunnelRefusal('bad_startup', {
-            code: SqlState.featureNotSupported,
-            message: `unsupported frontend protocol ${major}.${code & 0xffff}: this tunnel speaks protocol 3`,
-          }))
-        }
+        if (code === CANCEL_REQUEST_CODE) return finish({ kind: 'cancel', packet: Buffer.from(packet) }, rest)
         let params: Map<string, string>
         try {
           params = parseStartupParams(packet)
@@ -222,6 +225,7 @@ export function readClientHello(socket: net.Socket, timeoutMs: number): Promise<
     socket.on('data', onData)
     socket.once('end', onEnd)
     socket.once('error', onEnd)
+    socket.once('close', onEnd)
     // An explicitly paused socket (pauseOnConnect) does not start flowing on 'data' alone.
     socket.resume()
   })

@@ -1,0 +1,156 @@
+import { describe, test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import {
+  errorResponse, parseStartupParams, readClientHello, TunnelRefusal, MAX_STARTUP_PACKET,
+} from '../../../src/services/db-tunnel/postgres.ts'
+import { resolveDbTunnelConfig, socketPort } from '../../../src/services/db-tunnel/config.ts'
+import { ConfigError } from '../../../src/core/errors.ts'
+import { parseErrorResponse, startupPacket } from '../../fixtures/psql.ts'
+
+/** A connected pair: `server` is the side the tunnel reads, `client` writes into it. */
+async function socketPair(): Promise<{ client: net.Socket; server: net.Socket; close(): void }> {
+  const listener = net.createServer({ pauseOnConnect: true })
+  await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r))
+  const accepted = new Promise<net.Socket>((r) => listener.once('connection', r))
+  const client = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1')
+  const server = await accepted
+  server.on('error', () => undefined)
+  client.on('error', () => undefined)
+  listener.close()
+  return { client, server, close: () => { client.destroy(); server.destroy() } }
+}
+
+function header(len: number, code: number): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeInt32BE(len, 0)
+  b.writeInt32BE(code, 4)
+  return b
+}
+
+describe('postgres wire helpers', () => {
+  const open: { close(): void }[] = []
+  after(() => open.forEach((p) => p.close()))
+
+  test('errorResponse encodes a FATAL ErrorResponse psql can read', () => {
+    const b = errorResponse({ code: '28000', message: 'no\0pe', detail: 'd', hint: 'h' })
+    assert.equal(b[0], 0x45)
+    assert.equal(b.readInt32BE(1), b.length - 1)
+    assert.deepEqual(parseErrorResponse(b), { S: 'FATAL', V: 'FATAL', C: '28000', M: 'nope', D: 'd', H: 'h' })
+  })
+
+  test('parseStartupParams reads pairs and rejects broken layouts', () => {
+    const p = parseStartupParams(startupPacket({ user: 'app', database: 'orders', application_name: 'psql' }))
+    assert.deepEqual([...p], [['user', 'app'], ['database', 'orders'], ['application_name', 'psql']])
+    const raw = (body: string) => Buffer.concat([header(8 + body.length, 196608), Buffer.from(body, 'latin1')])
+    for (const bad of ['user\0app\0', 'user\0app', 'user', 'user\0app\0\0x', 'user\0a\0user\0b\0\0', '']) {
+      assert.throws(() => parseStartupParams(raw(bad)), (e: unknown) => e instanceof TunnelRefusal && e.fields.code === '08P01', JSON.stringify(bad))
+    }
+  })
+
+  test('readClientHello answers SSLRequest and GSSENCRequest with N, then returns the startup packet', async () => {
+    const pair = await socketPair()
+    open.push(pair)
+    const answers: Buffer[] = []
+    pair.client.on('data', (d: Buffer) => answers.push(d))
+    const hello = readClientHello(pair.server, 2000)
+    pair.client.write(header(8, 80877104))
+    await waitFor(() => Buffer.concat(answers).length === 1)
+    pair.client.write(header(8, 80877103))
+    await waitFor(() => Buffer.concat(answers).length === 2)
+    const startup = startupPacket({ user: 'app' })
+    // The startup packet split across writes, followed by bytes the pipe must still see.
+    pair.client.write(startup.subarray(0, 5))
+    await new Promise((r) => setTimeout(r, 20))
+    pair.client.write(Buffer.concat([startup.subarray(5), Buffer.from('next')]))
+    const h = await hello
+    assert.equal(Buffer.concat(answers).toString(), 'NN')
+    assert.equal(h.kind, 'startup')
+    assert.ok(h.kind === 'startup' && h.params.get('user') === 'app')
+    assert.deepEqual(h.packet, startup)
+    const rest = new Promise<Buffer>((resolve) => pair.server.once('data', resolve))
+    // readClientHello leaves the socket paused for the pipe to resume.
+    pair.server.resume()
+    assert.equal((await rest).toString(), 'next')
+  })
+
+  test('readClientHello returns a CancelRequest (short and protocol 3.2 long keys)', async () => {
+    for (const keyLen of [8, 32]) {
+      const pair = await socketPair()
+      open.push(pair)
+      const hello = readClientHello(pair.server, 2000)
+      pair.client.write(Buffer.concat([header(8 + keyLen, 80877102), Buffer.alloc(keyLen, 7)]))
+      const h = await hello
+      assert.equal(h.kind, 'cancel')
+      assert.equal(h.packet.length, 8 + keyLen)
+    }
+  })
+
+  const refused: [string, Buffer, string][] = [
+    ['length 7', header(7, 196608), 'bad_startup'],
+    ['oversized', header(MAX_STARTUP_PACKET + 1, 196608), 'bad_startup'],
+    ['protocol 2.0', startupPacket({ user: 'a' }, 0x20000), 'bad_startup'],
+    ['repeated SSLRequest', header(8, 80877103), 'bad_startup'],
+    ['cancel of 300 bytes', header(300, 80877102), 'bad_startup'],
+  ]
+  for (const [name, bytes, reason] of refused) {
+    test(`readClientHello refuses ${name}`, async () => {
+      const pair = await socketPair()
+      open.push(pair)
+      const hello = readClientHello(pair.server, 2000)
+      pair.client.write(bytes)
+      if (name === 'repeated SSLRequest') {
+        await new Promise((r) => pair.client.once('data', r))
+        pair.client.write(bytes)
+      }
+      await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === reason)
+    })
+  }
+
+  test('readClientHello gives up on a silent client and on one that hangs up mid-packet', async () => {
+    const silent = await socketPair()
+    open.push(silent)
+    await assert.rejects(readClientHello(silent.server, 100), (e: unknown) => e instanceof TunnelRefusal && e.reason === 'client_timeout')
+    const quitter = await socketPair()
+    open.push(quitter)
+    const hello = readClientHello(quitter.server, 2000)
+    quitter.client.end(startupPacket({ user: 'app' }).subarray(0, 10))
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === 'client_closed')
+  })
+})
+
+describe('db tunnel config', () => {
+  const base = {
+    listen: '127.0.0.1:6432', service: 'orders', username: 'app', protocol: 'postgres' as const,
+    maxConnections: 10, connectTimeoutMs: 5000,
+  }
+  const rejects = (patch: Record<string, unknown>, message: RegExp) =>
+    assert.throws(() => resolveDbTunnelConfig({ ...base, ...patch } as never), (e: unknown) => e instanceof ConfigError && message.test(e.message))
+
+  test('accepts host:port and a .s.PGSQL.<port> socket', () => {
+    assert.deepEqual(resolveDbTunnelConfig(base).address, { kind: 'tcp', host: '127.0.0.1', port: 6432 })
+    assert.equal(resolveDbTunnelConfig({ ...base, listen: '/run/memid/.s.PGSQL.5432' }).address.kind, 'unix')
+    assert.equal(socketPort('/run/memid/.s.PGSQL.5432'), 5432)
+    assert.equal(resolveDbTunnelConfig({ ...base, protocol: 'tls', listen: '/run/memid/redis.sock' }).address.kind, 'unix')
+  })
+
+  test('names the key that is wrong', () => {
+    rejects({ listen: 'nope' }, /^listen: must be host:port/)
+    rejects({ listen: '/run/memid/pg.sock' }, /^listen: name the socket <dir>\/\.s\.PGSQL\.<port>/)
+    rejects({ service: '' }, /^service: should not be empty/)
+    rejects({ username: '' }, /^username: should not be empty/)
+    rejects({ database: '' }, /^database: /)
+    rejects({ protocol: 'mysql' }, /^protocol: must be postgres or tls/)
+    rejects({ maxConnections: 0 }, /^max_connections: /)
+    rejects({ connectTimeoutMs: 0 }, /^connect_timeout: /)
+    rejects({ idleTimeoutMs: -1 }, /^idle_timeout: /)
+  })
+})
+
+async function waitFor(check: () => boolean, timeoutMs = 2000): Promise<void> {
+  const until = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > until) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}

@@ -1,0 +1,193 @@
+import { after, before, describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import tls from 'node:tls'
+import { CredentialSource, type TlsClientCredential } from '../../../src/agent/credentials.ts'
+import { createDbTunnelService } from '../../../src/services/db-tunnel/index.ts'
+import type { Service } from '../../../src/services/service.ts'
+import type { X509Authority } from '../../../src/pki/x509.ts'
+import { dbCredential, serverCertificate, testCa, TestClock, tunnelDeps } from '../../fixtures/db-tunnel.ts'
+import { parseErrorResponse, rawConnect, readUntilClose, startupPacket } from '../../fixtures/psql.ts'
+
+type Mode = 'tls' | 'refuse-tls' | 'error' | 'http' | 'silent' | 'extra-after-S'
+
+/**
+ * A small server that behaves like PostgreSQL up to the startup message (or does not, on
+ * purpose), so each upstream failure can be produced on demand.
+ */
+async function fakePostgres(mode: Mode, cert: { keyPem: string; certPem: string }, clientCaPem: string) {
+  const seen: { sni: string | false | undefined; startup?: Buffer }[] = []
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((sock) => {
+    sockets.add(sock)
+    sock.on('error', () => undefined)
+    sock.once('close', () => sockets.delete(sock))
+    sock.once('data', () => {
+      if (mode === 'silent') return
+      if (mode === 'refuse-tls') return void sock.write('N')
+      if (mode === 'error') return void sock.end('E')
+      if (mode === 'http') return void sock.end('HTTP/1.1 400 Bad Request\r\n\r\n')
+      sock.write(mode === 'extra-after-S' ? 'Sxyz' : 'S')
+      const secure = new tls.TLSSocket(sock, {
+        isServer: true,
+        secureContext: tls.createSecureContext({ key: cert.keyPem, cert: cert.certPem, ca: clientCaPem }),
+        requestCert: true,
+        rejectUnauthorized: true,
+      })
+      secure.on('error', () => undefined)
+      secure.once('data', (startup: Buffer) => {
+        seen.push({ sni: (secure as tls.TLSSocket & { servername?: string | false }).servername, startup })
+        // AuthenticationOk, then ReadyForQuery(idle).
+        secure.write(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]))
+      })
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    seen,
+    close: () => {
+      for (const s of sockets) s.destroy()
+      return new Promise<void>((r) => server.close(() => r()))
+    },
+  }
+}
+
+describe('db-tunnel upstream failures become ErrorResponses', () => {
+  let clientCa: X509Authority
+  let serverCa: X509Authority
+  let cert: { keyPem: string; certPem: string }
+  const clock = new TestClock()
+  const cleanups: (() => Promise<void> | void)[] = []
+
+  before(async () => {
+    clientCa = await testCa('client CA')
+    serverCa = await testCa('server CA')
+    cert = await serverCertificate(serverCa)
+  })
+  after(async () => {
+    for (const c of cleanups.reverse()) await c()
+  })
+
+  /** A tunnel to a fake server in `mode`; returns the ErrorResponse (if any) a client gets. */
+  async function attempt(mode: Mode, o: { host?: string; serverCert?: typeof cert; connectTimeoutMs?: number } = {}) {
+    const upstream = await fakePostgres(mode, o.serverCert ?? cert, clientCa.certPem)
+    cleanups.push(upstream.close)
+    const source = new CredentialSource<TlsClientCredential>('database orders', clock)
+    source.set(await dbCredential({ clientCa, serverCaPem: serverCa.certPem, user: 'app', host: o.host ?? '127.0.0.1', port: upstream.port }))
+    const deps = tunnelDeps(source, clock)
+    const tunnel = createDbTunnelService({
+      listen: '127.0.0.1:0', service: 'orders', username: 'app', protocol: 'postgres',
+      maxConnections: 5, connectTimeoutMs: o.connectTimeoutMs ?? 3000,
+    }, deps)
+    await tunnel.start()
+    cleanups.push(() => tunnel.stop(500))
+    const s = await rawConnect({ host: '127.0.0.1', port: Number(tunnel.address.split(':').pop()) })
+    s.write(startupPacket({ user: 'app', database: 'orders' }))
+    // A working upstream keeps the session open: hang up once its first answer is in.
+    if (mode === 'tls') s.once('data', () => setTimeout(() => s.end(), 20))
+    const answer = await readUntilClose(s, 2000)
+    s.destroy()
+    return { answer, error: parseErrorResponse(answer.data), upstream, tunnel, deps }
+  }
+
+  test('a server that speaks TLS: the startup packet arrives inside TLS and the answer comes back', async () => {
+    const { answer, upstream } = await attempt('tls')
+    assert.equal(answer.data[0], 0x52)
+    assert.deepEqual(upstream.seen[0]?.startup, startupPacket({ user: 'app', database: 'orders' }))
+    assert.equal(upstream.seen[0]?.sni, false, 'no SNI for an IP address')
+  })
+
+  test('SNI carries the registered host name', async () => {
+    const { upstream } = await attempt('tls', { host: 'localhost' })
+    assert.equal(upstream.seen[0]?.sni, 'localhost')
+  })
+
+  test('a server that answers N', async () => {
+    const { error } = await attempt('refuse-tls')
+    assert.equal(error?.C, '08001')
+    assert.match(error?.M ?? '', /does not accept TLS \(it answered N to SSLRequest\)/)
+    assert.match(error?.H ?? '', /ssl = on/)
+  })
+
+  test('a server that answers E (its text is not shown, CVE-2024-10977)', async () => {
+    const { error } = await attempt('error')
+    assert.match(error?.M ?? '', /answered the SSL request with an error/)
+  })
+
+  test('a server that is not PostgreSQL', async () => {
+    const { error } = await attempt('http')
+    assert.match(error?.M ?? '', /did not answer the SSL request like a PostgreSQL server/)
+  })
+
+  test('bytes after S before the handshake are refused (CVE-2021-23222)', async () => {
+    const { error } = await attempt('extra-after-S')
+    assert.match(error?.M ?? '', /sent unencrypted data after agreeing to TLS/)
+  })
+
+  test('a server that never answers: connect timeout', async () => {
+    const started = Date.now()
+    const { error, tunnel } = await attempt('silent', { connectTimeoutMs: 300 })
+    assert.ok(Date.now() - started < 1500)
+    assert.equal(error?.C, '08001')
+    assert.match(error?.M ?? '', /timed out connecting to the database server at 127\.0\.0\.1:\d+/)
+    assert.equal(tunnel.health().status, 'degraded')
+  })
+
+  test('a server certificate that does not name the host', async () => {
+    const other = await serverCertificate(serverCa, { dns: ['db.internal'], ips: [] })
+    const { error, deps } = await attempt('tls', { serverCert: other })
+    assert.equal(error?.C, '08006')
+    assert.match(error?.M ?? '', /the certificate of the database server at 127\.0\.0\.1:\d+ is not trusted: .*127\.0\.0\.1/)
+    assert.match(await deps.metrics.metrics(), /reason="upstream_cert_invalid"\} 1/)
+  })
+})
+
+describe('db-tunnel service lifecycle', () => {
+  test('before the first credential: 57P03 naming why', async () => {
+    const clock = new TestClock()
+    const source = new CredentialSource<TlsClientCredential>('database orders', clock)
+    source.fail(new Error('role does not allow database user app'))
+    const tunnel = createDbTunnelService({
+      listen: '127.0.0.1:0', service: 'orders', username: 'app', protocol: 'postgres', maxConnections: 5, connectTimeoutMs: 1000,
+    }, tunnelDeps(source, clock))
+    assert.equal(tunnel.health().status, 'starting')
+    await tunnel.start()
+    try {
+      assert.equal(tunnel.health().status, 'failed')
+      const s = await rawConnect({ host: '127.0.0.1', port: Number(tunnel.address.split(':').pop()) })
+      s.write(startupPacket({ user: 'app' }))
+      const err = parseErrorResponse((await readUntilClose(s)).data)
+      assert.equal(err?.C, '57P03')
+      assert.equal(err?.M, 'memid tunnel orders: no database orders credential yet: role does not allow database user app')
+    } finally {
+      await tunnel.stop(100)
+    }
+  })
+
+  test('stop() closes the listener, ends open connections by the deadline and removes the socket file', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'memid-dbt-'))
+    const clock = new TestClock()
+    const source = new CredentialSource<TlsClientCredential>('database orders', clock)
+    const sock = path.join(dir, 'run', '.s.PGSQL.5432')
+    const tunnel: Service = createDbTunnelService({
+      listen: sock, service: 'orders', username: 'app', protocol: 'postgres', maxConnections: 5, connectTimeoutMs: 1000,
+    }, tunnelDeps(source, clock))
+    await tunnel.start()
+    assert.equal(tunnel.address, sock)
+    assert.ok(existsSync(sock))
+    const lingering = await rawConnect({ path: sock })
+    const closed = readUntilClose(lingering, 5000)
+    const started = Date.now()
+    await tunnel.stop(200)
+    assert.ok((await closed).closed)
+    assert.ok(Date.now() - started < 2000)
+    assert.equal(existsSync(sock), false)
+    assert.equal(tunnel.health().status, 'stopped')
+    await assert.rejects(rawConnect({ path: sock }))
+    rmSync(dir, { recursive: true, force: true })
+  })
+})
