@@ -1,0 +1,129 @@
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { parse } from 'yaml'
+import { ConfigError } from '../../../src/core/errors.ts'
+import { HostAllowList, resolveKubeProxyConfig } from '../../../src/services/kube-proxy/config.ts'
+import {
+  downstreamResponseHeaders, isWatch, upgradeRequestHead, upstreamHttp2Headers, upstreamRequestHeaders,
+} from '../../../src/services/kube-proxy/headers.ts'
+import { renderKubeconfig } from '../../../src/services/kube-proxy/kubeconfig.ts'
+import { statusBody } from '../../../src/services/kube-proxy/status.ts'
+
+describe('kube proxy config', () => {
+  it('accepts host:port and socket paths, and names the key of a bad value', () => {
+    assert.deepEqual(resolveKubeProxyConfig({ listen: '127.0.0.1:8001', cluster: 'prod' }).listen, { kind: 'tcp', host: '127.0.0.1', port: 8001 })
+    assert.deepEqual(resolveKubeProxyConfig({ listen: '/run/memid/kube.sock', cluster: 'prod' }).listen, { kind: 'unix', path: '/run/memid/kube.sock' })
+    assert.throws(() => resolveKubeProxyConfig({ listen: 'nope', cluster: 'prod' }), (e: unknown) => e instanceof ConfigError && /^listen: /.test(e.message))
+    assert.throws(() => resolveKubeProxyConfig({ listen: '127.0.0.1:1', cluster: '../x' }), (e: unknown) => e instanceof ConfigError && /^cluster: /.test(e.message))
+    assert.throws(
+      () => resolveKubeProxyConfig({ listen: '127.0.0.1:1', cluster: 'a', allowedHosts: ['ok', 'bad host'] }),
+      (e: unknown) => e instanceof ConfigError && /^allowedHosts\[1\]: /.test(e.message),
+    )
+  })
+
+  it('allows the loopback names on any port by default and nothing else', () => {
+    const { allowedHosts } = resolveKubeProxyConfig({ listen: '127.0.0.1:0', cluster: 'c' })
+    for (const h of ['localhost', 'localhost:8001', '127.0.0.1', '127.0.0.1:8001', '[::1]', '[::1]:8001', 'LOCALHOST:1']) {
+      assert.equal(allowedHosts.allows(h), true, h)
+    }
+    for (const h of [undefined, '', 'evil.example', 'evil.example:8001', 'localhost.evil.example', '127.0.0.2', '127.0.0.1.nip.io:8001',
+      'localhost:8001:1', '[::1', 'localhost ', 'localhost\u0000', '[::2]:8001', '0.0.0.0']) {
+      assert.equal(allowedHosts.allows(h), false, String(h))
+    }
+  })
+
+  it('honours custom entries, with or without a port', () => {
+    const list = new HostAllowList(['kube.internal', 'proxy.local:8443', '::1'])
+    assert.equal(list.allows('kube.internal:1234'), true)
+    assert.equal(list.allows('proxy.local:8443'), true)
+    assert.equal(list.allows('proxy.local:8444'), false)
+    assert.equal(list.allows('proxy.local'), false)
+    assert.equal(list.allows('[::1]:9'), true)
+    assert.equal(list.allows('localhost'), false)
+  })
+
+  it('keeps its verdict cache bounded under many distinct Host values', () => {
+    const list = new HostAllowList(['localhost'])
+    for (let i = 0; i < 1000; i++) assert.equal(list.allows(`h${i}.example`), false)
+    assert.equal(list.allows('localhost:1'), true)
+  })
+})
+
+describe('kube proxy headers', () => {
+  const raw = [
+    'Host', '127.0.0.1:8001', 'User-Agent', 'kubectl/v1.32', 'Authorization', 'Bearer stolen', 'Connection', 'keep-alive, X-Private',
+    'X-Private', 'drop me', 'Keep-Alive', 'timeout=5', 'TE', 'trailers', 'Proxy-Authorization', 'Basic x', 'Accept', 'application/json',
+    'Impersonate-User', 'alice', 'Accept', 'text/plain', 'Expect', '100-continue', 'Transfer-Encoding', 'chunked',
+  ]
+
+  it('sends the API server no hop-by-hop header, no Authorization, and its own Host', () => {
+    assert.deepEqual(upstreamRequestHeaders(raw, '10.0.0.1:6443'), [
+      'Host', '10.0.0.1:6443', 'User-Agent', 'kubectl/v1.32', 'Accept', 'application/json', 'Impersonate-User', 'alice', 'Accept', 'text/plain',
+    ])
+  })
+
+  it('builds the same set as HTTP/2 headers, repeated names as lists', () => {
+    assert.deepEqual(upstreamHttp2Headers('GET', '/api', raw, '10.0.0.1:6443'), {
+      ':method': 'GET', ':path': '/api', ':authority': '10.0.0.1:6443', ':scheme': 'https',
+      'user-agent': 'kubectl/v1.32', accept: ['application/json', 'text/plain'], 'impersonate-user': 'alice',
+    })
+  })
+
+  it('keeps Upgrade and Connection: Upgrade for upgrades and nothing else hop-by-hop', () => {
+    const head = upgradeRequestHead('GET', '/api/v1/namespaces/d/pods/p/exec?command=ls', [
+      'Host', 'localhost:8001', 'Connection', 'Upgrade', 'Upgrade', 'websocket', 'Sec-WebSocket-Key', 'abc', 'Authorization', 'Bearer x',
+      'Sec-WebSocket-Protocol', 'v5.channel.k8s.io', 'X-Evil', 'a\r\nInjected: yes',
+    ], '[::1]:6443')
+    assert.equal(head,
+      'GET /api/v1/namespaces/d/pods/p/exec?command=ls HTTP/1.1\r\nHost: [::1]:6443\r\nConnection: Upgrade\r\n' +
+      'Upgrade: websocket\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\nX-Evil: aInjected: yes\r\n\r\n')
+  })
+
+  it('drops hop-by-hop headers from responses', () => {
+    assert.deepEqual(downstreamResponseHeaders(['Content-Type', 'application/json', 'Connection', 'close, X-Hop', 'X-Hop', '1',
+      'Transfer-Encoding', 'chunked', 'Audit-Id', 'abc']), ['Content-Type', 'application/json', 'Audit-Id', 'abc'])
+  })
+
+  it('recognises watches', () => {
+    assert.equal(isWatch('/api/v1/namespaces/d/pods?watch=true&resourceVersion=1'), true)
+    assert.equal(isWatch('/api/v1/pods?resourceVersion=1&watch=1'), true)
+    assert.equal(isWatch('/api/v1/watch/namespaces/d/pods'), true)
+    assert.equal(isWatch('/apis/apps/v1/watch/deployments'), true)
+    assert.equal(isWatch('/api/v1/pods?watch=false'), false)
+    assert.equal(isWatch('/api/v1/namespaces/watch/pods'), false)
+    assert.equal(isWatch('/api/v1/pods'), false)
+  })
+})
+
+describe('kube proxy Status bodies', () => {
+  it('are Kubernetes Status objects', () => {
+    assert.deepEqual(JSON.parse(statusBody(503, 'ServiceUnavailable', 'memid: expired')), {
+      kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: 'memid: expired', reason: 'ServiceUnavailable', code: 503,
+    })
+  })
+})
+
+describe('renderKubeconfig', () => {
+  it('has one context per proxy, the first current, server URLs and no credentials', () => {
+    const text = renderKubeconfig([
+      { name: 'prod', cluster: 'prod', server: 'http://127.0.0.1:8001' },
+      { name: 'staging', cluster: 'staging', server: 'http://127.0.0.1:8002' },
+    ])
+    const doc = parse(text) as Record<string, any>
+    assert.equal(doc.apiVersion, 'v1')
+    assert.equal(doc.kind, 'Config')
+    assert.equal(doc['current-context'], 'prod')
+    assert.deepEqual(doc.clusters, [
+      { name: 'prod', cluster: { server: 'http://127.0.0.1:8001' } },
+      { name: 'staging', cluster: { server: 'http://127.0.0.1:8002' } },
+    ])
+    assert.deepEqual(doc.contexts.map((c: any) => [c.name, c.context.cluster, c.context.user]), [['prod', 'prod', 'memid'], ['staging', 'staging', 'memid']])
+    assert.deepEqual(doc.users, [{ name: 'memid', user: {} }])
+    assert.doesNotMatch(text, /certificate|key-data|token|password|BEGIN/i)
+  })
+
+  it('refuses an empty list and duplicate names', () => {
+    assert.throws(() => renderKubeconfig([]), TypeError)
+    assert.throws(() => renderKubeconfig([{ name: 'a', cluster: 'a', server: 'http://x' }, { name: 'a', cluster: 'b', server: 'http://y' }]), /duplicate/)
+  })
+})
