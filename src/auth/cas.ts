@@ -72,11 +72,6 @@ export async function loadOrCreateCas(store: Store, clusterName: string): Promis
   }
 }
 
-/** The public material of one CA, as `memid auth export --kind` prints it. */
-export function exportCaFromStored(ca: StoredCa): string {
-  return ca.publicMaterial.endsWith('\n') ? ca.publicMaterial : `${ca.publicMaterial}\n`
-}
-
 export function caPin(cas: CaSet): string {
   return spkiPin(cas.tls.certPem)
 }

@@ -1,24 +1,20 @@
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import path from 'node:path'
 import type { Command } from 'commander'
-import { createLogger } from '../core/log.ts'
 import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
-import { startAuthServer } from '../auth/server.ts'
-import { signHostCertificate } from '../auth/sign-host.ts'
-import { caPin, loadOrCreateCas } from '../auth/cas.ts'
-import { exportCaFromStored } from '../auth/cas.ts'
-import { ensureDataDir, loadAuthConfig, resolveDataDir } from '../config/auth.ts'
-import { openStore } from '../storage/sqlite.ts'
-import { CA_KINDS, type CaKind, type Store } from '../storage/store.ts'
-import { existsSync } from 'node:fs'
-import { spkiPin } from '../pki/x509.ts'
+import { resolveDataDir } from '../config/paths.ts'
+import type { Store } from '../storage/store.ts'
+
+const CA_KINDS = ['ssh-user', 'ssh-host', 'tls', 'bot', 'kube-client', 'db-client'] as const
+type CaKind = (typeof CA_KINDS)[number]
 
 /** Opens the store of an existing data dir for offline commands (ca-pin, export, sign-host). */
 async function openExisting(dataDir?: string): Promise<Store> {
   const dir = resolveDataDir(dataDir)
   const file = path.join(dir, 'memid.db')
   if (!existsSync(file)) throw new MemidError('ERR_NOT_FOUND', `no memid store in ${dir}: run "memid auth start --data-dir ${dir}" first`)
+  const { openStore } = await import('../storage/sqlite.ts')
   return openStore(`sqlite:${file}`)
 }
 
@@ -34,6 +30,9 @@ export function registerAuthCommands(program: Command): void {
     .option('--cluster-name <name>', 'cluster name (default memid)')
     .option('--log-format <format>', 'json or text', undefined)
     .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string }) => {
+      const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }] = await Promise.all([
+        import('../config/auth.ts'), import('../core/log.ts'), import('../storage/sqlite.ts'), import('../auth/server.ts'),
+      ])
       const cfg = loadAuthConfig(opts)
       const log = createLogger({ format: cfg.logFormat, base: { component: 'auth' } })
       ensureDataDir(cfg.dataDir)
@@ -67,6 +66,7 @@ export function registerAuthCommands(program: Command): void {
       try {
         const ca = await store.getCa('tls')
         if (!ca) throw new MemidError('ERR_NOT_FOUND', 'the TLS CA does not exist yet: run "memid auth start" first')
+        const { spkiPin } = await import('../pki/x509.ts')
         process.stdout.write(`${spkiPin(ca.publicMaterial)}\n`)
       } finally {
         await store.close()
@@ -83,7 +83,7 @@ export function registerAuthCommands(program: Command): void {
       try {
         const ca = await store.getCa(opts.kind as CaKind)
         if (!ca) throw new MemidError('ERR_NOT_FOUND', `the ${opts.kind} CA does not exist yet: run "memid auth start" first`)
-        process.stdout.write(exportCaFromStored(ca))
+        process.stdout.write(ca.publicMaterial.endsWith('\n') ? ca.publicMaterial : `${ca.publicMaterial}\n`)
       } finally {
         await store.close()
       }
@@ -108,6 +108,7 @@ export function registerAuthCommands(program: Command): void {
       const store = await openExisting(opts.dataDir)
       try {
         if (!(await store.getCa('ssh-host'))) throw new MemidError('ERR_NOT_FOUND', 'the ssh-host CA does not exist yet: run "memid auth start" first')
+        const [{ loadOrCreateCas, caPin }, { signHostCertificate }] = await Promise.all([import('../auth/cas.ts'), import('../auth/sign-host.ts')])
         const cas = await loadOrCreateCas(store, 'memid')
         const cert = signHostCertificate({ caKey: cas.sshHost.key, hosts: opts.host.split(','), publicKeyLine: line, ttlMs })
         writeFileSync(opts.out, cert.endsWith('\n') ? cert : `${cert}\n`, { mode: 0o644 })

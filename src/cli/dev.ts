@@ -1,7 +1,6 @@
 import os from 'node:os'
 import path from 'node:path'
 import { readFileSync } from 'node:fs'
-import type { Command } from 'commander'
 import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import { createLogger } from '../core/log.ts'
@@ -9,9 +8,9 @@ import { defaultControlSocket, validateServices, type ServiceConfig } from '../c
 import { startAuthServer } from '../auth/server.ts'
 import { SqliteStore } from '../storage/sqlite.ts'
 import { startAgent } from '../agent/agent.ts'
-import { runAgentProcess } from './agent.ts'
+import { runAgentProcess } from './start.ts'
 
-interface DevFlags {
+export interface DevFlags {
   listen: string
   certificateTtl: string
   renewalInterval: string
@@ -40,82 +39,65 @@ function readPem(file: string | undefined, flag: string): string | undefined {
  * `memid dev`: an auth service on an in-memory store, a role and a bot, a token, and an
  * agent joined to it, all in one process. Nothing is written but the unix sockets.
  */
-export function registerDevCommand(program: Command): void {
-  program.command('dev')
-    .description('embedded default: auth service (in-memory) + bot + agent in one process')
-    .option('--listen <host:port>', 'auth service address', '127.0.0.1:0')
-    .option('--certificate-ttl <duration>', 'certificate lifetime', '1h')
-    .option('--renewal-interval <duration>', 'renewal interval', '20m')
-    .option('--diag-addr <host:port>', 'diagnostics address', '127.0.0.1:0')
-    .option('--kube-server <url>', 'register a Kubernetes API server and proxy it (https://HOST:PORT)')
-    .option('--kube-ca-file <pem>', "CA of the Kubernetes API server's certificate")
-    .option('--kube-listen <host:port>', 'kube proxy address', '127.0.0.1:8001')
-    .option('--db-uri <uri>', 'register a PostgreSQL server and tunnel to it (postgres://HOST:PORT)')
-    .option('--db-ca-file <pem>', "CA of the database server's certificate")
-    .option('--db-user <name>', 'database user for the tunnel', 'app')
-    .option('--db-name <name>', 'database name for the tunnel')
-    .option('--db-listen <host:port>', 'tunnel address', '127.0.0.1:6432')
-    .option('--log-format <format>', 'json or text', 'text')
-    .action(async (f: DevFlags) => {
-      const ttl = parseDuration(f.certificateTtl)
-      const interval = parseDuration(f.renewalInterval)
-      if (ttl === undefined || interval === undefined || interval >= ttl) {
-        throw new MemidError('ERR_CONFIG', '--renewal-interval: must be a duration shorter than --certificate-ttl')
-      }
-      if (f.logFormat !== 'json' && f.logFormat !== 'text') throw new MemidError('ERR_CONFIG', '--log-format: must be json or text')
-      const log = createLogger({ format: f.logFormat })
-      const runtime = path.dirname(defaultControlSocket())
-      const devDir = path.join(runtime, 'dev')
-      const me = os.userInfo().username
+export async function runDev(f: DevFlags): Promise<void> {
+  const ttl = parseDuration(f.certificateTtl)
+  const interval = parseDuration(f.renewalInterval)
+  if (ttl === undefined || interval === undefined || interval >= ttl) {
+    throw new MemidError('ERR_CONFIG', '--renewal-interval: must be a duration shorter than --certificate-ttl')
+  }
+  if (f.logFormat !== 'json' && f.logFormat !== 'text') throw new MemidError('ERR_CONFIG', '--log-format: must be json or text')
+  const log = createLogger({ format: f.logFormat })
+  const runtime = path.dirname(defaultControlSocket())
+  const devDir = path.join(runtime, 'dev')
+  const me = os.userInfo().username
 
-      const auth = await startAuthServer({
-        store: SqliteStore.open(':memory:'), listen: f.listen, clusterName: 'dev',
-        adminSocket: path.join(devDir, 'admin.sock'), logger: log.child({ component: 'auth' }),
-      })
-      const kubeCa = readPem(f.kubeCaFile, '--kube-ca-file')
-      const dbCa = readPem(f.dbCaFile, '--db-ca-file')
-      const services: ServiceConfig[] = [{ type: 'ssh-agent', path: path.join(devDir, 'agent.sock'), keyType: 'ed25519' }]
-      if (f.kubeServer) {
-        await auth.admin.addResource('kube', { name: 'dev', uri: f.kubeServer, ...(kubeCa ? { caPem: kubeCa } : {}) })
-        services.push({ type: 'kube-proxy', cluster: 'dev', listen: f.kubeListen })
-      }
-      if (f.dbUri) {
-        await auth.admin.addResource('db', { name: 'dev', uri: f.dbUri, ...(dbCa ? { caPem: dbCa } : {}) })
-        services.push({ type: 'database-tunnel', service: 'dev', username: f.dbUser, listen: f.dbListen, protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000, ...(f.dbName ? { database: f.dbName } : {}) })
-      }
-      validateServices(services)
-      await auth.admin.addRole({
-        name: 'dev', logins: [...new Set([me, 'deploy'])], kubeClusters: ['*'], kubeUsers: ['dev'], kubeGroups: ['system:masters'],
-        databases: ['*'], dbUsers: [f.dbUser], dbNames: ['*'],
-      })
-      const { token } = await auth.admin.addBot({ name: 'dev', roles: ['dev'] })
+  const auth = await startAuthServer({
+    store: SqliteStore.open(':memory:'), listen: f.listen, clusterName: 'dev',
+    adminSocket: path.join(devDir, 'admin.sock'), logger: log.child({ component: 'auth' }),
+  })
+  const kubeCa = readPem(f.kubeCaFile, '--kube-ca-file')
+  const dbCa = readPem(f.dbCaFile, '--db-ca-file')
+  const services: ServiceConfig[] = [{ type: 'ssh-agent', path: path.join(devDir, 'agent.sock'), keyType: 'ed25519' }]
+  if (f.kubeServer) {
+    await auth.admin.addResource('kube', { name: 'dev', uri: f.kubeServer, ...(kubeCa ? { caPem: kubeCa } : {}) })
+    services.push({ type: 'kube-proxy', cluster: 'dev', listen: f.kubeListen })
+  }
+  if (f.dbUri) {
+    await auth.admin.addResource('db', { name: 'dev', uri: f.dbUri, ...(dbCa ? { caPem: dbCa } : {}) })
+    services.push({ type: 'database-tunnel', service: 'dev', username: f.dbUser, listen: f.dbListen, protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000, ...(f.dbName ? { database: f.dbName } : {}) })
+  }
+  validateServices(services)
+  await auth.admin.addRole({
+    name: 'dev', logins: [...new Set([me, 'deploy'])], kubeClusters: ['*'], kubeUsers: ['dev'], kubeGroups: ['system:masters'],
+    databases: ['*'], dbUsers: [f.dbUser], dbNames: ['*'],
+  })
+  const { token } = await auth.admin.addBot({ name: 'dev', roles: ['dev'] })
 
-      const agent = startAgent({
-        authServer: auth.address, caPins: [auth.caPin], token: token.token, certificateTtlMs: ttl, renewalIntervalMs: interval,
-        controlSocket: defaultControlSocket(), diagnostics: f.diagAddr, services, logger: log.child({ component: 'agent' }),
-      })
-      agent.closed.then(() => auth.stop(2_000)).catch(() => undefined)
-      agent.ready.then(() => {
-        const s = agent.status()
-        const svc = (type: string) => s.services.find((x) => x.type === type)
-        const diag = s.diagnostics
-        const lines = [
-          '',
-          'memid dev is running — everything below lives in this process\'s memory. Ctrl-C stops it.',
-          '',
-          `  auth service   ${auth.address} (in-memory store, cluster "dev", CA pin ${auth.caPin})`,
-          `  admin          memid bots ls --data-dir ${devDir}`,
-          `  bot            dev, instance ${s.instanceId}, generation ${s.generation}, roles: dev (logins ${[...new Set([me, 'deploy'])].join(', ')})`,
-          `  status         memid status`,
-          `  ssh agent      SSH_AUTH_SOCK=${svc('ssh-agent')?.address} ssh-add -L`,
-          `                 ssh -o KnownHostsCommand="memid known-hosts" ${me}@HOST   (sshd trusting: memid auth export --kind ssh-user)`,
-          ...(svc('kube-proxy') ? [`  kube proxy     kubectl --server http://${svc('kube-proxy')?.address} get pods`] : []),
-          ...(svc('database-tunnel') ? [`  db tunnel      psql "host=${svc('database-tunnel')?.address.split(':')[0]} port=${svc('database-tunnel')?.address.split(':').at(-1)} user=${f.dbUser}${f.dbName ? ` dbname=${f.dbName}` : ''}"`] : []),
-          ...(diag ? [`  diagnostics    http://${diag}/readyz  http://${diag}/metrics`] : []),
-          '',
-        ]
-        process.stdout.write(lines.join('\n') + '\n')
-      }, () => undefined)
-      await runAgentProcess(agent, log)
-    })
+  const agent = startAgent({
+    authServer: auth.address, caPins: [auth.caPin], token: token.token, certificateTtlMs: ttl, renewalIntervalMs: interval,
+    controlSocket: defaultControlSocket(), diagnostics: f.diagAddr, services, logger: log.child({ component: 'agent' }),
+  })
+  agent.closed.then(() => auth.stop(2_000)).catch(() => undefined)
+  agent.ready.then(() => {
+    const s = agent.status()
+    const svc = (type: string) => s.services.find((x) => x.type === type)
+    const diag = s.diagnostics
+    const lines = [
+      '',
+      'memid dev is running — everything below lives in this process\'s memory. Ctrl-C stops it.',
+      '',
+      `  auth service   ${auth.address} (in-memory store, cluster "dev", CA pin ${auth.caPin})`,
+      `  admin          memid bots ls --data-dir ${devDir}`,
+      `  bot            dev, instance ${s.instanceId}, generation ${s.generation}, roles: dev (logins ${[...new Set([me, 'deploy'])].join(', ')})`,
+      `  status         memid status`,
+      `  ssh agent      SSH_AUTH_SOCK=${svc('ssh-agent')?.address} ssh-add -L`,
+      `                 ssh -o KnownHostsCommand="memid known-hosts" ${me}@HOST   (sshd trusting: memid auth export --kind ssh-user)`,
+      ...(svc('kube-proxy') ? [`  kube proxy     kubectl --server http://${svc('kube-proxy')?.address} get pods`] : []),
+      ...(svc('database-tunnel') ? [`  db tunnel      psql "host=${svc('database-tunnel')?.address.split(':')[0]} port=${svc('database-tunnel')?.address.split(':').at(-1)} user=${f.dbUser}${f.dbName ? ` dbname=${f.dbName}` : ''}"`] : []),
+      ...(diag ? [`  diagnostics    http://${diag}/readyz  http://${diag}/metrics`] : []),
+      '',
+    ]
+    process.stdout.write(lines.join('\n') + '\n')
+  }, () => undefined)
+  await runAgentProcess(agent, log)
 }

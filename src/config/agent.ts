@@ -1,11 +1,10 @@
-import os from 'node:os'
-import path from 'node:path'
 import { z } from 'zod'
 import { ConfigError, MemidError } from '../core/errors.ts'
 import { formatDuration, parseDuration } from '../core/duration.ts'
 import { formatPath, nameSchema, principalSchema } from '../core/validate.ts'
 import { parseListenAddress } from '../services/listener.ts'
 import { readYamlFile } from './auth.ts'
+import { defaultControlSocket } from './paths.ts'
 
 const duration = z.string().refine((s) => parseDuration(s) !== undefined, 'must be a duration like 90s, 20m, 1h')
 const listenAddr = z.string().superRefine((s, ctx) => {
@@ -106,12 +105,7 @@ export interface AgentFlags {
   logFormat?: string
 }
 
-/** `$XDG_RUNTIME_DIR/memid/control.sock`, else `/tmp/memid-<uid>/control.sock`. */
-export function defaultControlSocket(): string {
-  const xdg = process.env.XDG_RUNTIME_DIR
-  if (xdg && xdg.startsWith('/')) return path.join(xdg, 'memid', 'control.sock')
-  return path.join(os.tmpdir(), `memid-${process.getuid?.() ?? 'user'}`, 'control.sock')
-}
+export { defaultControlSocket } from './paths.ts'
 
 function fail(at: string, message: string): never {
   throw new ConfigError(`${at}: ${message}`)

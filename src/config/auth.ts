@@ -4,6 +4,7 @@ import YAML from 'yaml'
 import { z } from 'zod'
 import { ConfigError } from '../core/errors.ts'
 import { nameSchema, parseWith } from '../core/validate.ts'
+import { resolveDataDir } from './paths.ts'
 
 const fileSchema = z.strictObject({
   version: z.literal('v1'),
@@ -31,10 +32,7 @@ export interface AuthFlags {
   logFormat?: string
 }
 
-/** The data dir: flag, then `$MEMID_DATA_DIR`, then `./memid-data`. */
-export function resolveDataDir(flag?: string): string {
-  return path.resolve(flag ?? process.env.MEMID_DATA_DIR ?? 'memid-data')
-}
+export { resolveDataDir } from './paths.ts'
 
 /** Reads a YAML config file into a plain value; a missing or malformed file is a ConfigError. */
 export function readYamlFile(file: string): unknown {
