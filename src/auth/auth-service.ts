@@ -170,35 +170,22 @@ export class AuthService {
     const g = a.claims.generation
     let next = 0
     let retried = false
-    try {
-      await this.#store.updateInstance(a.instance.id, (cur) => {
-        if (cur === undefined) throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${a.instance.id} does not exist`)
-        const inst = { ...cur }
-        if (inst.pendingGeneration !== null && g === inst.pendingGeneration) {
-          inst.generation = g
-          inst.pendingGeneration = null
-          inst.pendingRetries = 0
+    await this.#updateGeneration(a, peer, 'renew', (inst) => {
+      if (inst.pendingGeneration === null) {
+        if (g !== inst.generation) throw new StaleGeneration(String(inst.generation))
+        next = inst.generation + 1
+        inst.pendingRetries = 0
+      } else {
+        if (g !== inst.generation || inst.pendingRetries >= 1) {
+          throw new StaleGeneration(inst.pendingRetries >= 1 ? String(inst.pendingGeneration) : `${inst.generation} or ${inst.pendingGeneration}`)
         }
-        if (inst.pendingGeneration === null) {
-          if (g !== inst.generation) throw new StaleGeneration(String(inst.generation))
-          next = inst.generation + 1
-          inst.pendingRetries = 0
-        } else {
-          if (g !== inst.generation || inst.pendingRetries >= 1) {
-            throw new StaleGeneration(inst.pendingRetries >= 1 ? String(inst.pendingGeneration) : `${inst.generation} or ${inst.pendingGeneration}`)
-          }
-          next = inst.pendingGeneration + 1
-          inst.pendingRetries += 1
-          retried = true
-        }
-        inst.pendingGeneration = next
-        inst.latestAuthentications = [...inst.latestAuthentications, { time: new Date(now).toISOString(), joinMethod: 'bot-certificate', remoteAddr: peer.remoteAddr, generation: next }].slice(-INSTANCE_HISTORY)
-        return inst
-      })
-    } catch (err) {
-      if (err instanceof StaleGeneration) return this.#onStale(a, peer, 'renew', err.expected)
-      throw err
-    }
+        next = inst.pendingGeneration + 1
+        inst.pendingRetries += 1
+        retried = true
+      }
+      inst.pendingGeneration = next
+      inst.latestAuthentications = [...inst.latestAuthentications, { time: new Date(now).toISOString(), joinMethod: 'bot-certificate', remoteAddr: peer.remoteAddr, generation: next }].slice(-INSTANCE_HISTORY)
+    })
     const ttlMs = clampTtl(req.ttl, a.bot)
     const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: a.bot.name, instanceId: a.instance.id, generation: next }, ttlMs, now)
     await this.audit({ type: 'renew', success: true, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { from: g, generation: next, retry: retried } })
@@ -206,8 +193,11 @@ export class AuthService {
     return identityResponse(a.bot.name, a.instance.id, next, cert)
   }
 
-  /** Accepts the current or the pending generation (confirming the pending one). */
-  async #checkGeneration(a: Authenticated, peer: Peer, op: string, record?: (i: BotInstance) => void): Promise<void> {
+  /**
+   * Runs `decide` on the instance inside the store's transaction, after confirming a
+   * pending generation the caller presents. A StaleGeneration thrown by `decide` locks.
+   */
+  async #updateGeneration(a: Authenticated, peer: Peer, op: string, decide: (inst: BotInstance) => void): Promise<void> {
     const g = a.claims.generation
     try {
       await this.#store.updateInstance(a.instance.id, (cur) => {
@@ -217,16 +207,24 @@ export class AuthService {
           inst.generation = g
           inst.pendingGeneration = null
           inst.pendingRetries = 0
-        } else if (g !== inst.generation) {
-          throw new StaleGeneration(inst.pendingGeneration === null ? String(inst.generation) : `${inst.generation} or ${inst.pendingGeneration}`)
         }
-        record?.(inst)
+        decide(inst)
         return inst
       })
     } catch (err) {
       if (err instanceof StaleGeneration) return this.#onStale(a, peer, op, err.expected)
       throw err
     }
+  }
+
+  /** Accepts the current or the pending generation (confirming the pending one). */
+  #checkGeneration(a: Authenticated, peer: Peer, op: string, record?: (i: BotInstance) => void): Promise<void> {
+    return this.#updateGeneration(a, peer, op, (inst) => {
+      if (a.claims.generation !== inst.generation) {
+        throw new StaleGeneration(inst.pendingGeneration === null ? String(inst.generation) : `${inst.generation} or ${inst.pendingGeneration}`)
+      }
+      record?.(inst)
+    })
   }
 
   async heartbeat(req: HeartbeatRequest, peer: Peer): Promise<{ generation: number }> {

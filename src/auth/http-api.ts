@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http'
 import type { TLSSocket } from 'node:tls'
+import type { z } from 'zod'
 import { MemidError } from '../core/errors.ts'
 import { Router, readJsonBody, sendJson } from '../core/http.ts'
 import { parseWith } from '../core/validate.ts'
@@ -26,25 +27,12 @@ export function agentApiRouter(auth: AuthService, joinLimiter: RateLimiter): Rou
     const body = parseWith(joinSchema, await readJsonBody(req))
     sendJson(res, 200, await auth.join(body, peer))
   })
-  router.on('POST', '/v1/renew', async (req, res) => {
-    const body = parseWith(renewSchema, await readJsonBody(req))
-    sendJson(res, 200, await auth.renew(body, peerOf(req)))
-  })
-  router.on('POST', '/v1/heartbeat', async (req, res) => {
-    const body = parseWith(heartbeatSchema, await readJsonBody(req))
-    sendJson(res, 200, await auth.heartbeat(body, peerOf(req)))
-  })
-  router.on('POST', '/v1/certs/ssh', async (req, res) => {
-    const body = parseWith(sshCertSchema, await readJsonBody(req))
-    sendJson(res, 200, await auth.issueSsh(body, peerOf(req)))
-  })
-  router.on('POST', '/v1/certs/kube', async (req, res) => {
-    const body = parseWith(kubeCertSchema, await readJsonBody(req))
-    sendJson(res, 200, await auth.issueKube(body, peerOf(req)))
-  })
-  router.on('POST', '/v1/certs/db', async (req, res) => {
-    const body = parseWith(dbCertSchema, await readJsonBody(req))
-    sendJson(res, 200, await auth.issueDb(body, peerOf(req)))
-  })
+  const post = <T>(path: string, schema: z.ZodType<T>, handle: (body: T, peer: Peer) => Promise<unknown>) =>
+    router.on('POST', path, async (req, res) => sendJson(res, 200, await handle(parseWith(schema, await readJsonBody(req)), peerOf(req))))
+  post('/v1/renew', renewSchema, (b, p) => auth.renew(b, p))
+  post('/v1/heartbeat', heartbeatSchema, (b, p) => auth.heartbeat(b, p))
+  post('/v1/certs/ssh', sshCertSchema, (b, p) => auth.issueSsh(b, p))
+  post('/v1/certs/kube', kubeCertSchema, (b, p) => auth.issueKube(b, p))
+  post('/v1/certs/db', dbCertSchema, (b, p) => auth.issueDb(b, p))
   return router
 }
