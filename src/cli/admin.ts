@@ -36,8 +36,22 @@ function readCaFile(file: string | undefined): string | undefined {
   }
 }
 
-function done(format: Format, what: string): void {
-  emit(format, { ok: true }, () => `${what}\n`)
+
+/** `GROUP ls`: GET the collection, print JSON/YAML or a table. */
+function lsCommand<T>(group: Command, what: string, apiPath: string, headers: string[], row: (item: T) => (string | number | undefined)[]): void {
+  common(group.command('ls').description(`list ${what}`)).action(async (o: Common) => {
+    const f = parseFormat(o.format)
+    const rows = await adminCall<T[]>(o, 'GET', apiPath)
+    emit(f, rows, () => table(headers, rows.map(row)))
+  })
+}
+
+/** `GROUP rm ID`: DELETE one item. */
+function rmCommand(group: Command, arg: string, description: string, apiPath: string, done: (id: string) => string): void {
+  common(group.command(`rm <${arg}>`).description(description)).action(async (id: string, o: Common) => {
+    await adminCall(o, 'DELETE', `${apiPath}/${encodeURIComponent(id)}`)
+    emit(parseFormat(o.format), { ok: true }, () => `${done(id)}\n`)
+  })
 }
 
 export function registerAdminCommands(program: Command): void {
@@ -58,16 +72,9 @@ export function registerAdminCommands(program: Command): void {
       })
       emit(f, role, () => `role "${role.name}" created\n`)
     })
-  common(roles.command('ls').description('list roles')).action(async (o: Common) => {
-    const f = parseFormat(o.format)
-    const rows = await adminCall<Role[]>(o, 'GET', '/v1/roles')
-    emit(f, rows, () => table(['Name', 'Logins', 'Kube Clusters', 'Kube Users', 'Kube Groups', 'Databases', 'DB Users', 'DB Names'],
-      rows.map((r) => [r.name, list(r.logins), list(r.kubeClusters), list(r.kubeUsers), list(r.kubeGroups), list(r.databases), list(r.dbUsers), list(r.dbNames)])))
-  })
-  common(roles.command('rm <name>').description('delete a role')).action(async (name: string, o: Common) => {
-    await adminCall(o, 'DELETE', `/v1/roles/${encodeURIComponent(name)}`)
-    done(parseFormat(o.format), `role "${name}" deleted`)
-  })
+  lsCommand<Role>(roles, 'roles', '/v1/roles', ['Name', 'Logins', 'Kube Clusters', 'Kube Users', 'Kube Groups', 'Databases', 'DB Users', 'DB Names'],
+    (r) => [r.name, list(r.logins), list(r.kubeClusters), list(r.kubeUsers), list(r.kubeGroups), list(r.databases), list(r.dbUsers), list(r.dbNames)])
+  rmCommand(roles, 'name', 'delete a role', '/v1/roles', (n) => `role "${n}" deleted`)
 
   const bots = program.command('bots').description('bots: machine identities')
   common(bots.command('add <name>').description('create a bot and print its first join token'))
@@ -80,15 +87,8 @@ export function registerAdminCommands(program: Command): void {
         `bot "${out.bot.name}" created with roles ${out.bot.roles.join(', ')} (max TTL ${formatDuration(out.bot.maxTtlMs)})\n` +
         `join token ${out.token.name}, single use, expires ${out.token.expiresAt}:\n${out.token.token}\n`)
     })
-  common(bots.command('ls').description('list bots')).action(async (o: Common) => {
-    const f = parseFormat(o.format)
-    const rows = await adminCall<Bot[]>(o, 'GET', '/v1/bots')
-    emit(f, rows, () => table(['Name', 'Roles', 'Max TTL', 'Created'], rows.map((b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])))
-  })
-  common(bots.command('rm <name>').description('delete a bot; its instances can no longer renew')).action(async (name: string, o: Common) => {
-    await adminCall(o, 'DELETE', `/v1/bots/${encodeURIComponent(name)}`)
-    done(parseFormat(o.format), `bot "${name}" deleted`)
-  })
+  lsCommand<Bot>(bots, 'bots', '/v1/bots', ['Name', 'Roles', 'Max TTL', 'Created'], (b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])
+  rmCommand(bots, 'name', 'delete a bot; its instances can no longer renew', '/v1/bots', (n) => `bot "${n}" deleted`)
 
   const tokens = program.command('tokens').description('join tokens (single use, expiring)')
   common(tokens.command('add').description('create a join token; prints only the token'))
@@ -100,15 +100,9 @@ export function registerAdminCommands(program: Command): void {
       const t = await adminCall<CreatedToken>(o, 'POST', '/v1/tokens', { bot: o.bot, joinMethod: o.joinMethod, ...(o.ttl ? { ttl: o.ttl } : {}) })
       emit(f, t, () => `${t.token}\n`)
     })
-  common(tokens.command('ls').description('list join tokens (names only, never secrets)')).action(async (o: Common) => {
-    const f = parseFormat(o.format)
-    const rows = await adminCall<PublicToken[]>(o, 'GET', '/v1/tokens')
-    emit(f, rows, () => table(['Name', 'Bot', 'Join Method', 'Expires', 'Used By'], rows.map((t) => [t.name, t.bot, t.joinMethod, t.expiresAt, t.usedByInstance])))
-  })
-  common(tokens.command('rm <name>').description('delete a join token')).action(async (name: string, o: Common) => {
-    await adminCall(o, 'DELETE', `/v1/tokens/${encodeURIComponent(name)}`)
-    done(parseFormat(o.format), `token "${name}" deleted`)
-  })
+  lsCommand<PublicToken>(tokens, 'join tokens (names only, never secrets)', '/v1/tokens', ['Name', 'Bot', 'Join Method', 'Expires', 'Used By'],
+    (t) => [t.name, t.bot, t.joinMethod, t.expiresAt, t.usedByInstance])
+  rmCommand(tokens, 'name', 'delete a join token', '/v1/tokens', (n) => `token "${n}" deleted`)
 
   for (const [group, kind, flag, example] of [['kube', 'kube cluster', '--server', 'https://HOST:PORT'], ['dbs', 'database', '--uri', 'postgres://HOST:PORT']] as const) {
     const g = program.command(group).description(`${kind}s the bots may reach`)
@@ -121,15 +115,8 @@ export function registerAdminCommands(program: Command): void {
         const res = await adminCall<Resource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
         emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n`)
       })
-    common(g.command('ls').description(`list ${kind}s`)).action(async (o: Common) => {
-      const f = parseFormat(o.format)
-      const rows = await adminCall<Resource[]>(o, 'GET', `/v1/${group}`)
-      emit(f, rows, () => table(['Name', group === 'kube' ? 'Server' : 'URI', 'CA', 'Created'], rows.map((r) => [r.name, r.uri, r.caPem ? 'custom' : 'system roots', r.createdAt])))
-    })
-    common(g.command('rm <name>').description(`remove a ${kind}`)).action(async (name: string, o: Common) => {
-      await adminCall(o, 'DELETE', `/v1/${group}/${encodeURIComponent(name)}`)
-      done(parseFormat(o.format), `${kind} "${name}" removed`)
-    })
+    lsCommand<Resource>(g, `${kind}s`, `/v1/${group}`, ['Name', group === 'kube' ? 'Server' : 'URI', 'CA', 'Created'], (r) => [r.name, r.uri, r.caPem ? 'custom' : 'system roots', r.createdAt])
+    rmCommand(g, 'name', `remove a ${kind}`, `/v1/${group}`, (n) => `${kind} "${n}" removed`)
   }
 
   common(program.command('get <resource>').description('show bot_instance, bot_instance/BOT or bot_instance/BOT/ID'))
@@ -164,15 +151,8 @@ export function registerAdminCommands(program: Command): void {
       const lock = await adminCall<Lock>(o, 'POST', '/v1/locks', { ...(o.bot ? { bot: o.bot } : {}), ...(o.instance ? { instance: o.instance } : {}), ...(o.reason ? { reason: o.reason } : {}) })
       emit(f, lock, () => `lock ${lock.id} created\n`)
     })
-  common(locks.command('ls').description('list locks')).action(async (o: Common) => {
-    const f = parseFormat(o.format)
-    const rows = await adminCall<Lock[]>(o, 'GET', '/v1/locks')
-    emit(f, rows, () => table(['ID', 'Target', 'Reason', 'Created'], rows.map((l) => [l.id, l.bot ? `bot/${l.bot}` : `instance/${l.instance}`, l.reason, l.createdAt])))
-  })
-  common(locks.command('rm <id>').description('remove a lock')).action(async (id: string, o: Common) => {
-    await adminCall(o, 'DELETE', `/v1/locks/${encodeURIComponent(id)}`)
-    done(parseFormat(o.format), `lock ${id} removed`)
-  })
+  lsCommand<Lock>(locks, 'locks', '/v1/locks', ['ID', 'Target', 'Reason', 'Created'], (l) => [l.id, l.bot ? `bot/${l.bot}` : `instance/${l.instance}`, l.reason, l.createdAt])
+  rmCommand(locks, 'id', 'remove a lock', '/v1/locks', (id) => `lock ${id} removed`)
 
   common(program.command('audit').description('show audit events'), ['text', 'json'])
     .option('--since <duration>', 'only events newer than this, e.g. 1h')
