@@ -1,0 +1,37 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { existsSync, statSync } from 'node:fs'
+import path from 'node:path'
+import { MemidProcess, eventually, memidBin, runMemid, tempDir } from '../fixtures/memid.ts'
+
+test('memid dev runs auth + bot + agent in one process and stops cleanly on Ctrl-C', async () => {
+  const { dir, cleanup } = tempDir('memid-dev-')
+  // XDG_RUNTIME_DIR keeps this run's sockets away from any other memid on the machine.
+  const env = { XDG_RUNTIME_DIR: dir }
+  const dev = new MemidProcess(memidBin[0], [memidBin[1], 'dev', '--log-format', 'json'], env)
+  try {
+    await dev.waitFor('agent ready', 30_000)
+    await eventually(() => dev.stdout.includes('memid dev is running'), 5_000, 'the summary')
+    assert.match(dev.stdout, /ssh agent\s+SSH_AUTH_SOCK=\S+agent\.sock ssh-add -L/)
+    const control = path.join(dir, 'memid', 'control.sock')
+    assert.equal(statSync(control).mode & 0o777, 0o600)
+    const status = await runMemid(['status', '--format', 'json'], { env })
+    assert.equal(status.code, 0, status.stderr)
+    const s = JSON.parse(status.stdout)
+    assert.equal(s.bot, 'dev')
+    assert.equal(s.services[0].type, 'ssh-agent')
+    assert.equal(s.services[0].status, 'ok')
+    const bots = await runMemid(['bots', 'ls', '--data-dir', path.join(dir, 'memid', 'dev'), '--format', 'json'], { env })
+    assert.equal(JSON.parse(bots.stdout)[0].name, 'dev')
+    const known = await runMemid(['known-hosts'], { env })
+    assert.match(known.stdout, /^@cert-authority \* ssh-ed25519 \S+ memid dev ssh-host CA\n$/)
+    dev.signal('SIGINT')
+    assert.equal(await dev.exited, 0)
+    assert.ok(!existsSync(control), 'control socket removed')
+    assert.ok(!existsSync(path.join(dir, 'memid', 'dev', 'agent.sock')), 'agent socket removed')
+    assert.ok(!existsSync(path.join(dir, 'memid', 'dev', 'admin.sock')), 'admin socket removed')
+  } finally {
+    await dev.stop()
+    cleanup()
+  }
+})
