@@ -305,9 +305,12 @@ export class SqliteStore implements Store {
 }
 
 function caFromRow(r: Row): StoredCa {
+  const raw = r.private_key as Uint8Array
+  const privateKeyDer = Buffer.from(raw)
+  raw.fill(0)
   return {
     kind: str(r.kind) as CaKind,
-    privateKeyDer: Buffer.from(r.private_key as Uint8Array),
+    privateKeyDer,
     publicMaterial: str(r.public_material),
     createdAt: str(r.created_at),
   }

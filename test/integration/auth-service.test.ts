@@ -48,7 +48,7 @@ describe('auth service', () => {
   })
   after(async () => {
     c?.close()
-    await auth?.stop()
+    assert.equal(await auth?.stop(), 0, 'SIGTERM: finish in-flight requests, close the store, exit 0')
   })
 
   test('data dir is 0700, store and admin socket are 0600; CAs export as documented', async () => {
