@@ -109,5 +109,15 @@ export function isWatch(url: string): boolean {
     if (w === 'true' || w === '1') return true
   }
   const path = q >= 0 ? url.slice(0, q) : url
-  return /^\/apis?\/(?:[^/]+\/)*watch\//.test(path)
+  return /^\/(?:api\/[^/]+|apis\/[^/]+\/[^/]+)\/watch\//.test(path)
+}
+
+/**
+ * True for the discovery endpoints kubectl reads before anything else (and caches). Their
+ * errors reach the user only as a generic message, so failures there also carry a Warning.
+ */
+export function isDiscovery(url: string): boolean {
+  const q = url.indexOf('?')
+  const path = q >= 0 ? url.slice(0, q) : url
+  return /^\/(?:version|api|apis|api\/[^/]+|apis\/[^/]+(?:\/[^/]+)?|openapi\/.*)\/?$/.test(path)
 }

@@ -15,7 +15,7 @@ import type { Logger } from '../../core/log.ts'
 import { ConnectionTracker, closeServer, formatAddress, listen, removeSocketFile, type ListenAddress } from '../listener.ts'
 import type { Health, Service, ServiceDeps } from '../service.ts'
 import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
-import { isWatch } from './headers.ts'
+import { isDiscovery, isWatch } from './headers.ts'
 import { KubeProxyMetrics } from './metrics.ts'
 import { writeRawStatus, writeStatus } from './status.ts'
 import { pipeUpgrade } from './upgrade.ts'
@@ -193,13 +193,13 @@ class KubeProxyService implements Service {
       return writeStatus(res, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
     }
     const conns = this.#current()
-    if (conns instanceof MemidError) return writeStatus(res, 503, 'ServiceUnavailable', `memid: ${conns.message}`)
+    if (conns instanceof MemidError) return writeStatus(res, 503, 'ServiceUnavailable', `memid: ${conns.message}`, isDiscovery(req.url ?? ''))
     conns.forward(req, res, {
       onResponse: (_status, seconds) => {
         this.#upstreamOk()
         this.#metrics.upstreamLatency(seconds)
       },
-      onUpstreamError: (err) => writeStatus(res, 502, 'ServiceUnavailable', this.#upstreamFailed(err)),
+      onUpstreamError: (err) => writeStatus(res, 502, 'ServiceUnavailable', this.#upstreamFailed(err), isDiscovery(req.url ?? '')),
     })
   }
 

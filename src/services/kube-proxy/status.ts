@@ -12,14 +12,27 @@ export function statusBody(code: number, reason: StatusReason, message: string):
   return JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code })
 }
 
-/** Answers an ordinary request with a Status body. */
-export function writeStatus(res: ServerResponse, code: number, reason: StatusReason, message: string): void {
+/**
+ * A `Warning` header (RFC 7234 §5.5, as kube-apiserver sends them) carrying the message.
+ * kubectl prints warnings from every response, while it reports a failed discovery request
+ * only as "the server is currently unable to handle the request": the warning is how the
+ * cause reaches the user when kubectl's discovery cache is cold.
+ */
+export function warningHeader(message: string): string {
+  return `299 - "${message.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, '\\$&')}"`
+}
+
+/** Answers an ordinary request with a Status body (and, if asked, the message as a Warning too). */
+export function writeStatus(res: ServerResponse, code: number, reason: StatusReason, message: string, warn = false): void {
   if (res.headersSent) {
     res.destroy()
     return
   }
   const body = statusBody(code, reason, message)
-  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-cache, private' })
+  res.writeHead(code, {
+    'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-cache, private',
+    ...(warn ? { warning: warningHeader(message) } : {}),
+  })
   res.end(body)
 }
 

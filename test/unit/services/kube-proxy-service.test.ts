@@ -261,6 +261,10 @@ describe('kube proxy service', () => {
       assert.deepEqual({ kind: st.kind, apiVersion: st.apiVersion, status: st.status, reason: st.reason, code: st.code },
         { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'ServiceUnavailable', code: 503 })
       assert.match(st.message, /expired at .* and could not be renewed: auth service 127\.0\.0\.1:3025 unreachable/)
+      assert.equal(r.headers.warning, undefined)
+      const discovery = await request(h, '/api?timeout=32s')
+      assert.equal(discovery.status, 503)
+      assert.equal(discovery.headers.warning, `299 - "${discovery.json().message}"`)
       const up = await raw(h.port, `GET /api/v1/namespaces/default/pods/p1/exec?command=id HTTP/1.1\r\nHost: localhost:${h.port}\r\n` +
         'Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n')
       assert.match(up, /^HTTP\/1\.1 503 /)

@@ -4,10 +4,10 @@ import { parse } from 'yaml'
 import { ConfigError } from '../../../src/core/errors.ts'
 import { HostAllowList, resolveKubeProxyConfig } from '../../../src/services/kube-proxy/config.ts'
 import {
-  downstreamResponseHeaders, isWatch, upgradeRequestHead, upstreamHttp2Headers, upstreamRequestHeaders,
+  downstreamResponseHeaders, isDiscovery, isWatch, upgradeRequestHead, upstreamHttp2Headers, upstreamRequestHeaders,
 } from '../../../src/services/kube-proxy/headers.ts'
 import { renderKubeconfig } from '../../../src/services/kube-proxy/kubeconfig.ts'
-import { statusBody } from '../../../src/services/kube-proxy/status.ts'
+import { statusBody, warningHeader } from '../../../src/services/kube-proxy/status.ts'
 
 describe('kube proxy config', () => {
   it('accepts host:port and socket paths, and names the key of a bad value', () => {
@@ -95,7 +95,18 @@ describe('kube proxy headers', () => {
   })
 })
 
+describe('kube proxy discovery paths', () => {
+  it('are the ones kubectl reads (and caches) before anything else', () => {
+    for (const p of ['/version?timeout=5s', '/api', '/apis?timeout=32s', '/api/v1', '/apis/apps/v1', '/apis/apps', '/openapi/v3/apis/apps/v1']) assert.equal(isDiscovery(p), true, p)
+    for (const p of ['/api/v1/pods', '/apis/apps/v1/deployments', '/api/v1/namespaces/d/pods/p/exec', '/healthz']) assert.equal(isDiscovery(p), false, p)
+  })
+})
+
 describe('kube proxy Status bodies', () => {
+  it('carry the message as a Warning header kubectl prints, quoted and ASCII only', () => {
+    assert.equal(warningHeader('memid: the "x" cert\\ expired\n — now'), '299 - "memid: the \\"x\\" cert\\\\ expired? ? now"')
+  })
+
   it('are Kubernetes Status objects', () => {
     assert.deepEqual(JSON.parse(statusBody(503, 'ServiceUnavailable', 'memid: expired')), {
       kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: 'memid: expired', reason: 'ServiceUnavailable', code: 503,
