@@ -19,7 +19,7 @@ import { isDiscovery, isWatch } from './headers.ts'
 import { KubeProxyMetrics } from './metrics.ts'
 import { writeRawStatus, writeStatus } from './status.ts'
 import { pipeUpgrade } from './upgrade.ts'
-import { UpstreamConnections, type UpstreamProtocol } from './upstream-connections.ts'
+import { CONNECT_TIMEOUT_MS, UpstreamConnections, type UpstreamProtocol } from './upstream-connections.ts'
 
 export type { KubeProxyConfig } from './config.ts'
 export { DEFAULT_ALLOWED_HOSTS } from './config.ts'
@@ -35,6 +35,8 @@ export const MAX_HEADER_BYTES = 16 * 1024
 export interface KubeProxyTuning {
   /** `auto` (default) uses HTTP/2 for ordinary requests when the API server offers it. */
   upstreamProtocol?: UpstreamProtocol
+  /** TCP + TLS handshake limit towards the API server; 15 s by default. */
+  connectTimeoutMs?: number
 }
 
 /**
@@ -42,7 +44,7 @@ export interface KubeProxyTuning {
  * forwarded with whatever `deps.credentials.current()` holds at that moment.
  */
 export function createKubeProxyService(cfg: KubeProxyConfig & KubeProxyTuning, deps: ServiceDeps<TlsClientCredential>): Service {
-  return new KubeProxyService(resolveKubeProxyConfig(cfg), cfg.upstreamProtocol ?? 'auto', deps)
+  return new KubeProxyService(resolveKubeProxyConfig(cfg), { upstreamProtocol: cfg.upstreamProtocol ?? 'auto', connectTimeoutMs: cfg.connectTimeoutMs ?? CONNECT_TIMEOUT_MS }, deps)
 }
 
 class KubeProxyService implements Service {
@@ -51,7 +53,7 @@ class KubeProxyService implements Service {
   readonly #deps: ServiceDeps<TlsClientCredential>
   readonly #log: Logger
   readonly #metrics: KubeProxyMetrics
-  readonly #protocol: UpstreamProtocol
+  readonly #tuning: Required<KubeProxyTuning>
   readonly #tracker = new ConnectionTracker()
   readonly #server: http.Server
   #bound: ListenAddress | undefined
@@ -63,11 +65,11 @@ class KubeProxyService implements Service {
   #activeWatches = 0
   readonly #onRenewed = (cred: TlsClientCredential) => this.#rotate(cred)
 
-  constructor(cfg: ResolvedKubeProxyConfig, protocol: UpstreamProtocol, deps: ServiceDeps<TlsClientCredential>) {
+  constructor(cfg: ResolvedKubeProxyConfig, tuning: Required<KubeProxyTuning>, deps: ServiceDeps<TlsClientCredential>) {
     this.name = `kube-proxy:${cfg.cluster}`
     this.#cfg = cfg
     this.#deps = deps
-    this.#protocol = protocol
+    this.#tuning = tuning
     this.#log = deps.logger.child({ service: this.name })
     this.#metrics = new KubeProxyMetrics(deps.metrics, cfg.cluster)
     this.#server = http.createServer({
@@ -149,8 +151,15 @@ class KubeProxyService implements Service {
   #rotate(cred: TlsClientCredential): void {
     if (this.#conns?.credential === cred || this.#state === 'stopped') return
     const old = this.#conns
-    this.#conns = new UpstreamConnections(cred, this.#protocol)
+    const conns: UpstreamConnections = new UpstreamConnections(cred, {
+      protocol: this.#tuning.upstreamProtocol,
+      connectTimeoutMs: this.#tuning.connectTimeoutMs,
+      onClosed: () => this.#retired.delete(conns),
+    })
+    this.#conns = conns
     if (old !== undefined) {
+      // Kept until its last open request ends, so stop() can close what is left.
+      this.#retired.add(old)
       old.retire()
       this.#log.debug({ serial: cred.serial }, 'kube proxy switched to the renewed certificate')
     }
@@ -240,6 +249,10 @@ class KubeProxyService implements Service {
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy()
       return
+    }
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      this.#metrics.request(408)
+      return writeRawStatus(socket, 408, 'Timeout', 'memid: the request headers did not arrive in time')
     }
     if (err.code === 'HPE_HEADER_OVERFLOW') {
       this.#metrics.request(431)

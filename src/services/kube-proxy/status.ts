@@ -39,6 +39,7 @@ export function writeStatus(res: ServerResponse, code: number, reason: StatusRea
 const REASON_PHRASE: Record<number, string> = {
   400: 'Bad Request',
   403: 'Forbidden',
+  408: 'Request Timeout',
   431: 'Request Header Fields Too Large',
   502: 'Bad Gateway',
   503: 'Service Unavailable',

@@ -4,6 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import net from 'node:net'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../agent/credentials.ts'
+import { MemidError } from '../../core/errors.ts'
 import { authority, downstreamResponseHeaders, upstreamHttp2Headers, upstreamRequestHeaders } from './headers.ts'
 
 /** Which protocol carries ordinary requests to the API server. */
@@ -18,6 +19,25 @@ export interface ForwardHooks {
 }
 
 const { HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants
+
+/** A TCP + TLS handshake to the API server that takes longer than this fails the request. */
+export const CONNECT_TIMEOUT_MS = 15_000
+/**
+ * An HTTP/2 session without traffic for this long is closed (gracefully: open watches keep
+ * their streams) so the next request starts on a fresh connection rather than trusting one
+ * a NAT or load balancer may have silently dropped.
+ */
+const H2_IDLE_MS = 60_000
+
+/** Fails a connection that has not finished its TLS handshake in time. */
+function armConnectTimeout(socket: tls.TLSSocket, ms: number, onTimeout: (err: Error) => void): void {
+  const timer = setTimeout(() => {
+    onTimeout(new MemidError('ERR_UPSTREAM', `connecting took longer than ${ms / 1000}s`))
+  }, ms)
+  const clear = () => clearTimeout(timer)
+  socket.once('secureConnect', clear)
+  socket.once('close', clear)
+}
 
 /**
  * Everything that talks to the API server with one client certificate: a keep-alive
@@ -38,10 +58,17 @@ export class UpstreamConnections {
   #inFlight = 0
   #retired = false
   #closed = false
+  readonly #onClosed: () => void
+  /** Keep-alive sockets whose handshake is done (reused ones need no connect timer). */
+  readonly #established = new WeakSet<tls.TLSSocket>()
 
-  constructor(credential: TlsClientCredential, protocol: UpstreamProtocol) {
+  readonly #connectTimeoutMs: number
+
+  constructor(credential: TlsClientCredential, opts: { protocol: UpstreamProtocol; connectTimeoutMs?: number; onClosed?: () => void }) {
     this.credential = credential
-    this.#protocol = protocol
+    this.#protocol = opts.protocol
+    this.#connectTimeoutMs = opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
+    this.#onClosed = opts.onClosed ?? (() => undefined)
     const up = credential.upstream
     this.#authority = authority(up.host, up.port)
     // The secure context (key, client certificate, the cluster's CA) was built once when the
@@ -94,7 +121,9 @@ export class UpstreamConnections {
    * connections become raw byte pipes, so they never share a pooled connection.
    */
   connectTunnel(): tls.TLSSocket {
-    return tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'] })
+    const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'] })
+    armConnectTimeout(socket, this.#connectTimeoutMs, (err) => socket.destroy(err))
+    return socket
   }
 
   /** Stops new use; open requests finish on their own, then the connections close. */
@@ -120,6 +149,7 @@ export class UpstreamConnections {
     this.#closed = true
     this.#agent.destroy()
     this.#h2?.destroy()
+    this.#onClosed()
   }
 
   #forwardHttp1(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): () => void {
@@ -130,6 +160,11 @@ export class UpstreamConnections {
       method: req.method,
       path: req.url,
       headers: upstreamRequestHeaders(req.rawHeaders, this.#authority),
+    })
+    upReq.once('socket', (socket: tls.TLSSocket) => {
+      if (this.#established.has(socket)) return
+      armConnectTimeout(socket, this.#connectTimeoutMs, (err) => upReq.destroy(err))
+      socket.once('secureConnect', () => this.#established.add(socket))
     })
     upReq.once('response', (upRes) => {
       const status = upRes.statusCode ?? 502
@@ -201,6 +236,7 @@ export class UpstreamConnections {
     if (this.#h2Connecting !== undefined) return this.#h2Connecting
     const connecting = new Promise<http2.ClientHttp2Session | 'http/1.1' | Error>((resolve) => {
       const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['h2', 'http/1.1'] })
+      armConnectTimeout(socket, this.#connectTimeoutMs, (err) => socket.destroy(err))
       socket.once('secureConnect', () => {
         if (socket.alpnProtocol !== 'h2') {
           socket.destroy()
@@ -214,6 +250,7 @@ export class UpstreamConnections {
         session.once('close', () => {
           if (this.#h2 === session) this.#h2 = undefined
         })
+        session.setTimeout(H2_IDLE_MS, () => session.close())
         this.#h2 = session
         if (this.#retired) session.close()
         resolve(session)

@@ -48,7 +48,9 @@ interface Harness {
   stop(): Promise<void>
 }
 
-async function harness(opts: { srv?: KubeApiServer; upstreamProtocol?: UpstreamProtocol; listen?: string; allowedHosts?: string[]; noCredential?: boolean } = {}): Promise<Harness> {
+async function harness(opts: {
+  srv?: KubeApiServer; upstreamProtocol?: UpstreamProtocol; listen?: string; allowedHosts?: string[]; noCredential?: boolean; connectTimeoutMs?: number
+} = {}): Promise<Harness> {
   const srv = opts.srv ?? (await apiServer())
   const clock = { offset: 0, now() { return Date.now() + this.offset } }
   const source = new CredentialSource<TlsClientCredential>('kube-proxy:test certificate', clock as Clock)
@@ -60,6 +62,7 @@ async function harness(opts: { srv?: KubeApiServer; upstreamProtocol?: UpstreamP
       listen: opts.listen ?? '127.0.0.1:0', cluster: 'test',
       ...(opts.allowedHosts ? { allowedHosts: opts.allowedHosts } : {}),
       ...(opts.upstreamProtocol ? { upstreamProtocol: opts.upstreamProtocol } : {}),
+      ...(opts.connectTimeoutMs ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
     },
     { credentials: source, clock, metrics, logger: createLogger({ level: 'debug', sink: { write: (l) => void logs.push(l) } }) },
   )
@@ -313,6 +316,27 @@ describe('kube proxy service', () => {
       assert.equal(h.svc.health().status, 'ok')
     } finally {
       await h.stop()
+    }
+  })
+
+  it('gives up on an API server that accepts connections but never completes a handshake', async () => {
+    const blackhole = net.createServer((s) => s.on('error', () => undefined))
+    await new Promise<void>((r) => blackhole.listen(0, '127.0.0.1', r))
+    const port = (blackhole.address() as net.AddressInfo).port
+    const h = await harness({ connectTimeoutMs: 300 })
+    try {
+      const live = h.source.peek() as TlsClientCredential
+      h.source.set({ ...live, upstream: { ...live.upstream, port, uri: `https://127.0.0.1:${port}` } })
+      for (const attempt of ['first (h2 probe)', 'second']) {
+        const r = await request(h, '/version')
+        assert.equal(r.status, 502, attempt)
+        assert.match(r.json().message, /connecting took longer than 0\.3s/)
+      }
+      const up = await raw(h.port, 'GET /api/v1/namespaces/default/pods/p1/exec HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n')
+      assert.match(up, /^HTTP\/1\.1 502 [\s\S]*connecting took longer than 0\.3s/)
+    } finally {
+      await h.stop()
+      blackhole.close()
     }
   })
 
