@@ -63,6 +63,8 @@ class KubeProxyService implements Service {
   #upstreamError: string | undefined
   #activeUpgrades = 0
   #activeWatches = 0
+  #refusedHosts = 0
+  #refusedLoggedAt = -Infinity
   readonly #onRenewed = (cred: TlsClientCredential) => this.#rotate(cred)
 
   constructor(cfg: ResolvedKubeProxyConfig, tuning: Required<KubeProxyTuning>, deps: ServiceDeps<TlsClientCredential>) {
@@ -167,7 +169,14 @@ class KubeProxyService implements Service {
 
   #hostAllowed(req: http.IncomingMessage): boolean {
     if (this.#cfg.allowedHosts.allows(req.headers.host)) return true
-    this.#log.warn({ host: String(req.headers.host ?? '').slice(0, 100) }, 'kube proxy refused a request with a foreign Host header')
+    // A hostile page can send these in a loop: one line per 10 s at most, with a count.
+    this.#refusedHosts++
+    const now = this.#deps.clock.now()
+    if (now - this.#refusedLoggedAt >= 10_000) {
+      this.#log.warn({ host: String(req.headers.host ?? '').slice(0, 100), refused: this.#refusedHosts }, 'kube proxy refused requests with a foreign Host header')
+      this.#refusedLoggedAt = now
+      this.#refusedHosts = 0
+    }
     return false
   }
 

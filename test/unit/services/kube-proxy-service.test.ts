@@ -395,32 +395,47 @@ describe('kube proxy service', () => {
     }
   })
 
-  it('answers oversized headers with 431 and garbage with 400 without disturbing open streams', async () => {
-    const h = await harness()
-    try {
-      const watch = new Stream(h.port, '/api/v1/namespaces/default/pods?watch=true')
-      await watch.waitFor(/"p1"/)
-      const big = await raw(h.port, `GET /version HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(MAX_HEADER_BYTES + 10)}\r\n\r\n`)
-      assert.match(big, /^HTTP\/1\.1 431 /)
-      const many = await raw(h.port, `GET /version HTTP/1.1\r\nHost: localhost\r\n${Array.from({ length: 2000 }, (_, i) => `X-${i}: v`).join('\r\n')}\r\n\r\n`)
-      assert.match(many, /^HTTP\/1\.1 431 /)
-      assert.match(await raw(h.port, Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01, 0, 0, 0xfb, 0x03, 0x03])), /^(HTTP\/1\.1 400 |$)/)
-      assert.match(await raw(h.port, 'GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n'), /^HTTP\/1\.1 400 /)
-      assert.match(await raw(h.port, '\x00\x01\x02\xff\r\n\r\n'), /^HTTP\/1\.1 400 /)
-      await Promise.all(Array.from({ length: 20 }, (_, i) => raw(h.port, Buffer.from(Array.from({ length: 64 + i * 50 }, (_, j) => (i * 31 + j * 7) % 256)))))
-      // A truncated request: headers never finish; the proxy must not hold up anyone else.
-      const half = net.connect(h.port, '127.0.0.1')
-      half.on('error', () => undefined)
-      half.write('GET /version HTTP/1.1\r\nHost: loc')
-      h.srv.addPod('still-streaming')
-      await watch.waitFor(/still-streaming/)
-      assert.equal((await request(h, '/version')).status, 200)
-      half.destroy()
-      watch.close()
-    } finally {
-      await h.stop()
-    }
-  })
+  for (const protocol of ['auto', 'http/1.1'] as const) {
+    it(`answers oversized headers with 431 and garbage with 400 without disturbing open streams (${protocol} upstream)`, async () => {
+      const h = await harness({ upstreamProtocol: protocol })
+      try {
+        const watch = new Stream(h.port, '/api/v1/namespaces/default/pods?watch=true')
+        await watch.waitFor(/"p1"/)
+        const big = await raw(h.port, `GET /version HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(MAX_HEADER_BYTES + 10)}\r\n\r\n`)
+        assert.match(big, /^HTTP\/1\.1 431 /)
+        const many = await raw(h.port, `GET /version HTTP/1.1\r\nHost: localhost\r\n${Array.from({ length: 2000 }, (_, i) => `X-${i}: v`).join('\r\n')}\r\n\r\n`)
+        assert.match(many, /^HTTP\/1\.1 431 /)
+        assert.match(await raw(h.port, Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01, 0, 0, 0xfb, 0x03, 0x03])), /^(HTTP\/1\.1 400 |$)/)
+        assert.match(await raw(h.port, 'GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n'), /^HTTP\/1\.1 400 /)
+        assert.match(await raw(h.port, '\x00\x01\x02\xff\r\n\r\n'), /^HTTP\/1\.1 400 /)
+        await Promise.all(Array.from({ length: 20 }, (_, i) => raw(h.port, Buffer.from(Array.from({ length: 64 + i * 50 }, (_, j) => (i * 31 + j * 7) % 256)))))
+        // A body that stops halfway, then the client vanishes.
+        for (const path of ['/echo', '/slow']) {
+          const cut = net.connect(h.port, '127.0.0.1')
+          cut.on('error', () => undefined)
+          cut.write(`POST ${path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(5000)}`)
+          await sleep(50)
+          cut.destroy()
+        }
+        const chunked = net.connect(h.port, '127.0.0.1')
+        chunked.on('error', () => undefined)
+        chunked.write('POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nZZZ\r\n')
+        await sleep(50)
+        chunked.destroy()
+        // A truncated request: headers never finish; the proxy must not hold up anyone else.
+        const half = net.connect(h.port, '127.0.0.1')
+        half.on('error', () => undefined)
+        half.write('GET /version HTTP/1.1\r\nHost: loc')
+        h.srv.addPod('still-streaming')
+        await watch.waitFor(/still-streaming/)
+        assert.equal((await request(h, '/version')).status, 200)
+        half.destroy()
+        watch.close()
+      } finally {
+        await h.stop()
+      }
+    })
+  }
 
   it('listens on a unix socket (0600) and removes it on stop', async () => {
     const dir = mkdtempSync(path.join('/tmp', 'memid-kube-unit-'))
