@@ -205,7 +205,7 @@ describe('kube proxy service', () => {
         const s = new Stream(h.port, '/slow')
         await s.waitFor(/tick/)
         s.close()
-        await until(() => h.srv.slowClosed === 1, 'the API server to see the upstream request end', 1000)
+        await until(() => h.srv.slowClosed === 1, 'the API server to see the upstream request end', 3000)
       } finally {
         await h.stop()
       }
