@@ -19,7 +19,7 @@ export interface ForwardHooks {
   onUpstreamError(err: Error): void
 }
 
-const { HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants
+const { HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants
 
 /** A TCP + TLS handshake to the API server that takes longer than this fails the request. */
 export const CONNECT_TIMEOUT_MS = 15_000
@@ -48,6 +48,14 @@ function relay(src: Readable, dst: ServerResponse): void {
 function hasBody(req: IncomingMessage): boolean {
   const len = req.headers['content-length']
   return len !== undefined ? len !== '0' : req.headers['transfer-encoding'] !== undefined
+}
+
+/** One request on its way through the proxy; `cancel` ends whatever upstream request carries it. */
+interface Call {
+  req: IncomingMessage
+  res: ServerResponse
+  hooks: ForwardHooks
+  cancel: (() => void) | undefined
 }
 
 /** Fails a connection that has not finished its TLS handshake in time. */
@@ -112,28 +120,26 @@ export class UpstreamConnections {
   /** Forwards one ordinary request and streams the answer back without buffering. */
   forward(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): void {
     this.#inFlight++
-    let cancel: (() => void) | undefined
+    const call: Call = { req, res, hooks, cancel: undefined }
     // One listener does all the cleanup. A client that goes away (Ctrl-C on a watch, `logs -f`
     // closed) ends the upstream request at once rather than let the API server stream into
     // a dead socket.
     res.once('close', () => {
-      if (!res.writableFinished) cancel?.()
+      if (!res.writableFinished) call.cancel?.()
       if (--this.#inFlight === 0 && this.#retired) this.#close()
     })
-    if (this.#protocol === 'http/1.1') {
-      cancel = this.#forwardHttp1(req, res, hooks)
-      return
-    }
+    this.#dispatch(call, true)
+  }
+
+  #dispatch(call: Call, mayRetry: boolean): void {
+    if (this.#protocol === 'http/1.1') return this.#forwardHttp1(call)
     const h2 = this.#h2
-    if (h2 !== undefined && !h2.closed && !h2.destroyed) {
-      cancel = this.#forwardHttp2(h2, req, res, hooks)
-      return
-    }
+    if (h2 !== undefined && !h2.closed && !h2.destroyed) return this.#forwardHttp2(h2, call, mayRetry)
     void this.#session().then((session) => {
-      if (res.destroyed) return
-      if (session === 'http/1.1') cancel = this.#forwardHttp1(req, res, hooks)
-      else if (session instanceof Error) hooks.onUpstreamError(session)
-      else cancel = this.#forwardHttp2(session, req, res, hooks)
+      if (call.res.destroyed) return
+      if (session === 'http/1.1') this.#forwardHttp1(call)
+      else if (session instanceof Error) call.hooks.onUpstreamError(session)
+      else this.#forwardHttp2(session, call, mayRetry)
     })
   }
 
@@ -173,7 +179,8 @@ export class UpstreamConnections {
     this.#onClosed()
   }
 
-  #forwardHttp1(req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): () => void {
+  #forwardHttp1(call: Call): void {
+    const { req, res, hooks } = call
     const started = performance.now()
     const upReq = https.request({
       ...this.#tlsOptions,
@@ -208,19 +215,36 @@ export class UpstreamConnections {
     })
     if (hasBody(req)) req.pipe(upReq)
     else upReq.end()
-    return () => upReq.destroy()
+    call.cancel = () => upReq.destroy()
   }
 
-  #forwardHttp2(session: http2.ClientHttp2Session, req: IncomingMessage, res: ServerResponse, hooks: ForwardHooks): () => void {
+  #forwardHttp2(session: http2.ClientHttp2Session, call: Call, mayRetry: boolean): void {
+    const { req, res, hooks } = call
     const started = performance.now()
     const headers = upstreamHttp2Headers(req.method ?? 'GET', req.url ?? '/', req.rawHeaders, this.#authority)
     const body = hasBody(req)
+    // A request the server provably did not process (the session was already going away, or
+    // the stream was refused after a GOAWAY, which kube-apiserver sends on purpose with
+    // --goaway-chance) goes again on a fresh session, once, if it has no body to replay.
+    const retry = (): boolean => {
+      if (!mayRetry || body || res.headersSent || res.destroyed) return false
+      if (this.#h2 === session) {
+        this.#h2 = undefined
+        // No new streams on it; the ones still open (watches) finish first.
+        session.close()
+      }
+      this.#dispatch(call, false)
+      return true
+    }
     let stream: http2.ClientHttp2Stream
     try {
       stream = session.request(headers, { endStream: !body })
     } catch (err) {
-      hooks.onUpstreamError(err as Error)
-      return () => undefined
+      if (!retry()) hooks.onUpstreamError(err as Error)
+      return
+    }
+    call.cancel = () => {
+      if (!stream.destroyed) stream.close(NGHTTP2_CANCEL)
     }
     stream.once('response', (h) => {
       const status = Number(h[HTTP2_HEADER_STATUS] ?? 502)
@@ -241,12 +265,10 @@ export class UpstreamConnections {
         return
       }
       if (res.destroyed) return
+      if (stream.rstCode === NGHTTP2_REFUSED_STREAM && retry()) return
       hooks.onUpstreamError(err)
     })
     if (body) req.pipe(stream)
-    return () => {
-      if (!stream.destroyed) stream.close(NGHTTP2_CANCEL)
-    }
   }
 
   /**

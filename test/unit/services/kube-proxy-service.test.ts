@@ -319,6 +319,28 @@ describe('kube proxy service', () => {
     }
   })
 
+  it('rides out GOAWAYs from the API server: requests go on over new connections, open watches keep theirs', async () => {
+    const h = await harness()
+    try {
+      const watch = new Stream(h.port, '/api/v1/namespaces/default/pods?watch=true')
+      await watch.waitFor(/"p1"/)
+      let goaways = 0
+      const churn = setInterval(() => (goaways += h.srv.goAway()), 5)
+      const statuses: number[] = []
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        for (let i = 0; i < 25; i++) statuses.push((await request(h, '/api/v1/namespaces/default/pods/p1')).status)
+      }))
+      clearInterval(churn)
+      assert.ok(goaways >= 3, `the server sent ${goaways} GOAWAYs`)
+      assert.deepEqual([...new Set(statuses)], [200])
+      h.srv.addPod('after-goaways')
+      await watch.waitFor(/after-goaways/)
+      watch.close()
+    } finally {
+      await h.stop()
+    }
+  })
+
   it('gives up on an API server that accepts connections but never completes a handshake', async () => {
     const blackhole = net.createServer((s) => s.on('error', () => undefined))
     await new Promise<void>((r) => blackhole.listen(0, '127.0.0.1', r))
