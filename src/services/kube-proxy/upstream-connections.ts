@@ -132,12 +132,12 @@ export class UpstreamConnections {
   }
 
   #dispatch(call: Call, mayRetry: boolean): void {
-    if (this.#protocol === 'http/1.1') return this.#forwardHttp1(call)
+    if (this.#protocol === 'http/1.1') return this.#forwardHttp1(call, mayRetry)
     const h2 = this.#h2
     if (h2 !== undefined && !h2.closed && !h2.destroyed) return this.#forwardHttp2(h2, call, mayRetry)
     void this.#session().then((session) => {
       if (call.res.destroyed) return
-      if (session === 'http/1.1') this.#forwardHttp1(call)
+      if (session === 'http/1.1') this.#forwardHttp1(call, mayRetry)
       else if (session instanceof Error) call.hooks.onUpstreamError(session)
       else this.#forwardHttp2(session, call, mayRetry)
     })
@@ -179,7 +179,7 @@ export class UpstreamConnections {
     this.#onClosed()
   }
 
-  #forwardHttp1(call: Call): void {
+  #forwardHttp1(call: Call, mayRetry = true): void {
     const { req, res, hooks } = call
     const started = performance.now()
     const upReq = https.request({
@@ -205,15 +205,19 @@ export class UpstreamConnections {
       upRes.on('aborted', () => res.destroy())
       relay(upRes, res)
     })
-    upReq.once('error', (err) => {
+    const body = hasBody(req)
+    upReq.once('error', (err: NodeJS.ErrnoException) => {
       if (res.headersSent) {
         res.destroy()
         return
       }
       if (res.destroyed) return
+      // The server closed an idle keep-alive connection just as the request went out: it
+      // never saw the request, so a bodiless one goes again on a new connection.
+      if (mayRetry && !body && upReq.reusedSocket && err.code === 'ECONNRESET') return this.#forwardHttp1(call, false)
       hooks.onUpstreamError(err)
     })
-    if (hasBody(req)) req.pipe(upReq)
+    if (body) req.pipe(upReq)
     else upReq.end()
     call.cancel = () => upReq.destroy()
   }
