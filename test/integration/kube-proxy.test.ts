@@ -108,6 +108,20 @@ describe('kubectl through the kube proxy', () => {
     }
   })
 
+  it('kubectl logs -f streams as lines arrive; stopping kubectl ends the upstream request', async () => {
+    const logs = new KubectlProcess(['logs', '-f', 'p1'], k)
+    try {
+      await logs.waitFor(/p1 log line 5\n/)
+      assert.equal(srv.activeLogFollows, 1)
+    } finally {
+      await logs.stop()
+    }
+    const follows = () => srv.activeLogFollows
+    const until = Date.now() + 3000
+    while (follows() !== 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
+    assert.equal(follows(), 0, 'the API server still streams to a client that left')
+  })
+
   it('kubectl exec POD -- echo hi prints hi, over WebSocket and over SPDY', async () => {
     const ws = await kubectl(['exec', 'p1', '--', 'echo', 'hi'], k)
     assert.equal(ws.code, 0, ws.stderr)
