@@ -54,7 +54,9 @@ export class DbTunnelService implements Service, TunnelStats {
 
   async start(): Promise<void> {
     if (this.#state !== 'new') throw new Error(`${this.name} was already started`)
-    const server = net.createServer({ pauseOnConnect: true, noDelay: true })
+    // Half-open on both legs: a client may shut down its sending side and still read the
+    // answer (each direction ends on its own; the socket closes once both have).
+    const server = net.createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true })
     server.maxConnections = this.#cfg.maxConnections + NEGOTIATION_SLACK
     server.on('connection', (socket) => this.#accept(socket))
     server.on('drop', () => this.#metrics.errors.inc({ service: this.service, reason: 'listener_full' }))

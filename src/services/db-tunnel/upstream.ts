@@ -19,7 +19,7 @@ export interface DialOptions {
 export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = opts.credential.upstream
   const where = `${host.includes(':') ? `[${host}]` : host}:${port}`
-  const raw = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 })
+  const raw = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000, allowHalfOpen: true })
   // Permanent guards: between the steps below no other listener may be attached, and an
   // upstream error must end this connection only, never reach the process.
   raw.on('error', ignore)
