@@ -15,6 +15,7 @@ export interface KubeProxyConfig {
   allowedHosts?: string[]
 }
 
+/** What `kubectl proxy` accepts by default: the loopback names, on any port. */
 export const DEFAULT_ALLOWED_HOSTS: readonly string[] = ['localhost', '127.0.0.1', '[::1]']
 
 /** The validated form the service works with. */

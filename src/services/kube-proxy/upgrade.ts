@@ -5,6 +5,7 @@ import { authority, upgradeRequestHead } from './headers.ts'
 import { writeRawStatus } from './status.ts'
 import type { UpstreamConnections } from './upstream-connections.ts'
 
+/** What the upgrade pipe reports back for metrics, health and logs. */
 export interface UpgradeHooks {
   /** The API server answered the upgrade with this status (101 when it switched). */
   onStatus(status: number, seconds: number): void
