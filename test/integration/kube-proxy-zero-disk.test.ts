@@ -7,31 +7,12 @@
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { startAuth, startAgent, eventually, tempDir, type AuthFixture, type AgentFixture } from '../fixtures/memid.ts'
 import { startKubeApiServer, type KubeApiServer } from '../fixtures/kube-apiserver.ts'
 import { kubectl, KubectlProcess, requireKubectl, type KubectlOptions } from '../fixtures/kube-client.ts'
-
-function requireStrace(): string {
-  try {
-    accessSync('/usr/bin/strace', constants.X_OK)
-    return '/usr/bin/strace'
-  } catch {
-    throw new Error('strace is not installed; run: apt-get install -y strace')
-  }
-}
-
-/** The traced agent's pid: strace's only child. */
-function childOf(pid: number): number {
-  const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)
-  if (kids.length !== 1) throw new Error(`expected one child of strace (${pid}), found: ${kids.join(' ') || 'none'}`)
-  return Number(kids[0])
-}
-
-const WRITE_FLAGS = /O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND/
-/** Character devices any Node process may open read-write; they are not files on disk. */
-const DEVICES = new Set(['/dev/null', '/dev/tty', '/dev/urandom', '/dev/random'])
+import { diskWrites, requireStrace, signalTraced, straceArgs } from '../fixtures/zero-disk.ts'
 
 describe('zero disk: an agent serving the kube proxy writes nothing', () => {
   const strace = requireStrace()
@@ -58,7 +39,7 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
     agent = startAgent({
       auth, token, dir: path.join(tmp.dir, 'agent'),
       args: ['--certificate-ttl', '6s', '--renewal-interval', '2s', '--kube-proxy', '127.0.0.1:0=prod'],
-      wrap: [strace, '-f', '-qq', '-o', trace, '-e', 'trace=%file,%desc,bind'],
+      wrap: straceArgs(strace, trace),
     })
     await agent.ready
     const kc = await agent.cli(['kubeconfig'])
@@ -70,13 +51,7 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
   })
 
   after(async () => {
-    if (agent && agent.process.proc.exitCode === null) {
-      try {
-        process.kill(childOf(agent.process.proc.pid as number), 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
+    if (agent) signalTraced(agent.process.proc, 'SIGKILL')
     await agent?.stop()
     await auth?.stop()
     await srv?.stop()
@@ -104,24 +79,12 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
     assert.equal(spdy.stdout, 'hi\n', spdy.stderr)
     assert.ok(new Set(srv.requests.map((r) => r.serial)).size >= 2, 'requests were made with more than one certificate')
 
-    process.kill(childOf(agent.process.proc.pid as number), 'SIGTERM')
+    assert.ok(signalTraced(agent.process.proc, 'SIGTERM'))
     assert.equal(await agent.process.exited, 0, 'agent (under strace) exits 0 on SIGTERM')
 
-    const lines = readFileSync(trace, 'utf8').split('\n')
-    const offending: string[] = []
-    const socketDir = path.dirname(agent.controlSocket)
-    for (const line of lines) {
-      if (/ = -1 /.test(line) || line.includes('<unfinished') || line.includes('resumed>')) continue
-      const m = /^\d+\s+(\w+)\((.*)\)\s+=\s+\d+/.exec(line)
-      if (!m) continue
-      const [, call, argText] = m as unknown as [string, string, string]
-      const file = /"([^"]*)"/.exec(argText)?.[1] ?? ''
-      if ((call === 'open' || call === 'openat' || call === 'openat2') && WRITE_FLAGS.test(argText) && !DEVICES.has(file)) offending.push(line)
-      else if (call === 'creat' || call.startsWith('rename') || call.startsWith('link') || call.startsWith('symlink') || call === 'truncate') offending.push(line)
-      else if ((call === 'mkdir' || call === 'mkdirat') && !(socketDir === file || socketDir.startsWith(`${file}/`))) offending.push(line)
-      else if (call === 'mknod' || call === 'mknodat') offending.push(line)
-    }
+    const offending = diskWrites(trace, [path.dirname(agent.controlSocket)])
     assert.deepEqual(offending, [], `the agent wrote to disk:\n${offending.join('\n')}`)
+    const lines = readFileSync(trace, 'utf8').split('\n')
     assert.ok(lines.some((l) => /bind\(\d+, \{sa_family=AF_INET, sin_port=htons\(\d+\), sin_addr=inet_addr\("127\.0\.0\.1"\)\}/.test(l)), 'the trace saw the kube proxy bind')
   })
 })
