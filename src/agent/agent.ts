@@ -233,7 +233,12 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       }
       this.#loop = new RenewalLoop({
         name: 'bot-identity', intervalMs: this.#intervalMs, run: () => this.#renewIdentity(), logger: this.#log,
-        renewals: this.#renewals, onFatal: (err) => this.#fatal(err), onFailure: (err) => this.#identity.fail(err),
+        renewals: this.#renewals, onFatal: (err) => this.#fatal(err),
+        onFailure: (err) => {
+          // Services report the cause too: their certificates cannot renew without the identity.
+          this.#identity.fail(err)
+          for (const slot of this.#slots) slot.source.fail(err)
+        },
       })
       this.#loop.start()
       void this.#heartbeat()
@@ -252,7 +257,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
 
   #addSlot(cfg: ServiceConfig): void {
     const name = serviceName(cfg)
-    const source = new CredentialSource<IssuedCredential>(`${name} certificate`, this.#clock)
+    const source = new CredentialSource<IssuedCredential>(name, this.#clock)
     const fetch = (cfg.type === 'ssh-agent' ? sshFetcher(cfg) : cfg.type === 'kube-proxy' ? kubeFetcher(cfg) : dbFetcher(cfg)) as CredentialFetcher<IssuedCredential>
     const loop = new RenewalLoop({
       name, logger: this.#log, renewals: this.#renewals, onFatal: (err) => this.#fatal(err),

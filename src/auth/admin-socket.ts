@@ -55,6 +55,12 @@ export function adminRouter(admin: AdminService): Router {
     sendJson(res, 200, ok)
   })
 
+  r.on('GET', '/v1/cas/:kind', async (_q, res, p) => {
+    const text = await admin.exportCa(p.kind as string)
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+    res.end(text)
+  })
+
   r.on('POST', '/v1/audit', async (q, res) => sendJson(res, 200, await admin.audit(await readJsonBody(q))))
   r.on('GET', '/v1/audit', () => {
     throw new MemidError('ERR_METHOD_NOT_ALLOWED', 'use POST /v1/audit with a JSON query')

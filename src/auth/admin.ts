@@ -4,7 +4,7 @@ import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import { durationSchema, nameSchema, parseWith, principalSchema } from '../core/validate.ts'
 import type { Clock } from '../core/clock.ts'
-import type { AuditEvent, Bot, BotInstance, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store } from '../storage/store.ts'
+import { CA_KINDS, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
 import { generateToken } from './tokens.ts'
 import { X509Certificate } from 'node:crypto'
 
@@ -217,6 +217,14 @@ export class AdminService {
   async removeLock(id: string): Promise<void> {
     if (!(await this.#store.deleteLock(id))) throw new MemidError('ERR_NOT_FOUND', `lock ${id} does not exist`)
     await this.#changed('lock.deleted', { lock: id })
+  }
+
+  /** The public half of a CA (PEM certificate or OpenSSH line); the key never leaves the store. */
+  async exportCa(kind: string): Promise<string> {
+    if (!(CA_KINDS as readonly string[]).includes(kind)) throw new MemidError('ERR_BAD_REQUEST', `kind: must be one of ${CA_KINDS.join(', ')}`)
+    const ca = await this.#store.getCa(kind as CaKind)
+    if (ca === undefined) throw new MemidError('ERR_NOT_FOUND', `the ${kind} CA does not exist yet`)
+    return ca.publicMaterial.endsWith('\n') ? ca.publicMaterial : `${ca.publicMaterial}\n`
   }
 
   async audit(body: unknown): Promise<AuditEvent[]> {

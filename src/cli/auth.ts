@@ -79,6 +79,13 @@ export function registerAuthCommands(program: Command): void {
     .option('--data-dir <dir>', 'data directory')
     .action(async (opts: { kind: string; dataDir?: string }) => {
       if (!CA_KINDS.includes(opts.kind as CaKind)) throw new MemidError('ERR_USAGE', `--kind: must be one of ${CA_KINDS.join(', ')}`)
+      const dir = resolveDataDir(opts.dataDir)
+      if (!existsSync(path.join(dir, 'memid.db')) && existsSync(path.join(dir, 'admin.sock'))) {
+        // An auth service with no store file here (memid dev's in-memory store): ask it.
+        const { socketRequest } = await import('./socket-client.ts')
+        process.stdout.write(await socketRequest<string>(path.join(dir, 'admin.sock'), 'GET', `/v1/cas/${opts.kind}`, undefined, 'the auth service admin socket', 'is it running?'))
+        return
+      }
       const store = await openExisting(opts.dataDir)
       try {
         const ca = await store.getCa(opts.kind as CaKind)

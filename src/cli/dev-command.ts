@@ -6,6 +6,7 @@ export function registerDevCommand(program: Command): void {
   program.command('dev')
     .description('embedded default: auth service (in-memory) + bot + agent in one process')
     .option('--listen <host:port>', 'auth service address', '127.0.0.1:0')
+    .option('--data-dir <dir>', 'keep the store (and so the CAs) in DIR instead of memory, so servers can trust them across runs')
     .option('--certificate-ttl <duration>', 'certificate lifetime', '1h')
     .option('--renewal-interval <duration>', 'renewal interval', '20m')
     .option('--diag-addr <host:port>', 'diagnostics address', '127.0.0.1:0')

@@ -6,12 +6,14 @@ import { parseDuration } from '../core/duration.ts'
 import { createLogger } from '../core/log.ts'
 import { defaultControlSocket, validateServices, type ServiceConfig } from '../config/agent.ts'
 import { startAuthServer } from '../auth/server.ts'
+import { ensureDataDir } from '../config/auth.ts'
 import { SqliteStore } from '../storage/sqlite.ts'
 import { startAgent } from '../agent/agent.ts'
 import { runAgentProcess } from './start.ts'
 
 export interface DevFlags {
   listen: string
+  dataDir?: string
   certificateTtl: string
   renewalInterval: string
   diagAddr: string
@@ -26,6 +28,15 @@ export interface DevFlags {
   logFormat: string
 }
 
+/** Ignores "does not exist" from a clean-up step. */
+async function existing(p: Promise<unknown>): Promise<void> {
+  try {
+    await p
+  } catch (err) {
+    if (!(err instanceof MemidError && err.code === 'ERR_NOT_FOUND')) throw err
+  }
+}
+
 function readPem(file: string | undefined, flag: string): string | undefined {
   if (file === undefined) return undefined
   try {
@@ -37,7 +48,8 @@ function readPem(file: string | undefined, flag: string): string | undefined {
 
 /**
  * `memid dev`: an auth service on an in-memory store, a role and a bot, a token, and an
- * agent joined to it, all in one process. Nothing is written but the unix sockets.
+ * agent joined to it, all in one process. Nothing is written but the unix sockets (and,
+ * with --data-dir, the auth store, so API servers and databases can trust its CAs).
  */
 export async function runDev(f: DevFlags): Promise<void> {
   const ttl = parseDuration(f.certificateTtl)
@@ -48,25 +60,31 @@ export async function runDev(f: DevFlags): Promise<void> {
   if (f.logFormat !== 'json' && f.logFormat !== 'text') throw new MemidError('ERR_CONFIG', '--log-format: must be json or text')
   const log = createLogger({ format: f.logFormat })
   const runtime = path.dirname(defaultControlSocket())
-  const devDir = path.join(runtime, 'dev')
+  const devDir = f.dataDir !== undefined ? path.resolve(f.dataDir) : path.join(runtime, 'dev')
+  if (f.dataDir !== undefined) ensureDataDir(devDir)
   const me = os.userInfo().username
 
   const auth = await startAuthServer({
-    store: SqliteStore.open(':memory:'), listen: f.listen, clusterName: 'dev',
+    store: SqliteStore.open(f.dataDir !== undefined ? path.join(devDir, 'memid.db') : ':memory:'), listen: f.listen, clusterName: 'dev',
     adminSocket: path.join(devDir, 'admin.sock'), logger: log.child({ component: 'auth' }),
   })
   const kubeCa = readPem(f.kubeCaFile, '--kube-ca-file')
   const dbCa = readPem(f.dbCaFile, '--db-ca-file')
   const services: ServiceConfig[] = [{ type: 'ssh-agent', path: path.join(devDir, 'agent.sock'), keyType: 'ed25519' }]
   if (f.kubeServer) {
+    await existing(auth.admin.removeResource('kube', 'dev'))
     await auth.admin.addResource('kube', { name: 'dev', uri: f.kubeServer, ...(kubeCa ? { caPem: kubeCa } : {}) })
     services.push({ type: 'kube-proxy', cluster: 'dev', listen: f.kubeListen })
   }
   if (f.dbUri) {
+    await existing(auth.admin.removeResource('db', 'dev'))
     await auth.admin.addResource('db', { name: 'dev', uri: f.dbUri, ...(dbCa ? { caPem: dbCa } : {}) })
     services.push({ type: 'database-tunnel', service: 'dev', username: f.dbUser, listen: f.dbListen, protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000, ...(f.dbName ? { database: f.dbName } : {}) })
   }
   validateServices(services)
+  // With --data-dir a second run finds last run's bot and role: start them afresh.
+  await existing(auth.admin.removeBot('dev'))
+  await existing(auth.admin.removeRole('dev'))
   await auth.admin.addRole({
     name: 'dev', logins: [...new Set([me, 'deploy'])], kubeClusters: ['*'], kubeUsers: ['dev'], kubeGroups: ['system:masters'],
     databases: ['*'], dbUsers: [f.dbUser], dbNames: ['*'],
@@ -90,6 +108,7 @@ export async function runDev(f: DevFlags): Promise<void> {
       `  admin          memid bots ls --data-dir ${devDir}`,
       `  bot            dev, instance ${s.instanceId}, generation ${s.generation}, roles: dev (logins ${[...new Set([me, 'deploy'])].join(', ')})`,
       `  status         memid status`,
+      `  CAs to trust   memid auth export --kind ssh-user|kube-client|db-client --data-dir ${devDir}${f.dataDir === undefined ? '   (in memory: new every run; --data-dir DIR keeps them)' : ''}`,
       `  ssh agent      SSH_AUTH_SOCK=${svc('ssh-agent')?.address} ssh-add -L`,
       `                 ssh -o KnownHostsCommand="memid known-hosts" ${me}@HOST   (sshd trusting: memid auth export --kind ssh-user)`,
       ...(svc('kube-proxy') ? [`  kube proxy     kubectl --server http://${svc('kube-proxy')?.address} get pods`] : []),
