@@ -81,11 +81,12 @@ export function hasCode(err: unknown, ...codes: ErrorCode[]): err is MemidError 
  * message's first line so a stack or a dumped buffer never reaches a terminal or a log.
  */
 export function describeError(err: unknown): string {
-  if (err instanceof MemidError) return err.message
+  // A MemidError can quote a config value or the auth server's answer: keep it, on one line.
+  if (err instanceof MemidError) return err.message.replace(/\s*[\r\n]+\s*/g, ' ')
   if (err instanceof Error) {
     const sys = err as NodeJS.ErrnoException
-    const first = (err.message.split('\n')[0] ?? '').slice(0, 300)
+    const first = (err.message.split(/[\r\n]/)[0] ?? '').slice(0, 300)
     return sys.code && !first.includes(sys.code) ? `${first} (${sys.code})` : first
   }
-  return String(err).split('\n')[0]?.slice(0, 300) ?? 'unknown error'
+  return String(err).split(/[\r\n]/)[0]?.slice(0, 300) ?? 'unknown error'
 }

@@ -38,6 +38,27 @@ function scrub(value: unknown, depth: number): unknown {
   return out
 }
 
+// Matched on the serialized JSON line, where a PEM's line breaks are the two characters
+// `\n`: the body may hold base64, escaped whitespace and PEM header text but never a quote,
+// so a match cannot run past the end of the JSON string it sits in.
+const PEM_IN_JSON = /-----BEGIN [A-Z0-9 ]+-----(?:[A-Za-z0-9+/=:,. \t]|-(?!----)|\\[nrt])*(?:-----END [A-Z0-9 ]+-----)?/g
+const JOIN_TOKEN = /\b(tok-[0-9a-f]{12})\.[A-Za-z0-9_-]{16,}/g
+const BUFFER_JSON = /\{"type":"Buffer","data":\[[0-9,]*\]\}/g
+
+/**
+ * Last line of defence on the finished line: the field scrub above does not see the
+ * message, error messages and stacks, child bindings, or values nested deeper than it walks.
+ * Join tokens keep their public name; their secret half is censored.
+ */
+function scrubLine(line: string): string {
+  if (!line.includes('-----BEGIN') && !line.includes('tok-') && !line.includes('-cert-v01@') && !line.includes('"Buffer"')) return line
+  return line
+    .replace(PEM_IN_JSON, CENSOR)
+    .replace(OPENSSH_CERT, CENSOR)
+    .replace(JOIN_TOKEN, `$1.${CENSOR}`)
+    .replace(BUFFER_JSON, `"${CENSOR}"`)
+}
+
 /** A line-oriented sink; the default writes synchronously to stderr. */
 export interface LogSink {
   write(line: string): void
@@ -87,6 +108,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
       redact: { paths: REDACT_PATHS, censor: CENSOR },
       formatters: { log: (obj) => scrub(obj, 0) as Record<string, unknown> },
       timestamp: pino.stdTimeFunctions.epochTime,
+      hooks: { streamWrite: scrubLine },
     },
     stream,
   )
