@@ -2,7 +2,7 @@ import { z } from 'zod'
 import { ConfigError, MemidError } from '../core/errors.ts'
 import { formatDuration, parseDuration } from '../core/duration.ts'
 import { formatPath, nameSchema, principalSchema } from '../core/validate.ts'
-import { parseListenAddress } from '../services/listener.ts'
+import { formatAddress, parseListenAddress } from '../services/listener.ts'
 import { readYamlFile } from './auth.ts'
 import { defaultControlSocket } from './paths.ts'
 
@@ -42,7 +42,8 @@ const dbTunnelSchema = z.strictObject({
   idle_timeout: duration.optional(),
 })
 const serviceSchema = z.discriminatedUnion('type', [sshAgentSchema, kubeProxySchema, dbTunnelSchema], {
-  error: (iss) => (iss.code === 'invalid_union' ? 'type: must be ssh-agent, kube-proxy or database-tunnel' : undefined),
+  // The issue's path already ends in `type`.
+  error: (iss) => (iss.code === 'invalid_union' ? 'must be ssh-agent, kube-proxy or database-tunnel' : undefined),
 })
 
 const fileSchema = z.strictObject({
@@ -231,8 +232,10 @@ export function validateServices(services: ServiceConfig[]): void {
   services.forEach((s, i) => {
     const at = `services[${i}]`
     const addr = s.type === 'ssh-agent' ? s.path : s.listen
+    // Compared in normal form so `/run/m/a.sock` and `/run/m//a.sock` count as one address.
+    let key = addr
     try {
-      parseListenAddress(addr)
+      key = formatAddress(parseListenAddress(addr))
     } catch (err) {
       fail(`${at}.${s.type === 'ssh-agent' ? 'path' : 'listen'}`, (err as MemidError).message)
     }
@@ -241,9 +244,9 @@ export function validateServices(services: ServiceConfig[]): void {
       if (!nameSchema.safeParse(s.service).success) fail(`${at}.service`, `"${s.service}" is not a valid service name`)
       if (!principalSchema.safeParse(s.username).success) fail(`${at}.username`, `"${s.username}" is not a valid user name`)
     }
-    const prev = seen.get(addr)
+    const prev = seen.get(key)
     if (prev !== undefined) fail(`${at}`, `listens on ${addr}, already used by services[${prev}]`)
-    seen.set(addr, i)
+    seen.set(key, i)
   })
   if (services.filter((s) => s.type === 'ssh-agent').length > 1) fail('services', 'at most one ssh-agent service')
 }

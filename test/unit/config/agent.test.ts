@@ -1,0 +1,314 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { loadAgentConfig, validateServices, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
+import { ConfigError } from '../../../src/core/errors.ts'
+
+const PIN = `sha256:${'0123456789abcdef'.repeat(4)}`
+const PIN2 = `sha256:${'f'.repeat(64)}`
+
+// The agent config example of SPEC.md, verbatim but for a real pin.
+const SPEC_EXAMPLE = `version: v1
+auth_server: 127.0.0.1:3025
+ca_pins: ["${PIN}"]
+onboarding: { join_method: token, token_file: /run/secrets/memid-token }
+certificate_ttl: 1h
+renewal_interval: 20m
+control_socket: /run/memid/control.sock
+diagnostics: { listen: 127.0.0.1:9090 }
+services:
+  - { type: ssh-agent, path: /run/memid/agent.sock }
+  - { type: kube-proxy, cluster: prod, listen: 127.0.0.1:8001 }
+  - { type: database-tunnel, service: orders, username: app, database: orders, listen: 127.0.0.1:6432 }
+`
+
+const SPEC_CONFIG: AgentConfig = {
+  authServer: '127.0.0.1:3025',
+  caPins: [PIN],
+  joinMethod: 'token',
+  token: { kind: 'file', path: '/run/secrets/memid-token' },
+  certificateTtlMs: 3_600_000,
+  renewalIntervalMs: 1_200_000,
+  controlSocket: '/run/memid/control.sock',
+  diagnostics: '127.0.0.1:9090',
+  logFormat: 'json',
+  services: [
+    { type: 'ssh-agent', path: '/run/memid/agent.sock', keyType: 'ed25519' },
+    { type: 'kube-proxy', cluster: 'prod', listen: '127.0.0.1:8001' },
+    {
+      type: 'database-tunnel', service: 'orders', username: 'app', database: 'orders', listen: '127.0.0.1:6432',
+      protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
+    },
+  ],
+}
+
+let dir: string
+let n = 0
+before(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'memid-agent-config-'))
+})
+after(() => rmSync(dir, { recursive: true, force: true }))
+
+function yamlFile(text: string): string {
+  const p = path.join(dir, `agent-${++n}.yaml`)
+  writeFileSync(p, text)
+  return p
+}
+
+/** The minimum a config needs besides what a test is about. */
+const MIN = `version: v1\nauth_server: 127.0.0.1:3025\nca_pins: ["${PIN}"]\nonboarding: { token_file: /run/secrets/t }\n`
+
+function load(yaml: string | undefined, flags: AgentFlags = {}, env: NodeJS.ProcessEnv = {}): AgentConfig {
+  return loadAgentConfig({ ...(yaml !== undefined ? { config: yamlFile(yaml) } : {}), ...flags }, env)
+}
+
+/** Asserts a ConfigError whose message starts with the key path. */
+function refused(fn: () => unknown, startsWith: string, includes?: RegExp): string {
+  let caught: unknown
+  try {
+    fn()
+  } catch (err) {
+    caught = err
+  }
+  assert.ok(caught instanceof ConfigError, `expected a ConfigError, got ${String(caught)}`)
+  assert.equal(caught.code, 'ERR_CONFIG')
+  assert.ok(caught.message.startsWith(startsWith), `"${caught.message}" should start with "${startsWith}"`)
+  if (includes) assert.match(caught.message, includes)
+  assert.doesNotMatch(caught.message, /\n/)
+  return caught.message
+}
+
+const FLAGS: AgentFlags = { authServer: '127.0.0.1:3025', caPin: [PIN], tokenFile: '/run/secrets/t' }
+
+describe('loadAgentConfig: the file', () => {
+  it("parses SPEC.md's example into the expected config", () => {
+    assert.deepEqual(load(SPEC_EXAMPLE), SPEC_CONFIG)
+  })
+
+  it('parses examples/agent.yaml once its pin placeholder is filled in', () => {
+    const text = readFileSync(new URL('../../../examples/agent.yaml', import.meta.url), 'utf8')
+    assert.match(text, /sha256:REPLACE/)
+    assert.deepEqual(load(text.replace(/sha256:REPLACE[A-Za-z_-]*/, PIN)), SPEC_CONFIG)
+  })
+
+  it('reads the optional service keys', () => {
+    const cfg = load(`${MIN}log_format: text
+services:
+  - { type: ssh-agent, path: /run/m/agent.sock, key_type: rsa, principals: [deploy, ops] }
+  - { type: kube-proxy, cluster: prod, listen: /run/m/kube.sock, allowed_hosts: [localhost], user: ci-bot }
+  - type: database-tunnel
+    service: cache
+    username: default
+    listen: 127.0.0.1:6380
+    protocol: tls
+    max_connections: 5
+    connect_timeout: 3s
+    idle_timeout: 10m
+`)
+    assert.equal(cfg.logFormat, 'text')
+    assert.deepEqual(cfg.services, [
+      { type: 'ssh-agent', path: '/run/m/agent.sock', keyType: 'rsa', principals: ['deploy', 'ops'] },
+      { type: 'kube-proxy', cluster: 'prod', listen: '/run/m/kube.sock', allowedHosts: ['localhost'], user: 'ci-bot' },
+      {
+        type: 'database-tunnel', service: 'cache', username: 'default', listen: '127.0.0.1:6380', protocol: 'tls',
+        maxConnections: 5, connectTimeoutMs: 3_000, idleTimeoutMs: 600_000,
+      },
+    ])
+  })
+
+  it('unknown keys are refused, naming them and where they are', () => {
+    refused(() => load(`${MIN}renewal_intervall: 5m\n`), 'unknown key "renewal_intervall"')
+    refused(() => load(`${MIN}onboarding_token: x\nextra: 1\n`), 'unknown keys "onboarding_token", "extra"')
+    refused(() => load(`${MIN}diagnostics: { listen: 127.0.0.1:9090, port: 1 }\n`), 'diagnostics: unknown key "port"')
+    refused(() => load(`${MIN}services:\n  - { type: ssh-agent, path: /run/m/a.sock }\n  - { type: kube-proxy, cluster: p, listen: 127.0.0.1:1, lsiten: x }\n`),
+      'services[1]: unknown key "lsiten"')
+  })
+
+  it('wrong types are refused with the key path', () => {
+    refused(() => load(`${MIN}certificate_ttl: 5\n`), 'certificate_ttl: ', /string/)
+    refused(() => load(`${MIN}renewal_interval: 20 minutes\n`), 'renewal_interval: ', /duration/)
+    refused(() => load(`version: v1\nca_pins: "${PIN}"\n`), 'ca_pins: ', /array/)
+    refused(() => load(`${MIN}services: {}\n`), 'services: ', /array/)
+    refused(() => load(`${MIN}services:\n  - { type: database-tunnel, service: o, username: a, listen: 127.0.0.1:1, max_connections: "10" }\n`),
+      'services[0].max_connections: ', /number/)
+    refused(() => load(`${MIN}services:\n  - { type: ftp, listen: 127.0.0.1:1 }\n`), 'services[0].type: must be ssh-agent, kube-proxy or database-tunnel')
+    refused(() => load(`${MIN}services:\n  - { type: kube-proxy, cluster: prod, listen: "0.0.0.0:99999" }\n`), 'services[0].listen: ', /out of range/)
+    refused(() => load(`${MIN}services:\n  - { type: ssh-agent, path: agent.sock }\n`), 'services[0].path: ', /absolute/)
+    refused(() => load(MIN.replace(PIN, 'sha256:abc')), 'ca_pins[0]: ', /64 hex/)
+    refused(() => load(`${MIN}log_format: yaml\n`), 'log_format: ')
+  })
+
+  it('version must be v1, also when the file is empty', () => {
+    refused(() => load(MIN.replace('version: v1', 'version: v2')), 'version: must be v1')
+    refused(() => load(''), 'version: must be v1')
+  })
+
+  it('unreadable or malformed YAML is a ConfigError, not a crash', () => {
+    refused(() => loadAgentConfig({ config: path.join(dir, 'missing.yaml') }, {}), '--config: ', /ENOENT/)
+    refused(() => load('version: v1\nservices: [\n'), path.join(dir, ''), /not valid YAML/)
+    refused(() => load(`${MIN}auth_server: 127.0.0.1:1\n`), path.join(dir, ''), /unique/)
+  })
+
+  it('YAML alias bombs are refused', () => {
+    const bomb = ['a: &a [x, x, x, x, x, x, x, x, x]', ...'bcdefghij'.split('').map((k, i) => `${k}: &${k} [${Array(9).fill(`*${'abcdefghij'[i]}`).join(', ')}]`)]
+    refused(() => load(`${bomb.join('\n')}\n`), path.join(dir, ''), /not valid YAML/)
+  })
+})
+
+describe('loadAgentConfig: flags', () => {
+  it('flags alone are enough', () => {
+    const cfg = load(undefined, { ...FLAGS, controlSocket: '/run/m/c.sock' })
+    assert.equal(cfg.authServer, '127.0.0.1:3025')
+    assert.deepEqual(cfg.caPins, [PIN])
+    assert.equal(cfg.certificateTtlMs, 3_600_000, 'default TTL 1h')
+    assert.equal(cfg.renewalIntervalMs, 1_200_000, 'default interval 20m')
+    assert.deepEqual(cfg.services, [])
+    assert.equal(cfg.diagnostics, undefined)
+    assert.equal(cfg.controlSocket, '/run/m/c.sock')
+  })
+
+  it('flags override the file', () => {
+    const cfg = load(SPEC_EXAMPLE, {
+      authServer: 'auth.example.com:443', caPin: [PIN2], tokenFile: '/other/token', certificateTtl: '30m', renewalInterval: '5m',
+      controlSocket: '/run/other/control.sock', diagAddr: '127.0.0.1:9999', logFormat: 'text',
+    })
+    assert.equal(cfg.authServer, 'auth.example.com:443')
+    assert.deepEqual(cfg.caPins, [PIN2])
+    assert.deepEqual(cfg.token, { kind: 'file', path: '/other/token' })
+    assert.equal(cfg.certificateTtlMs, 1_800_000)
+    assert.equal(cfg.renewalIntervalMs, 300_000)
+    assert.equal(cfg.controlSocket, '/run/other/control.sock')
+    assert.equal(cfg.diagnostics, '127.0.0.1:9999')
+    assert.equal(cfg.logFormat, 'text')
+    assert.equal(cfg.services.length, 3, 'file services are kept')
+  })
+
+  it('service flags are added after the file services', () => {
+    const cfg = load(MIN, {
+      sshAgent: '/run/m/agent.sock', kubeProxy: ['127.0.0.1:8001=prod', '/run/m/kube.sock=staging'],
+      dbTunnel: ['127.0.0.1:6432=orders/app/orders', '/run/m/.s.PGSQL.5432=billing/reader'],
+    })
+    assert.deepEqual(cfg.services, [
+      { type: 'ssh-agent', path: '/run/m/agent.sock', keyType: 'ed25519' },
+      { type: 'kube-proxy', listen: '127.0.0.1:8001', cluster: 'prod' },
+      { type: 'kube-proxy', listen: '/run/m/kube.sock', cluster: 'staging' },
+      {
+        type: 'database-tunnel', listen: '127.0.0.1:6432', service: 'orders', username: 'app', database: 'orders',
+        protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
+      },
+      {
+        type: 'database-tunnel', listen: '/run/m/.s.PGSQL.5432', service: 'billing', username: 'reader',
+        protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
+      },
+    ])
+  })
+
+  it('bad --kube-proxy forms are refused with the flag and the value', () => {
+    for (const v of ['127.0.0.1:8001', '=prod', 'prod']) refused(() => load(undefined, { ...FLAGS, kubeProxy: [v] }), '--kube-proxy[0]: ', /LISTEN=CLUSTER/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=prod', 'x'] }), '--kube-proxy[1]: ')
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001='] }), 'services[0].cluster: ', /""/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=pr/od'] }), 'services[0].cluster: ', /pr\/od/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['nowhere=prod'] }), 'services[0].listen: ', /nowhere/)
+  })
+
+  it('bad --db-tunnel forms are refused with the flag and the value', () => {
+    for (const v of ['127.0.0.1:6432=orders', '127.0.0.1:6432=orders//db', '127.0.0.1:6432=a/b/c/d', '=orders/app', '127.0.0.1:6432', '127.0.0.1:6432=/app']) {
+      refused(() => load(undefined, { ...FLAGS, dbTunnel: [v] }), '--db-tunnel[0]: ', /LISTEN=SERVICE\/DBUSER/)
+    }
+    refused(() => load(undefined, { ...FLAGS, dbTunnel: ['127.0.0.1:6432=orders/a b'] }), 'services[0].username: ')
+    refused(() => load(undefined, { ...FLAGS, dbTunnel: ['127.0.0.1:6432=-x/app'] }), 'services[0].service: ')
+  })
+
+  it('--ssh-agent must be an absolute path; only one ssh-agent service', () => {
+    refused(() => load(undefined, { ...FLAGS, sshAgent: 'agent.sock' }), '--ssh-agent: ')
+    refused(() => load(`${MIN}services:\n  - { type: ssh-agent, path: /run/m/a.sock }\n`, { sshAgent: '/run/m/b.sock' }), 'services: at most one ssh-agent')
+  })
+
+  it('auth server and pins are required and checked', () => {
+    refused(() => load(undefined, { caPin: [PIN], tokenFile: '/t' }), 'auth_server: is required')
+    refused(() => load(undefined, { ...FLAGS, authServer: 'https://auth:3025' }), '--auth-server: ', /HOST:PORT/)
+    refused(() => load(MIN.replace('127.0.0.1:3025', 'auth')), 'auth_server: ')
+    refused(() => load(undefined, { authServer: '127.0.0.1:1', tokenFile: '/t' }), 'ca_pins: ')
+    refused(() => load(undefined, { ...FLAGS, caPin: [PIN, 'sha256:ABC'] }), '--ca-pin: ')
+    refused(() => load(undefined, { ...FLAGS, joinMethod: 'iam' }), '--join-method: ')
+  })
+})
+
+describe('loadAgentConfig: impossible values', () => {
+  it('renewal interval >= TTL is refused, naming the key or the flag', () => {
+    const m1 = refused(() => load(`${MIN}certificate_ttl: 1h\nrenewal_interval: 1h\n`), 'renewal_interval: ')
+    assert.match(m1, /1h.*shorter.*certificate_ttl.*1h/)
+    refused(() => load(`${MIN}certificate_ttl: 10m\nrenewal_interval: 20m\n`), 'renewal_interval: ')
+    refused(() => load(MIN, { certificateTtl: '10m' }), 'renewal_interval: ', /20m/)
+    refused(() => load(MIN, { renewalInterval: '2h' }), '--renewal-interval: ')
+    assert.equal(load(MIN, { certificateTtl: '21m' }).renewalIntervalMs, 1_200_000, 'just under the TTL is fine')
+  })
+
+  it('too short TTL or interval is refused', () => {
+    refused(() => load(MIN, { certificateTtl: '4s', renewalInterval: '1s' }), 'certificate_ttl: ')
+    refused(() => load(MIN, { certificateTtl: '10s', renewalInterval: '500ms' }), 'renewal_interval: ')
+    refused(() => load(MIN, { certificateTtl: 'soon' }), '--certificate-ttl: ')
+  })
+
+  it('duplicate listen addresses are refused, also spelled differently', () => {
+    refused(() => load(`${MIN}services:
+  - { type: kube-proxy, cluster: a, listen: 127.0.0.1:8001 }
+  - { type: kube-proxy, cluster: b, listen: 127.0.0.1:8001 }
+`), 'services[1]: ', /already used by services\[0\]/)
+    refused(() => load(`${MIN}services:\n  - { type: kube-proxy, cluster: a, listen: 127.0.0.1:8001 }\n`, { dbTunnel: ['127.0.0.1:8001=orders/app'] }),
+      'services[1]: ', /127\.0\.0\.1:8001/)
+    refused(() => load(undefined, { ...FLAGS, sshAgent: '/run/m/agent.sock', kubeProxy: ['/run/m//agent.sock=prod'] }), 'services[1]: ')
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['/run/m/k.sock=a', '/run/m/./k.sock=b'] }), 'services[1]: ')
+    assert.equal(load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=a', '127.0.0.1:8002=b'] }).services.length, 2)
+  })
+
+  it('diagnostics address is checked', () => {
+    refused(() => load(undefined, { ...FLAGS, diagAddr: 'localhost' }), '--diag-addr: ')
+    refused(() => load(`${MIN}diagnostics: { listen: "127.0.0.1:70000" }\n`), 'diagnostics.listen: ')
+  })
+})
+
+describe('loadAgentConfig: the join token source', () => {
+  it('--token-file PATH names a file and never reads it here', () => {
+    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') }).token, { kind: 'file', path: path.join(dir, 'does-not-exist') })
+  })
+
+  it("--token-file - is stdin", () => {
+    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: '-' }).token, { kind: 'stdin' })
+  })
+
+  it('$MEMID_TOKEN is used when no flag names a token, and its value is not copied into the config', () => {
+    const secret = 'tok-0123456789ab.abcdefghijabcdefghijabcdefghijabcdefghijabc'
+    const cfg = load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN] }, { MEMID_TOKEN: secret })
+    assert.deepEqual(cfg.token, { kind: 'env' })
+    assert.ok(!JSON.stringify(cfg).includes(secret))
+  })
+
+  it('$MEMID_TOKEN wins over the file, a flag wins over $MEMID_TOKEN', () => {
+    const env = { MEMID_TOKEN: 'x' }
+    assert.deepEqual(load(MIN, {}, env).token, { kind: 'env' })
+    assert.deepEqual(load(MIN, { tokenFile: '/f' }, env).token, { kind: 'file', path: '/f' })
+    assert.deepEqual(load(MIN, { token: 'literal' }, env).token, { kind: 'value', value: 'literal' })
+    assert.deepEqual(load(MIN, {}, { MEMID_TOKEN: '' }).token, { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
+  })
+
+  it('--token VALUE is accepted (the CLI warns about argv)', () => {
+    assert.deepEqual(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' }).token, { kind: 'value', value: 'v' })
+  })
+
+  it('no token source at all is refused with the ways to give one', () => {
+    refused(() => load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN] }), 'onboarding.token_file: ', /--token-file.*MEMID_TOKEN/)
+  })
+})
+
+describe('validateServices', () => {
+  it('accepts distinct addresses and refuses a clash', () => {
+    validateServices([{ type: 'kube-proxy', cluster: 'a', listen: '127.0.0.1:1' }, { type: 'ssh-agent', path: '/run/a.sock', keyType: 'ed25519' }])
+    refused(() => validateServices([
+      { type: 'ssh-agent', path: '/run/a.sock', keyType: 'ed25519' },
+      { type: 'kube-proxy', cluster: 'a', listen: '/run/a.sock' },
+    ]), 'services[1]: ')
+  })
+})
