@@ -344,18 +344,25 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
   #readiness(): Readiness {
     const services: Readiness['services'] = {}
     const idValid = this.#identity.valid()
-    services['identity'] = idValid ? { status: 'ok' } : { status: 'expired', reason: this.#identity.lastError ?? 'the identity expired' }
+    services['identity'] = idValid ? { status: 'ok' } : { status: 'expired', reason: problem(this.#identity) }
     let ok = idValid && this.#servicesUp
     for (const s of this.#slots) {
       const h = s.service?.health() ?? { status: 'starting' as const }
       const credOk = s.source.valid()
       const entry: { status: string; reason?: string } = { status: credOk ? h.status : 'failed' }
-      const reason = credOk ? h.reason : (s.source.lastError ?? 'no valid certificate')
+      const reason = credOk ? h.reason : problem(s.source)
       if (reason !== undefined) entry.reason = reason
       if (entry.status !== 'ok') ok = false
-      services[s.service?.name ?? serviceName(s.cfg)] = entry
+      services[this.#key(s)] = entry
     }
     return { status: ok ? 'ok' : 'unavailable', services }
+  }
+
+  /** The service's name, with its address when two services share a name (TCP and socket tunnels). */
+  #key(s: Slot): string {
+    const name = s.service?.name ?? serviceName(s.cfg)
+    const shared = this.#slots.filter((o) => (o.service?.name ?? serviceName(o.cfg)) === name).length > 1
+    return shared ? `${name}@${serviceAddress(s.cfg)}` : name
   }
 
   status(): AgentStatus {
@@ -378,7 +385,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
           name: s.service?.name ?? serviceName(s.cfg), type: s.cfg.type, address: s.service?.address ?? serviceAddress(s.cfg),
           ...(s.service?.describe?.() ?? {}),
           status: valid ? h.status : 'failed',
-          ...(valid ? (h.reason !== undefined ? { reason: h.reason } : {}) : { reason: s.source.lastError ?? (s.source.peek() ? 'certificate expired' : 'no certificate yet') }),
+          ...(valid ? (h.reason !== undefined ? { reason: h.reason } : {}) : { reason: problem(s.source) }),
           credential: s.source.state(),
         }
       }),
@@ -421,6 +428,16 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       this.#resolveClosed(reason !== undefined ? { code, reason } : { code })
     })()
     return this.#stopping
+  }
+}
+
+/** Why a credential cannot be used, in the words its services use too. */
+function problem(source: CredentialSource<IssuedCredential>): string {
+  try {
+    source.current()
+    return 'ok'
+  } catch (err) {
+    return describeError(err)
   }
 }
 

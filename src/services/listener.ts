@@ -152,7 +152,10 @@ export class ConnectionTracker {
   }
 }
 
-/** Closes a server and waits for it, after which no new connection is accepted. */
+/**
+ * Stops accepting at once and resolves when the server has fully closed, which Node does
+ * only after every open connection has ended: start it, drain, then await it.
+ */
 export function closeServer(server: net.Server): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve()
