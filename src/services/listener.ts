@@ -50,8 +50,14 @@ function printable(s: string): string {
  */
 export async function prepareSocketPath(socketPath: string): Promise<void> {
   const dir = path.dirname(socketPath)
-  mkdirSync(dir, { recursive: true, mode: 0o700 })
-  const st = statSync(dir)
+  let st
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
+    st = statSync(dir)
+  } catch (err) {
+    // e.g. a path component is a regular file (EEXIST/ENOTDIR) or not writable (EACCES).
+    throw new MemidError('ERR_LISTEN', `cannot create the socket directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
+  }
   const uid = process.getuid?.() ?? st.uid
   if (!st.isDirectory()) throw new MemidError('ERR_LISTEN', `${dir} is not a directory`)
   if (st.uid !== uid) throw new MemidError('ERR_LISTEN', `directory ${dir} is owned by uid ${st.uid}, not by this user (uid ${uid})`)
