@@ -17,7 +17,8 @@ export class RateLimiter {
       b = { tokens: this.#burst, at: now }
       this.#buckets.set(key, b)
     }
-    b.tokens = Math.min(this.#burst, b.tokens + ((now - b.at) / 1000) * this.#rate)
+    // A wall clock stepped back must not put the bucket into debt.
+    b.tokens = Math.min(this.#burst, b.tokens + (Math.max(0, now - b.at) / 1000) * this.#rate)
     b.at = now
     if (b.tokens < 1) return false
     b.tokens -= 1
