@@ -28,6 +28,8 @@ export interface RenewalStatus {
   failed: number
 }
 
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 /**
  * The one renewal primitive, for the bot identity and every service credential: a run
  * every interval with jitter, exponential backoff with jitter on failure (1 s → 60 s by
@@ -115,6 +117,8 @@ export class RenewalLoop {
   #schedule(delayMs: number): void {
     if (this.#stopped) return
     this.#clear()
+    // setTimeout fires after 1 ms for anything above 2^31-1 ms (~24.8 days); renewing early is safe.
+    delayMs = Math.min(delayMs, MAX_TIMER_MS)
     this.#status.nextRunAt = new Date(Date.now() + delayMs).toISOString()
     this.#timer = setTimeout(() => void this.trigger(), delayMs)
     this.#timer.unref?.()
