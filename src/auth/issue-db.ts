@@ -12,7 +12,9 @@ export async function issueDbCertificate(ctx: IssueContext, req: DbCertRequest):
     throw denied(`bot "${ctx.bot.name}" has no role granting database "${req.service}"`)
   }
   if (!allowsDbUser(ctx.roles, req.service, req.username, req.database)) {
-    const what = req.database === undefined ? `user "${req.username}"` : `user "${req.username}" on database name "${req.database}"`
+    const what = req.database === undefined
+      ? `user "${req.username}" with no database name (the roles grant only named databases: set one in the tunnel, e.g. …=${req.service}/${req.username}/DBNAME)`
+      : `user "${req.username}" on database name "${req.database}"`
     throw denied(`bot "${ctx.bot.name}" is not allowed to connect to "${req.service}" as ${what}`)
   }
   const cert = await issueLeaf({

@@ -16,12 +16,14 @@ export function denied(message: string): MemidError {
 }
 
 /**
- * For a database: the user must be allowed by a role that also grants the database, so
- * two roles cannot be combined into a grant neither makes on its own.
+ * For a database: the user (and database name) must be allowed by one role that also
+ * grants the database, so two roles cannot be combined into a grant neither makes alone.
+ * As in Teleport, a role that lists no database names grants none; a tunnel that names no
+ * database lets its clients open any, so it needs a role granting `*`.
  */
 export function allowsDbUser(roles: Role[], service: string, user: string, database?: string): boolean {
   return roles.some((r) =>
     (r.databases.includes('*') || r.databases.includes(service)) &&
     (r.dbUsers.includes('*') || r.dbUsers.includes(user)) &&
-    (database === undefined || r.dbNames.length === 0 || r.dbNames.includes('*') || r.dbNames.includes(database)))
+    (r.dbNames.includes('*') || (database !== undefined && r.dbNames.includes(database))))
 }

@@ -36,8 +36,8 @@ describe('allows', () => {
 describe('allowsDbUser', () => {
   it('the user must be granted by a role that also grants the database', () => {
     const roles = [
-      role('orders-app', { databases: ['orders'], dbUsers: ['app'] }),
-      role('billing-admin', { databases: ['billing'], dbUsers: ['admin'] }),
+      role('orders-app', { databases: ['orders'], dbUsers: ['app'], dbNames: ['*'] }),
+      role('billing-admin', { databases: ['billing'], dbUsers: ['admin'], dbNames: ['*'] }),
     ]
     assert.equal(allowsDbUser(roles, 'orders', 'app'), true)
     assert.equal(allowsDbUser(roles, 'billing', 'admin'), true)
@@ -47,21 +47,24 @@ describe('allowsDbUser', () => {
   })
 
   it('"*" works for databases and users', () => {
-    assert.equal(allowsDbUser([role('r', { databases: ['*'], dbUsers: ['app'] })], 'any', 'app'), true)
-    assert.equal(allowsDbUser([role('r', { databases: ['*'], dbUsers: ['app'] })], 'any', 'root'), false)
-    assert.equal(allowsDbUser([role('r', { databases: ['orders'], dbUsers: ['*'] })], 'orders', 'root'), true)
-    assert.equal(allowsDbUser([role('r', { databases: ['orders'], dbUsers: [] })], 'orders', 'app'), false, 'no users listed grants none')
+    const all = { dbNames: ['*'] }
+    assert.equal(allowsDbUser([role('r', { databases: ['*'], dbUsers: ['app'], ...all })], 'any', 'app'), true)
+    assert.equal(allowsDbUser([role('r', { databases: ['*'], dbUsers: ['app'], ...all })], 'any', 'root'), false)
+    assert.equal(allowsDbUser([role('r', { databases: ['orders'], dbUsers: ['*'], ...all })], 'orders', 'root'), true)
+    assert.equal(allowsDbUser([role('r', { databases: ['orders'], dbUsers: [], ...all })], 'orders', 'app'), false, 'no users listed grants none')
   })
 
-  it('database names: unrestricted when the role lists none, else listed or "*"', () => {
-    const open = role('open', { databases: ['orders'], dbUsers: ['app'] })
+  it('database names: none when the role lists none (as in Teleport), else listed or "*"', () => {
+    const none = role('none', { databases: ['orders'], dbUsers: ['app'] })
     const named = role('named', { databases: ['orders'], dbUsers: ['app'], dbNames: ['orders_ro'] })
     const star = role('star', { databases: ['orders'], dbUsers: ['app'], dbNames: ['*'] })
-    assert.equal(allowsDbUser([open], 'orders', 'app', 'anything'), true)
+    assert.equal(allowsDbUser([none], 'orders', 'app', 'anything'), false)
+    assert.equal(allowsDbUser([none], 'orders', 'app'), false)
     assert.equal(allowsDbUser([named], 'orders', 'app', 'orders_ro'), true)
     assert.equal(allowsDbUser([named], 'orders', 'app', 'orders'), false)
-    assert.equal(allowsDbUser([named], 'orders', 'app'), true, 'no database requested')
+    assert.equal(allowsDbUser([named], 'orders', 'app'), false, 'a tunnel naming no database would open any: needs "*"')
     assert.equal(allowsDbUser([star], 'orders', 'app', 'x'), true)
+    assert.equal(allowsDbUser([star], 'orders', 'app'), true)
   })
 })
 
