@@ -200,15 +200,24 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
   }
 
   const services: ServiceConfig[] = (file?.services ?? []).map(fromFileService)
+  // Where each service came from, so errors name the key or the flag the user wrote.
+  const origins = services.map((_s, i) => `services[${i}]`)
   if (flags.sshAgent !== undefined) {
     if (!flags.sshAgent.startsWith('/')) fail('--ssh-agent', 'must be an absolute socket path')
     services.push({ type: 'ssh-agent', path: flags.sshAgent, keyType: 'ed25519' })
+    origins.push('--ssh-agent')
   }
-  ;(flags.kubeProxy ?? []).forEach((v, i) => services.push(parseKubeFlag(v, i)))
-  ;(flags.dbTunnel ?? []).forEach((v, i) => services.push(parseDbFlag(v, i)))
-  validateServices(services)
+  ;(flags.kubeProxy ?? []).forEach((v, i) => {
+    services.push(parseKubeFlag(v, i))
+    origins.push(`--kube-proxy[${i}]`)
+  })
+  ;(flags.dbTunnel ?? []).forEach((v, i) => {
+    services.push(parseDbFlag(v, i))
+    origins.push(`--db-tunnel[${i}]`)
+  })
+  validateServices(services, origins)
 
-  const controlSocket = flags.controlSocket ?? file?.control_socket ?? defaultControlSocket()
+  const controlSocket = flags.controlSocket ?? file?.control_socket ?? defaultControlSocket(env)
   if (!controlSocket.startsWith('/')) fail('control_socket', 'must be an absolute socket path')
   const diagnostics = flags.diagAddr ?? file?.diagnostics?.listen
   if (diagnostics !== undefined) {
@@ -227,10 +236,10 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
 }
 
 /** Checks what the per-field schemas cannot: listen addresses, names, and clashes between services. */
-export function validateServices(services: ServiceConfig[]): void {
+export function validateServices(services: ServiceConfig[], origins: string[] = services.map((_s, i) => `services[${i}]`)): void {
   const seen = new Map<string, number>()
   services.forEach((s, i) => {
-    const at = `services[${i}]`
+    const at = origins[i] ?? `services[${i}]`
     const addr = s.type === 'ssh-agent' ? s.path : s.listen
     // Compared in normal form so `/run/m/a.sock` and `/run/m//a.sock` count as one address.
     let key = addr
@@ -245,7 +254,7 @@ export function validateServices(services: ServiceConfig[]): void {
       if (!principalSchema.safeParse(s.username).success) fail(`${at}.username`, `"${s.username}" is not a valid user name`)
     }
     const prev = seen.get(key)
-    if (prev !== undefined) fail(`${at}`, `listens on ${addr}, already used by services[${prev}]`)
+    if (prev !== undefined) fail(`${at}`, `listens on ${addr}, already used by ${origins[prev] ?? `services[${prev}]`}`)
     seen.set(key, i)
   })
   if (services.filter((s) => s.type === 'ssh-agent').length > 1) fail('services', 'at most one ssh-agent service')

@@ -7,8 +7,8 @@ export function resolveDataDir(flag?: string): string {
 }
 
 /** `$XDG_RUNTIME_DIR/memid/control.sock`, else `/tmp/memid-<uid>/control.sock`. */
-export function defaultControlSocket(): string {
-  const xdg = process.env.XDG_RUNTIME_DIR
+export function defaultControlSocket(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_RUNTIME_DIR
   if (xdg && xdg.startsWith('/')) return path.join(xdg, 'memid', 'control.sock')
   return path.join(os.tmpdir(), `memid-${process.getuid?.() ?? 'user'}`, 'control.sock')
 }

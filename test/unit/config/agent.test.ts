@@ -208,17 +208,17 @@ describe('loadAgentConfig: flags', () => {
   it('bad --kube-proxy forms are refused with the flag and the value', () => {
     for (const v of ['127.0.0.1:8001', '=prod', 'prod']) refused(() => load(undefined, { ...FLAGS, kubeProxy: [v] }), '--kube-proxy[0]: ', /LISTEN=CLUSTER/)
     refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=prod', 'x'] }), '--kube-proxy[1]: ')
-    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001='] }), 'services[0].cluster: ', /""/)
-    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=pr/od'] }), 'services[0].cluster: ', /pr\/od/)
-    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['nowhere=prod'] }), 'services[0].listen: ', /nowhere/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001='] }), '--kube-proxy[0].cluster: ', /""/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=pr/od'] }), '--kube-proxy[0].cluster: ', /pr\/od/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['nowhere=prod'] }), '--kube-proxy[0].listen: ', /nowhere/)
   })
 
   it('bad --db-tunnel forms are refused with the flag and the value', () => {
     for (const v of ['127.0.0.1:6432=orders', '127.0.0.1:6432=orders//db', '127.0.0.1:6432=a/b/c/d', '=orders/app', '127.0.0.1:6432', '127.0.0.1:6432=/app']) {
       refused(() => load(undefined, { ...FLAGS, dbTunnel: [v] }), '--db-tunnel[0]: ', /LISTEN=SERVICE\/DBUSER/)
     }
-    refused(() => load(undefined, { ...FLAGS, dbTunnel: ['127.0.0.1:6432=orders/a b'] }), 'services[0].username: ')
-    refused(() => load(undefined, { ...FLAGS, dbTunnel: ['127.0.0.1:6432=-x/app'] }), 'services[0].service: ')
+    refused(() => load(undefined, { ...FLAGS, dbTunnel: ['127.0.0.1:6432=orders/a b'] }), '--db-tunnel[0].username: ')
+    refused(() => load(undefined, { ...FLAGS, dbTunnel: ['127.0.0.1:6432=-x/app'] }), '--db-tunnel[0].service: ')
   })
 
   it('--ssh-agent must be an absolute path; only one ssh-agent service', () => {
@@ -258,9 +258,9 @@ describe('loadAgentConfig: impossible values', () => {
   - { type: kube-proxy, cluster: b, listen: 127.0.0.1:8001 }
 `), 'services[1]: ', /already used by services\[0\]/)
     refused(() => load(`${MIN}services:\n  - { type: kube-proxy, cluster: a, listen: 127.0.0.1:8001 }\n`, { dbTunnel: ['127.0.0.1:8001=orders/app'] }),
-      'services[1]: ', /127\.0\.0\.1:8001/)
-    refused(() => load(undefined, { ...FLAGS, sshAgent: '/run/m/agent.sock', kubeProxy: ['/run/m//agent.sock=prod'] }), 'services[1]: ')
-    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['/run/m/k.sock=a', '/run/m/./k.sock=b'] }), 'services[1]: ')
+      '--db-tunnel[0]: ', /127\.0\.0\.1:8001, already used by services\[0\]/)
+    refused(() => load(undefined, { ...FLAGS, sshAgent: '/run/m/agent.sock', kubeProxy: ['/run/m//agent.sock=prod'] }), '--kube-proxy[0]: ', /already used by --ssh-agent/)
+    refused(() => load(undefined, { ...FLAGS, kubeProxy: ['/run/m/k.sock=a', '/run/m/./k.sock=b'] }), '--kube-proxy[1]: ', /already used by --kube-proxy\[0\]/)
     assert.equal(load(undefined, { ...FLAGS, kubeProxy: ['127.0.0.1:8001=a', '127.0.0.1:8002=b'] }).services.length, 2)
   })
 
