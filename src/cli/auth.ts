@@ -14,8 +14,8 @@ async function openExisting(dataDir?: string): Promise<Store> {
   const dir = resolveDataDir(dataDir)
   const file = path.join(dir, 'memid.db')
   if (!existsSync(file)) throw new MemidError('ERR_NOT_FOUND', `no memid store in ${dir}: run "memid auth start --data-dir ${dir}" first`)
-  const { openStore } = await import('../storage/sqlite.ts')
-  return openStore(`sqlite:${file}`)
+  const { SqliteStore } = await import('../storage/sqlite.ts')
+  return SqliteStore.open(file)
 }
 
 export function registerAuthCommands(program: Command): void {
@@ -26,17 +26,21 @@ export function registerAuthCommands(program: Command): void {
     .option('--config <file>', 'auth.yaml')
     .option('--data-dir <dir>', 'data directory (default ./memid-data or $MEMID_DATA_DIR)')
     .option('--listen <host:port>', 'API address (default 127.0.0.1:3025; port 0 picks a free one)')
-    .option('--storage <uri>', 'sqlite:PATH (default <data-dir>/memid.db)')
+    .option('--storage <uri>', 'sqlite:PATH (default <data-dir>/memid.db) or postgres://USER@HOST:PORT/DB')
     .option('--cluster-name <name>', 'cluster name (default memid)')
     .option('--log-format <format>', 'json or text', undefined)
     .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string }) => {
       const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }] = await Promise.all([
-        import('../config/auth.ts'), import('../core/log.ts'), import('../storage/sqlite.ts'), import('../auth/server.ts'),
+        import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'),
       ])
       const cfg = loadAuthConfig(opts)
       const log = createLogger({ format: cfg.logFormat, base: { component: 'auth' } })
       ensureDataDir(cfg.dataDir)
-      const store = openStore(cfg.storage)
+      if (opts.storage !== undefined && /^postgres(ql)?:\/\/[^/?#@]*:[^/?#]+@/i.test(opts.storage)) {
+        // Like --token VALUE: accepted, but argv is readable by every user of the machine.
+        log.warn('--storage carries a password, and argv is world-readable: prefer PGPASSWORD, ~/.pgpass or storage: in --config')
+      }
+      const store = await openStore(cfg.storage)
       const server = await startAuthServer({
         store, listen: cfg.listen, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock'), logger: log,
       })

@@ -1,38 +1,17 @@
 import { DatabaseSync } from 'node:sqlite'
 import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
+import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  INSTANCE_HISTORY,
-  type AuditEvent, type AuditQuery, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock,
-  type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store, type StoredCa,
+  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  roleSpec, tokenFromRow, type Row,
+} from './rows.ts'
+import type {
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
-/**
- * Versioned migrations. The SQL is kept portable (TEXT, INTEGER, BLOB-as-bytea, no
- * SQLite-only functions) so the PostgreSQL backend can share it; the one dialect
- * difference is the audit id column, which PostgreSQL writes as an identity column.
- */
-const MIGRATIONS: string[] = [
-  `CREATE TABLE cas (kind TEXT PRIMARY KEY, private_key BLOB NOT NULL, public_material TEXT NOT NULL, created_at TEXT NOT NULL);
-   CREATE TABLE roles (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at TEXT NOT NULL);
-   CREATE TABLE bots (name TEXT PRIMARY KEY, roles TEXT NOT NULL, max_ttl_ms INTEGER NOT NULL, created_at TEXT NOT NULL);
-   CREATE TABLE join_tokens (name TEXT PRIMARY KEY, bot TEXT NOT NULL, join_method TEXT NOT NULL, secret_hash TEXT NOT NULL,
-     created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT, used_by_instance TEXT);
-   CREATE TABLE bot_instances (id TEXT PRIMARY KEY, bot TEXT NOT NULL, generation INTEGER NOT NULL, pending_generation INTEGER,
-     pending_retries INTEGER NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL);
-   CREATE INDEX bot_instances_bot ON bot_instances (bot);
-   CREATE TABLE locks (id TEXT PRIMARY KEY, bot TEXT, instance TEXT, reason TEXT NOT NULL, created_at TEXT NOT NULL);
-   CREATE TABLE resources (kind TEXT NOT NULL, name TEXT NOT NULL, uri TEXT NOT NULL, ca_pem TEXT, created_at TEXT NOT NULL,
-     PRIMARY KEY (kind, name));
-   CREATE TABLE audit_events (id INTEGER PRIMARY KEY, time TEXT NOT NULL, type TEXT NOT NULL, success INTEGER NOT NULL,
-     code TEXT, message TEXT, bot TEXT, instance TEXT, remote_addr TEXT, fields TEXT NOT NULL);
-   CREATE INDEX audit_events_time ON audit_events (time);`,
-]
-
-type Row = Record<string, unknown>
-
-const str = (v: unknown): string => String(v)
-const optStr = (v: unknown): string | undefined => (v === null || v === undefined ? undefined : String(v))
+/** Versioned migrations, shared with the PostgreSQL backend (migrations.ts). */
+const MIGRATIONS = migrations(SQLITE)
 
 /** The SQLite backend on node:sqlite (no native build). `:memory:` gives a throwaway store. */
 export class SqliteStore implements Store {
@@ -71,12 +50,10 @@ export class SqliteStore implements Store {
   }
 
   #migrate(): void {
-    this.#db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)')
+    this.#db.exec(SCHEMA_MIGRATIONS_DDL)
     const row = this.#db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as Row | undefined
     const current = Number(row?.v ?? 0)
-    if (current > MIGRATIONS.length) {
-      throw new MemidError('ERR_STORAGE', `the store has schema version ${current}, newer than this memid (${MIGRATIONS.length}); upgrade memid`)
-    }
+    checkSchemaVersion(current, MIGRATIONS.length)
     for (let v = current + 1; v <= MIGRATIONS.length; v++) {
       this.#tx(() => {
         this.#db.exec(MIGRATIONS[v - 1] as string)
@@ -138,9 +115,8 @@ export class SqliteStore implements Store {
   }
 
   async createRole(role: Role): Promise<void> {
-    const { name, createdAt, ...spec } = role
-    this.#insert(`role "${name}"`, () =>
-      this.#run('INSERT INTO roles (name, spec, created_at) VALUES (?, ?, ?)', name, JSON.stringify(spec), createdAt))
+    this.#insert(`role "${role.name}"`, () =>
+      this.#run('INSERT INTO roles (name, spec, created_at) VALUES (?, ?, ?)', role.name, roleSpec(role), role.createdAt))
   }
 
   async getRole(name: string): Promise<Role | undefined> {
@@ -209,13 +185,7 @@ export class SqliteStore implements Store {
   }
 
   #writeInstance(i: BotInstance, create: boolean): void {
-    const data = JSON.stringify({
-      joinMethod: i.joinMethod,
-      tokenName: i.tokenName,
-      initialAuthentication: i.initialAuthentication,
-      latestAuthentications: i.latestAuthentications.slice(-INSTANCE_HISTORY),
-      heartbeats: i.heartbeats.slice(-INSTANCE_HISTORY),
-    })
+    const data = instanceData(i)
     if (create) {
       this.#run('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
         i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data)
@@ -265,7 +235,7 @@ export class SqliteStore implements Store {
   }
 
   async putResource(res: Resource): Promise<void> {
-    this.#insert(`${res.kind === 'kube' ? 'kube cluster' : 'database'} "${res.name}"`, () =>
+    this.#insert(resourceLabel(res), () =>
       this.#run('INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES (?, ?, ?, ?, ?)',
         res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt))
   }
@@ -293,98 +263,7 @@ export class SqliteStore implements Store {
   }
 
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
-    const where: string[] = []
-    const args: (string | number)[] = []
-    if (q.since !== undefined) { where.push('time >= ?'); args.push(q.since) }
-    if (q.type !== undefined) { where.push('type = ?'); args.push(q.type) }
-    if (q.bot !== undefined) { where.push('bot = ?'); args.push(q.bot) }
-    const limit = Math.min(Math.max(q.limit ?? 1000, 1), 10_000)
-    const sql = `SELECT * FROM audit_events ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ${limit}`
+    const { sql, args } = auditQuery(q, () => '?')
     return this.#all(sql, ...args).map(auditFromRow).reverse()
   }
-}
-
-function caFromRow(r: Row): StoredCa {
-  const raw = r.private_key as Uint8Array
-  const privateKeyDer = Buffer.from(raw)
-  raw.fill(0)
-  return {
-    kind: str(r.kind) as CaKind,
-    privateKeyDer,
-    publicMaterial: str(r.public_material),
-    createdAt: str(r.created_at),
-  }
-}
-
-function roleFromRow(r: Row): Role {
-  return { name: str(r.name), ...(JSON.parse(str(r.spec)) as Omit<Role, 'name' | 'createdAt'>), createdAt: str(r.created_at) }
-}
-
-function botFromRow(r: Row): Bot {
-  return { name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
-}
-
-function tokenFromRow(r: Row): JoinToken {
-  const t: JoinToken = {
-    name: str(r.name), bot: str(r.bot), joinMethod: 'token', secretHash: str(r.secret_hash),
-    createdAt: str(r.created_at), expiresAt: str(r.expires_at),
-  }
-  const usedAt = optStr(r.used_at)
-  const usedBy = optStr(r.used_by_instance)
-  if (usedAt !== undefined) t.usedAt = usedAt
-  if (usedBy !== undefined) t.usedByInstance = usedBy
-  return t
-}
-
-function instanceFromRow(r: Row): BotInstance {
-  const data = JSON.parse(str(r.data)) as Pick<BotInstance, 'joinMethod' | 'tokenName' | 'initialAuthentication' | 'latestAuthentications' | 'heartbeats'>
-  return {
-    id: str(r.id),
-    bot: str(r.bot),
-    createdAt: str(r.created_at),
-    generation: Number(r.generation),
-    pendingGeneration: r.pending_generation === null ? null : Number(r.pending_generation),
-    pendingRetries: Number(r.pending_retries),
-    ...data,
-  }
-}
-
-function lockFromRow(r: Row): Lock {
-  const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }
-  const bot = optStr(r.bot)
-  const instance = optStr(r.instance)
-  if (bot !== undefined) l.bot = bot
-  if (instance !== undefined) l.instance = instance
-  return l
-}
-
-function resourceFromRow(r: Row): Resource {
-  const res: Resource = { kind: str(r.kind) as ResourceKind, name: str(r.name), uri: str(r.uri), createdAt: str(r.created_at) }
-  const ca = optStr(r.ca_pem)
-  if (ca !== undefined) res.caPem = ca
-  return res
-}
-
-function auditFromRow(r: Row): AuditEvent {
-  const ev: AuditEvent = {
-    id: Number(r.id), time: str(r.time), type: str(r.type), success: Number(r.success) === 1,
-    fields: JSON.parse(str(r.fields)) as Record<string, unknown>,
-  }
-  for (const [k, col] of [['code', 'code'], ['message', 'message'], ['bot', 'bot'], ['instance', 'instance'], ['remoteAddr', 'remote_addr']] as const) {
-    const v = optStr(r[col])
-    if (v !== undefined) ev[k] = v
-  }
-  return ev
-}
-
-/**
- * Opens the store named by a `--storage` value: `sqlite:PATH` or `sqlite::memory:`.
- * PostgreSQL storage is part of the contract but not built yet; it is refused clearly.
- */
-export function openStore(spec: string): Store {
-  if (spec.startsWith('sqlite:')) return SqliteStore.open(spec.slice('sqlite:'.length))
-  if (spec.startsWith('postgres://') || spec.startsWith('postgresql://')) {
-    throw new MemidError('ERR_CONFIG', 'storage: the PostgreSQL backend is not available in this version; use sqlite:PATH')
-  }
-  throw new MemidError('ERR_CONFIG', `storage: must be sqlite:PATH or postgres://…, got "${spec.slice(0, 60)}"`)
 }

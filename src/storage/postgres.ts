@@ -1,0 +1,397 @@
+import pg from 'pg'
+import type { PoolClient, PoolConfig } from 'pg'
+import { MemidError } from '../core/errors.ts'
+import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
+import {
+  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  roleSpec, tokenFromRow, type Row,
+} from './rows.ts'
+import type {
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+} from './store.ts'
+
+const MIGRATIONS = migrations(POSTGRES)
+
+/** pg_advisory_lock key held while migrating, so auth servers starting together migrate once. ('memid' in ASCII.) */
+const MIGRATION_LOCK = 0x6d656d6964
+
+/** Node and TLS error codes that mean the server could not be reached or trusted. */
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOENT', 'EACCES', 'EPIPE',
+])
+
+type Arg = string | number | null | Buffer
+
+export interface PostgresStoreOptions {
+  /** Most connections the pool opens (default 10). */
+  max?: number
+  /** How long to wait for a connection before ERR_STORAGE (default 10 s). */
+  connectTimeoutMs?: number
+}
+
+/**
+ * The PostgreSQL backend on node-postgres, for several auth servers sharing one database.
+ * Compound writes run as transactions on one pooled connection, locking the rows they
+ * read (`SELECT … FOR UPDATE`), so two servers consuming one token cannot both win.
+ */
+export class PostgresStore implements Store {
+  readonly #pool: pg.Pool
+  /** `host:port` or the socket path: what error messages name instead of the URL. */
+  readonly #target: string
+  readonly #secrets: string[]
+  #closed = false
+
+  private constructor(pool: pg.Pool, target: string, secrets: string[]) {
+    this.#pool = pool
+    this.#target = target
+    this.#secrets = secrets
+  }
+
+  /**
+   * Connects to `postgres://user:pass@host:port/db` (or `postgresql://`) and applies
+   * pending migrations. node-postgres reads the URL: `?sslmode=…`, `?sslrootcert=FILE`,
+   * `?host=/dir` for a unix socket, and PGPASSWORD / ~/.pgpass when the URL has no
+   * password. The password never appears in an error message.
+   */
+  static async open(url: string, opts: PostgresStoreOptions = {}): Promise<PostgresStore> {
+    const secrets = urlSecrets(url)
+    let probe: pg.Client
+    try {
+      // The Client resolves the URL, the PG* environment and the defaults exactly as the
+      // pool will; nothing connects here.
+      probe = new pg.Client({ connectionString: url })
+    } catch (err) {
+      throw new MemidError('ERR_CONFIG', `storage: ${redact(firstLine(err), secrets)}`)
+    }
+    if (typeof probe.password === 'string' && probe.password !== '') secrets.push(probe.password)
+    const target = probe.host.startsWith('/') ? `${probe.host}/.s.PGSQL.${probe.port}` : `${probe.host.includes(':') ? `[${probe.host}]` : probe.host}:${probe.port}`
+    const config: PoolConfig = {
+      connectionString: url,
+      application_name: 'memid',
+      max: opts.max ?? 10,
+      connectionTimeoutMillis: opts.connectTimeoutMs ?? 10_000,
+      idleTimeoutMillis: 30_000,
+      keepAlive: true,
+      // A frozen auth server must not keep rows locked for the others.
+      idle_in_transaction_session_timeout: 30_000,
+    }
+    const pool = new pg.Pool(config)
+    // An idle pooled connection that the server closes emits 'error' on the pool; without
+    // a listener that would end the process. The next query simply opens a new one.
+    pool.on('error', () => undefined)
+    const store = new PostgresStore(pool, target, secrets)
+    try {
+      await store.#migrate()
+    } catch (err) {
+      await store.close()
+      throw err
+    }
+    return store
+  }
+
+  async #migrate(): Promise<void> {
+    // The session-level lock is released by closing the session (discard), whatever happens.
+    await this.#withClient(async (c) => {
+      await c.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK])
+      await c.query(SCHEMA_MIGRATIONS_DDL)
+      const { rows } = await c.query<Row>('SELECT MAX(version) AS v FROM schema_migrations')
+      const current = Number(rows[0]?.v ?? 0)
+      checkSchemaVersion(current, MIGRATIONS.length)
+      for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+        await inTransaction(c, async () => {
+          await c.query(MIGRATIONS[v - 1] as string)
+          await c.query('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [v, new Date().toISOString()])
+        })
+      }
+    }, true)
+  }
+
+  /**
+   * Lends one pooled connection to `fn`; a connection that failed mid-use, or that the
+   * caller asks to `discard`, is closed rather than reused.
+   */
+  async #withClient<T>(fn: (c: PoolClient) => Promise<T>, discard = false): Promise<T> {
+    let c: PoolClient
+    try {
+      c = await this.#pool.connect()
+    } catch (err) {
+      throw this.#unreachable(err)
+    }
+    let broken: Error | undefined
+    // While lent out the pool does not listen for this connection's errors.
+    const onError = (err: Error) => { broken = err }
+    c.on('error', onError)
+    try {
+      return await fn(c)
+    } catch (err) {
+      if (isConnectionLoss(err)) {
+        broken = err as Error
+        throw this.#unreachable(err)
+      }
+      throw err
+    } finally {
+      c.removeListener('error', onError)
+      c.release(discard || broken)
+    }
+  }
+
+  #unreachable(err: unknown): MemidError {
+    return new MemidError('ERR_STORAGE', `cannot reach the store at ${this.#target}: ${redact(firstLine(err), this.#secrets)}`)
+  }
+
+  #tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    return this.#withClient((c) => inTransaction(c, () => fn(c)))
+  }
+
+  async #all(sql: string, ...args: Arg[]): Promise<Row[]> {
+    return this.#withClient(async (c) => (await c.query<Row>(sql, args)).rows)
+  }
+
+  async #get(sql: string, ...args: Arg[]): Promise<Row | undefined> {
+    return (await this.#all(sql, ...args))[0]
+  }
+
+  async #run(sql: string, ...args: Arg[]): Promise<number> {
+    return this.#withClient(async (c) => (await c.query(sql, args)).rowCount ?? 0)
+  }
+
+  async #insert(what: string, sql: string, ...args: Arg[]): Promise<void> {
+    try {
+      await this.#run(sql, ...args)
+    } catch (err) {
+      if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `${what} already exists`)
+      throw err
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#pool.end()
+  }
+
+  async getCa(kind: CaKind): Promise<StoredCa | undefined> {
+    const r = await this.#get('SELECT * FROM cas WHERE kind = $1', kind)
+    return r && caFromRow(r)
+  }
+
+  async putCaIfAbsent(ca: StoredCa): Promise<StoredCa> {
+    return this.#tx(async (c) => {
+      // ON CONFLICT waits for a concurrent insert of the same kind to commit, then does nothing.
+      const ins = await c.query('INSERT INTO cas (kind, private_key, public_material, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (kind) DO NOTHING',
+        [ca.kind, ca.privateKeyDer, ca.publicMaterial, ca.createdAt])
+      if (ins.rowCount === 1) return ca
+      const { rows } = await c.query<Row>('SELECT * FROM cas WHERE kind = $1 FOR UPDATE', [ca.kind])
+      return caFromRow(rows[0] as Row)
+    })
+  }
+
+  async createRole(role: Role): Promise<void> {
+    await this.#insert(`role "${role.name}"`, 'INSERT INTO roles (name, spec, created_at) VALUES ($1, $2, $3)', role.name, roleSpec(role), role.createdAt)
+  }
+
+  async getRole(name: string): Promise<Role | undefined> {
+    const r = await this.#get('SELECT * FROM roles WHERE name = $1', name)
+    return r && roleFromRow(r)
+  }
+
+  // COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
+  async listRoles(): Promise<Role[]> {
+    return (await this.#all('SELECT * FROM roles ORDER BY name COLLATE "C"')).map(roleFromRow)
+  }
+
+  async deleteRole(name: string): Promise<boolean> {
+    return (await this.#run('DELETE FROM roles WHERE name = $1', name)) > 0
+  }
+
+  async createBot(bot: Bot): Promise<void> {
+    await this.#insert(`bot "${bot.name}"`, 'INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES ($1, $2, $3, $4)',
+      bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt)
+  }
+
+  async getBot(name: string): Promise<Bot | undefined> {
+    const r = await this.#get('SELECT * FROM bots WHERE name = $1', name)
+    return r && botFromRow(r)
+  }
+
+  async listBots(): Promise<Bot[]> {
+    return (await this.#all('SELECT * FROM bots ORDER BY name COLLATE "C"')).map(botFromRow)
+  }
+
+  async deleteBot(name: string): Promise<boolean> {
+    return this.#tx(async (c) => {
+      await c.query('SELECT name FROM bots WHERE name = $1 FOR UPDATE', [name])
+      // A token being consumed right now is row-locked: this waits, then skips it as used.
+      await c.query('DELETE FROM join_tokens WHERE bot = $1 AND used_at IS NULL', [name])
+      return ((await c.query('DELETE FROM bots WHERE name = $1', [name])).rowCount ?? 0) > 0
+    })
+  }
+
+  async createToken(t: JoinToken): Promise<void> {
+    await this.#insert(`token "${t.name}"`,
+      'INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)',
+      t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt)
+  }
+
+  async getToken(name: string): Promise<JoinToken | undefined> {
+    const r = await this.#get('SELECT * FROM join_tokens WHERE name = $1', name)
+    return r && tokenFromRow(r)
+  }
+
+  async listTokens(): Promise<JoinToken[]> {
+    return (await this.#all('SELECT * FROM join_tokens ORDER BY created_at, name COLLATE "C"')).map(tokenFromRow)
+  }
+
+  async deleteToken(name: string): Promise<boolean> {
+    return (await this.#run('DELETE FROM join_tokens WHERE name = $1', name)) > 0
+  }
+
+  async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(async (c) => {
+      // The row lock makes a concurrent consumer wait and then read the token as used.
+      const { rows } = await c.query<Row>('SELECT * FROM join_tokens WHERE name = $1 FOR UPDATE', [name])
+      const instance = decide(rows[0] && tokenFromRow(rows[0]))
+      await c.query('UPDATE join_tokens SET used_at = $1, used_by_instance = $2 WHERE name = $3 AND used_at IS NULL',
+        [instance.createdAt, instance.id, name])
+      await writeInstance(c, instance, true)
+      return instance
+    })
+  }
+
+  async getInstance(id: string): Promise<BotInstance | undefined> {
+    const r = await this.#get('SELECT * FROM bot_instances WHERE id = $1', id)
+    return r && instanceFromRow(r)
+  }
+
+  async listInstances(bot?: string): Promise<BotInstance[]> {
+    const rows = bot === undefined
+      ? await this.#all('SELECT * FROM bot_instances ORDER BY created_at, id COLLATE "C"')
+      : await this.#all('SELECT * FROM bot_instances WHERE bot = $1 ORDER BY created_at, id COLLATE "C"', bot)
+    return rows.map(instanceFromRow)
+  }
+
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(async (c) => {
+      const { rows } = await c.query<Row>('SELECT * FROM bot_instances WHERE id = $1 FOR UPDATE', [id])
+      const next = decide(rows[0] && instanceFromRow(rows[0]))
+      await writeInstance(c, next, false)
+      return next
+    })
+  }
+
+  async createLock(lock: Lock): Promise<void> {
+    await this.#insert(`lock "${lock.id}"`, 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)',
+      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+  }
+
+  async listLocks(): Promise<Lock[]> {
+    return (await this.#all('SELECT * FROM locks ORDER BY created_at, id COLLATE "C"')).map(lockFromRow)
+  }
+
+  async deleteLock(id: string): Promise<boolean> {
+    return (await this.#run('DELETE FROM locks WHERE id = $1', id)) > 0
+  }
+
+  async locksFor(bot: string, instance: string): Promise<Lock[]> {
+    return (await this.#all('SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at', bot, instance)).map(lockFromRow)
+  }
+
+  async putResource(res: Resource): Promise<void> {
+    await this.#insert(resourceLabel(res), 'INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES ($1, $2, $3, $4, $5)',
+      res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt)
+  }
+
+  async getResource(kind: ResourceKind, name: string): Promise<Resource | undefined> {
+    const r = await this.#get('SELECT * FROM resources WHERE kind = $1 AND name = $2', kind, name)
+    return r && resourceFromRow(r)
+  }
+
+  async listResources(kind: ResourceKind): Promise<Resource[]> {
+    return (await this.#all('SELECT * FROM resources WHERE kind = $1 ORDER BY name COLLATE "C"', kind)).map(resourceFromRow)
+  }
+
+  async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
+    return (await this.#run('DELETE FROM resources WHERE kind = $1 AND name = $2', kind, name)) > 0
+  }
+
+  async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
+    const time = ev.time ?? new Date().toISOString()
+    const r = await this.#get(
+      'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id',
+      time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
+      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {}))
+    return { ...ev, id: Number(r?.id), time }
+  }
+
+  async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
+    const { sql, args } = auditQuery(q, (n) => `$${n}`)
+    return (await this.#all(sql, ...args)).map(auditFromRow).reverse()
+  }
+}
+
+async function writeInstance(c: PoolClient, i: BotInstance, create: boolean): Promise<void> {
+  const data = instanceData(i)
+  if (create) {
+    await c.query('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+      [i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data])
+  } else {
+    await c.query('UPDATE bot_instances SET generation = $1, pending_generation = $2, pending_retries = $3, data = $4 WHERE id = $5',
+      [i.generation, i.pendingGeneration, i.pendingRetries, data, i.id])
+  }
+}
+
+async function inTransaction<T>(c: PoolClient, fn: () => Promise<T>): Promise<T> {
+  await c.query('BEGIN')
+  try {
+    const out = await fn()
+    await c.query('COMMIT')
+    return out
+  } catch (err) {
+    // A lost connection fails the ROLLBACK too; the server rolls back on its own then.
+    await c.query('ROLLBACK').catch(() => undefined)
+    throw err
+  }
+}
+
+/** Errors that mean the connection is gone (or never came), as opposed to a refused statement. */
+function isConnectionLoss(err: unknown): boolean {
+  if (err instanceof MemidError) return false
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string') {
+    // SQLSTATE class 08 is "connection exception"; 57P01-57P03 are server shutdown/restart.
+    if (code.startsWith('08') || /^57P0[1-3]$/.test(code)) return true
+    if (UNREACHABLE_CODES.has(code)) return true
+  }
+  return /^Connection terminated|^timeout expired/.test((err as Error).message ?? '')
+}
+
+function firstLine(err: unknown): string {
+  const msg = err instanceof Error ? err.message || (err as NodeJS.ErrnoException).code || err.name : String(err)
+  return (msg.split(/[\r\n]/)[0] ?? '').slice(0, 300)
+}
+
+/** The password as written in the URL and decoded; error messages never carry either. */
+function urlSecrets(url: string): string[] {
+  const m = /^[a-z]+:\/\/[^/?#@:]*:([^/?#]*)@/i.exec(url)
+  const out: string[] = []
+  if (m?.[1]) out.push(m[1], safeDecode(m[1]))
+  const q = /[?&]password=([^&#]*)/.exec(url)
+  if (q?.[1]) out.push(q[1], safeDecode(q[1]))
+  return out
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    // not valid percent-encoding: the raw form is all there is
+    return s
+  }
+}
+
+/** Replaces every secret, and any `user:password@` in a URL, with `***`. */
+export function redact(text: string, secrets: readonly string[] = []): string {
+  let out = text.replace(/(\/\/[^/?#@\s:]*):[^/?#\s]*@/g, '$1:***@')
+  for (const s of [...secrets].sort((a, b) => b.length - a.length)) if (s) out = out.split(s).join('***')
+  return out
+}

@@ -1,0 +1,417 @@
+import { afterEach, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { generateKeyPairSync, randomUUID } from 'node:crypto'
+import { INSTANCE_HISTORY, type Authentication, type BotInstance, type Heartbeat, type JoinToken, type Role, type Store } from '../../src/storage/store.ts'
+import { MemidError } from '../../src/core/errors.ts'
+
+/**
+ * The behaviour every Store backend owes the auth service, run against each backend
+ * (test/unit/storage/sqlite.test.ts, test/integration/storage-postgres.test.ts).
+ */
+export interface StoreBackend {
+  /** A new, empty database; what `open` takes. */
+  newDatabase(): Promise<string>
+  /** Opens a store on `db`; opening the same `db` twice is two auth servers sharing it. */
+  open(db: string): Promise<Store>
+}
+
+export const T0 = '2030-01-01T00:00:00.000Z'
+
+export function role(name: string, over: Partial<Role> = {}): Role {
+  return {
+    name, logins: ['deploy'], kubeClusters: ['prod'], kubeUsers: ['ci'], kubeGroups: ['viewers'], databases: ['orders'],
+    dbUsers: ['app'], dbNames: ['*'], createdAt: T0, ...over,
+  }
+}
+
+export function token(name: string, bot = 'ci', over: Partial<JoinToken> = {}): JoinToken {
+  return { name, bot, joinMethod: 'token', secretHash: 'ab'.repeat(32), createdAt: T0, expiresAt: '2030-01-01T00:30:00.000Z', ...over }
+}
+
+function auth(generation: number, time = T0): Authentication {
+  return { time, joinMethod: 'token', remoteAddr: '127.0.0.1', generation }
+}
+
+function heartbeat(i: number): Heartbeat {
+  return { time: T0, hostname: `h${i}`, version: '0.1.0', os: 'linux', arch: 'x64', uptimeSeconds: i, services: [] }
+}
+
+export function instance(tokenName: string, over: Partial<BotInstance> = {}): BotInstance {
+  return {
+    id: randomUUID(), bot: 'ci', joinMethod: 'token', tokenName, createdAt: T0, generation: 1, pendingGeneration: null,
+    pendingRetries: 0, initialAuthentication: auth(1), latestAuthentications: [auth(1)], heartbeats: [], ...over,
+  }
+}
+
+/** What the auth service's join does: refuse unknown or used tokens by throwing. */
+export function acceptUnused(inst: BotInstance) {
+  return (t: JoinToken | undefined): BotInstance => {
+    if (t === undefined) throw new MemidError('ERR_TOKEN_INVALID', 'no such token')
+    if (t.usedAt !== undefined) throw new MemidError('ERR_TOKEN_USED', 'token already used')
+    return inst
+  }
+}
+
+export async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
+  await assert.rejects(p, (err: unknown) => err instanceof MemidError && err.code === code)
+}
+
+/** Registers the contract's tests under `describe(name)`. */
+export function storeContract(name: string, backend: StoreBackend): void {
+  describe(name, () => {
+    const opened: Store[] = []
+    const open = async (db: string): Promise<Store> => {
+      const s = await backend.open(db)
+      opened.push(s)
+      return s
+    }
+    const store = async (): Promise<Store> => open(await backend.newDatabase())
+    /** Two stores on one new database: two auth servers. */
+    const pair = async (): Promise<[Store, Store]> => {
+      const db = await backend.newDatabase()
+      return [await open(db), await open(db)]
+    }
+    afterEach(async () => {
+      for (const s of opened.splice(0)) await s.close()
+    })
+
+    describe('records', () => {
+      it('round-trips roles, bots, resources and locks', async () => {
+        const s = await store()
+        await s.createRole(role('b-role', { dbNames: [] }))
+        await s.createRole(role('a-role'))
+        assert.deepEqual((await s.listRoles()).map((r) => r.name), ['a-role', 'b-role'])
+        assert.deepEqual(await s.getRole('b-role'), role('b-role', { dbNames: [] }))
+        assert.equal(await s.getRole('nope'), undefined)
+        assert.equal(await s.deleteRole('a-role'), true)
+        assert.equal(await s.deleteRole('a-role'), false)
+
+        await s.createBot({ name: 'ci', roles: ['b-role'], maxTtlMs: 3_600_000, createdAt: T0 })
+        assert.deepEqual(await s.getBot('ci'), { name: 'ci', roles: ['b-role'], maxTtlMs: 3_600_000, createdAt: T0 })
+
+        await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://10.0.0.1:6443', caPem: 'PEM', createdAt: T0 })
+        await s.putResource({ kind: 'db', name: 'prod', uri: 'postgres://10.0.0.2:5432', createdAt: T0 })
+        assert.deepEqual(await s.getResource('kube', 'prod'), { kind: 'kube', name: 'prod', uri: 'https://10.0.0.1:6443', caPem: 'PEM', createdAt: T0 })
+        assert.deepEqual(await s.getResource('db', 'prod'), { kind: 'db', name: 'prod', uri: 'postgres://10.0.0.2:5432', createdAt: T0 })
+        assert.equal((await s.listResources('db')).length, 1)
+        assert.equal(await s.deleteResource('db', 'prod'), true)
+        assert.equal(await s.getResource('db', 'prod'), undefined)
+        assert.ok(await s.getResource('kube', 'prod'), 'same name, other kind, untouched')
+
+        await s.createLock({ id: 'l1', bot: 'ci', reason: 'compromised', createdAt: T0 })
+        await s.createLock({ id: 'l2', instance: 'i-2', reason: 'copied', createdAt: T0 })
+        await s.createLock({ id: 'l3', bot: 'other', reason: 'x', createdAt: T0 })
+        assert.deepEqual((await s.locksFor('ci', 'i-9')).map((l) => l.id), ['l1'])
+        assert.deepEqual((await s.locksFor('nobody', 'i-2')).map((l) => l.id), ['l2'])
+        assert.deepEqual((await s.locksFor('ci', 'i-2')).map((l) => l.id).sort(), ['l1', 'l2'])
+        assert.deepEqual(await s.locksFor('nobody', 'i-9'), [])
+        assert.deepEqual((await s.listLocks()).find((l) => l.id === 'l2'), { id: 'l2', instance: 'i-2', reason: 'copied', createdAt: T0 })
+        assert.equal(await s.deleteLock('l1'), true)
+        assert.deepEqual(await s.locksFor('ci', 'i-9'), [])
+      })
+
+      it('lists sort by byte order, whatever the database locale', async () => {
+        const s = await store()
+        for (const n of ['a', 'B', '_x', 'ä']) {
+          await s.createRole(role(n))
+          await s.createBot({ name: n, roles: [], maxTtlMs: 1, createdAt: T0 })
+        }
+        const bytes = ['B', '_x', 'a', 'ä']
+        assert.deepEqual((await s.listRoles()).map((r) => r.name), bytes)
+        assert.deepEqual((await s.listBots()).map((b) => b.name), bytes)
+      })
+
+      it('keeps large and awkward values exactly: 720h TTLs, quotes, unicode, NUL-bearing key bytes', async () => {
+        const s = await store()
+        await s.createBot({ name: 'long', roles: ["it's", 'ünï'], maxTtlMs: 720 * 3_600_000, createdAt: T0 })
+        assert.deepEqual(await s.getBot('long'), { name: 'long', roles: ["it's", 'ünï'], maxTtlMs: 720 * 3_600_000, createdAt: T0 })
+        await s.createLock({ id: 'q', bot: 'long', reason: `'; DROP TABLE locks; -- "quoted" \\ ✓`, createdAt: T0 })
+        assert.equal((await s.listLocks())[0]?.reason, `'; DROP TABLE locks; -- "quoted" \\ ✓`)
+        const der = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'der', type: 'pkcs8' })
+        const withNul = Buffer.concat([Buffer.from([0, 0, 255]), der])
+        await s.putCaIfAbsent({ kind: 'bot', privateKeyDer: Buffer.from(withNul), publicMaterial: 'PEM', createdAt: T0 })
+        assert.deepEqual((await s.getCa('bot'))?.privateKeyDer, withNul)
+      })
+
+      it('duplicate names are ERR_ALREADY_EXISTS and change nothing', async () => {
+        const s = await store()
+        await s.createRole(role('ops'))
+        await rejectsWith(s.createRole(role('ops', { logins: ['root'] })), 'ERR_ALREADY_EXISTS')
+        assert.deepEqual((await s.getRole('ops'))?.logins, ['deploy'])
+
+        await s.createBot({ name: 'ci', roles: [], maxTtlMs: 1, createdAt: T0 })
+        await rejectsWith(s.createBot({ name: 'ci', roles: ['x'], maxTtlMs: 2, createdAt: T0 }), 'ERR_ALREADY_EXISTS')
+
+        await s.createToken(token('tok-000000000001'))
+        await rejectsWith(s.createToken(token('tok-000000000001')), 'ERR_ALREADY_EXISTS')
+
+        await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://a:1', createdAt: T0 })
+        await rejectsWith(s.putResource({ kind: 'kube', name: 'prod', uri: 'https://b:1', createdAt: T0 }), 'ERR_ALREADY_EXISTS')
+        assert.equal((await s.getResource('kube', 'prod'))?.uri, 'https://a:1')
+
+        await s.createLock({ id: 'l', bot: 'ci', reason: 'r', createdAt: T0 })
+        await rejectsWith(s.createLock({ id: 'l', bot: 'ci', reason: 'r', createdAt: T0 }), 'ERR_ALREADY_EXISTS')
+      })
+
+      it('putCaIfAbsent keeps the first CA of a kind', async () => {
+        const s = await store()
+        const first = { kind: 'tls' as const, privateKeyDer: Buffer.from([1, 2, 3]), publicMaterial: 'PEM-1', createdAt: T0 }
+        assert.deepEqual(await s.putCaIfAbsent(first), first)
+        const second = await s.putCaIfAbsent({ ...first, privateKeyDer: Buffer.from([9]), publicMaterial: 'PEM-2' })
+        assert.equal(second.publicMaterial, 'PEM-1')
+        assert.deepEqual([...second.privateKeyDer], [1, 2, 3])
+        const read = await s.getCa('tls')
+        assert.deepEqual([...read!.privateKeyDer], [1, 2, 3])
+        assert.equal(await s.getCa('ssh-user'), undefined)
+      })
+
+      it('two servers creating the CAs at once end up with one CA of each kind', async () => {
+        const [a, b] = await pair()
+        const ca = (n: number) => ({ kind: 'ssh-user' as const, privateKeyDer: Buffer.from([n]), publicMaterial: `PEM-${n}`, createdAt: T0 })
+        const got = await Promise.all([a.putCaIfAbsent(ca(1)), b.putCaIfAbsent(ca(2)), a.putCaIfAbsent(ca(3)), b.putCaIfAbsent(ca(4))])
+        const winner = (await a.getCa('ssh-user'))!.publicMaterial
+        assert.deepEqual(got.map((c) => c.publicMaterial), [winner, winner, winner, winner])
+      })
+
+      it('deleting a bot removes its unused tokens but keeps used ones and its instances', async () => {
+        const s = await store()
+        await s.createBot({ name: 'ci', roles: [], maxTtlMs: 1, createdAt: T0 })
+        await s.createToken(token('tok-00000000000a'))
+        await s.createToken(token('tok-00000000000b'))
+        await s.createToken(token('tok-00000000000c', 'other'))
+        const inst = await s.consumeToken('tok-00000000000a', acceptUnused(instance('tok-00000000000a')))
+        assert.equal(await s.deleteBot('ci'), true)
+        assert.equal(await s.getBot('ci'), undefined)
+        assert.ok(await s.getToken('tok-00000000000a'), 'the used token stays as a record')
+        assert.equal(await s.getToken('tok-00000000000b'), undefined)
+        assert.ok(await s.getToken('tok-00000000000c'), "another bot's token is untouched")
+        assert.ok(await s.getInstance(inst.id))
+        assert.equal(await s.deleteBot('ci'), false)
+      })
+
+      it('a restarted server reads what the last one wrote; migrations apply once', async () => {
+        const db = await backend.newDatabase()
+        const a = await open(db)
+        await a.createRole(role('ops'))
+        await a.appendAudit({ type: 'first', success: true, fields: {} })
+        await a.close()
+        const b = await open(db)
+        assert.deepEqual(await b.getRole('ops'), role('ops'))
+        const ev = await b.appendAudit({ type: 'second', success: true, fields: {} })
+        assert.deepEqual((await b.queryAudit({})).map((e) => [e.type, typeof e.id]), [['first', 'number'], ['second', 'number']])
+        assert.ok(ev.id > (await b.queryAudit({ type: 'first' }))[0]!.id)
+      })
+    })
+
+    describe('consumeToken', () => {
+      it('marks the token used and creates the instance in one step', async () => {
+        const s = await store()
+        await s.createToken(token('tok-000000000001'))
+        const inst = instance('tok-000000000001', { createdAt: '2030-01-01T00:05:00.000Z' })
+        const got = await s.consumeToken('tok-000000000001', acceptUnused(inst))
+        assert.deepEqual(got, inst)
+        assert.deepEqual(await s.getInstance(inst.id), inst)
+        const t = await s.getToken('tok-000000000001')
+        assert.equal(t?.usedAt, '2030-01-01T00:05:00.000Z')
+        assert.equal(t?.usedByInstance, inst.id)
+      })
+
+      it('decide sees the stored token: unknown is undefined, a used one carries usedAt', async () => {
+        const s = await store()
+        const seen: (JoinToken | undefined)[] = []
+        await rejectsWith(s.consumeToken('tok-ffffffffffff', (t) => {
+          seen.push(t)
+          throw new MemidError('ERR_TOKEN_INVALID', 'no such token')
+        }), 'ERR_TOKEN_INVALID')
+        assert.deepEqual(seen, [undefined])
+        await s.createToken(token('tok-000000000002'))
+        const first = await s.consumeToken('tok-000000000002', acceptUnused(instance('tok-000000000002')))
+        await rejectsWith(s.consumeToken('tok-000000000002', acceptUnused(instance('tok-000000000002'))), 'ERR_TOKEN_USED')
+        assert.equal((await s.listInstances()).length, 1, 'the refused second join created nothing')
+        assert.equal((await s.getToken('tok-000000000002'))?.usedByInstance, first.id, 'the first use is kept')
+      })
+
+      it('decide throwing leaves the token unused and creates no instance', async () => {
+        const s = await store()
+        await s.createToken(token('tok-000000000003'))
+        await rejectsWith(s.consumeToken('tok-000000000003', () => {
+          throw new MemidError('ERR_TOKEN_EXPIRED', 'expired')
+        }), 'ERR_TOKEN_EXPIRED')
+        const t = await s.getToken('tok-000000000003')
+        assert.equal(t?.usedAt, undefined)
+        assert.equal(t?.usedByInstance, undefined)
+        assert.deepEqual(await s.listInstances(), [])
+        // and the token still works afterwards
+        await s.consumeToken('tok-000000000003', acceptUnused(instance('tok-000000000003')))
+        assert.ok((await s.getToken('tok-000000000003'))?.usedAt)
+      })
+
+      it('a failing write rolls back the token update too', async () => {
+        const s = await store()
+        await s.createToken(token('tok-000000000004'))
+        await s.createToken(token('tok-000000000005'))
+        const inst = await s.consumeToken('tok-000000000004', acceptUnused(instance('tok-000000000004')))
+        // The same instance id again: the INSERT fails after the token UPDATE ran.
+        await assert.rejects(s.consumeToken('tok-000000000005', acceptUnused({ ...inst, tokenName: 'tok-000000000005' })))
+        assert.equal((await s.getToken('tok-000000000005'))?.usedAt, undefined, 'rolled back with the instance')
+      })
+
+      it('a token can be used once even when joins race', async () => {
+        const s = await store()
+        await s.createToken(token('tok-000000000006'))
+        const results = await Promise.allSettled(
+          Array.from({ length: 10 }, () => s.consumeToken('tok-000000000006', acceptUnused(instance('tok-000000000006')))),
+        )
+        assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1)
+        assert.equal((await s.listInstances()).length, 1)
+      })
+
+      it('a token can be used once when two servers race for it', async () => {
+        const [a, b] = await pair()
+        await a.createToken(token('tok-000000000007'))
+        const results = await Promise.allSettled([a, b, a, b, a, b].map((s) =>
+          s.consumeToken('tok-000000000007', acceptUnused(instance('tok-000000000007')))))
+        assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one join wins')
+        for (const r of results) {
+          if (r.status === 'rejected') assert.equal((r.reason as MemidError).code, 'ERR_TOKEN_USED', 'the losers saw the token used')
+        }
+        assert.equal((await b.listInstances()).length, 1)
+      })
+
+      it('a token consumed while its bot is deleted is either used or gone, never both', async () => {
+        const [a, b] = await pair()
+        await a.createBot({ name: 'ci', roles: [], maxTtlMs: 1, createdAt: T0 })
+        await a.createToken(token('tok-000000000008'))
+        const [join, del] = await Promise.allSettled([
+          a.consumeToken('tok-000000000008', acceptUnused(instance('tok-000000000008'))), b.deleteBot('ci'),
+        ])
+        assert.equal(del.status, 'fulfilled')
+        const t = await a.getToken('tok-000000000008')
+        if (join.status === 'fulfilled') assert.equal(t?.usedByInstance, join.value.id, 'a used token is kept as a record')
+        else assert.equal(t, undefined, 'the join lost: the unused token went with the bot')
+      })
+    })
+
+    describe('updateInstance', () => {
+      async function withInstance(s: Store): Promise<BotInstance> {
+        await s.createToken(token('tok-0000000000aa'))
+        return s.consumeToken('tok-0000000000aa', acceptUnused(instance('tok-0000000000aa')))
+      }
+
+      it('writes what decide returns', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        const next = await s.updateInstance(inst.id, (cur) => ({ ...cur!, generation: 2, pendingGeneration: 3, pendingRetries: 1 }))
+        assert.equal(next.generation, 2)
+        const read = await s.getInstance(inst.id)
+        assert.deepEqual([read?.generation, read?.pendingGeneration, read?.pendingRetries], [2, 3, 1])
+      })
+
+      it('decide throwing changes nothing', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        await rejectsWith(s.updateInstance(inst.id, (cur) => {
+          cur!.generation = 99
+          throw new MemidError('ERR_STALE_GENERATION', 'stale')
+        }), 'ERR_STALE_GENERATION')
+        assert.deepEqual(await s.getInstance(inst.id), inst)
+      })
+
+      it('read-modify-write is atomic: concurrent increments are all kept', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        await Promise.all(Array.from({ length: 25 }, () => s.updateInstance(inst.id, (cur) => ({ ...cur!, generation: cur!.generation + 1 }))))
+        assert.equal((await s.getInstance(inst.id))?.generation, 26)
+      })
+
+      it('two servers updating one instance keep every increment', async () => {
+        const [a, b] = await pair()
+        const inst = await withInstance(a)
+        await Promise.all(Array.from({ length: 20 }, (_x, i) =>
+          (i % 2 ? a : b).updateInstance(inst.id, (cur) => ({ ...cur!, generation: cur!.generation + 1 }))))
+        assert.equal((await a.getInstance(inst.id))?.generation, 21)
+      })
+
+      it('decide is told when the instance does not exist', async () => {
+        const s = await store()
+        let seen: BotInstance | undefined | 'not called' = 'not called'
+        await rejectsWith(s.updateInstance('missing', (cur) => {
+          seen = cur
+          throw new MemidError('ERR_INSTANCE_NOT_FOUND', 'gone')
+        }), 'ERR_INSTANCE_NOT_FOUND')
+        assert.equal(seen, undefined)
+      })
+
+      it('keeps the first authentication and caps latest authentications and heartbeats', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        for (let g = 2; g <= INSTANCE_HISTORY + 8; g++) {
+          await s.updateInstance(inst.id, (cur) => ({
+            ...cur!, generation: g, latestAuthentications: [...cur!.latestAuthentications, auth(g)], heartbeats: [...cur!.heartbeats, heartbeat(g)],
+          }))
+        }
+        const read = (await s.getInstance(inst.id))!
+        assert.equal(read.latestAuthentications.length, INSTANCE_HISTORY)
+        assert.equal(read.heartbeats.length, INSTANCE_HISTORY)
+        assert.equal(read.latestAuthentications.at(-1)?.generation, INSTANCE_HISTORY + 8, 'the newest are kept')
+        assert.equal(read.heartbeats.at(-1)?.hostname, `h${INSTANCE_HISTORY + 8}`)
+        assert.deepEqual(read.initialAuthentication, auth(1))
+      })
+
+      it('caps history already on creation', async () => {
+        const s = await store()
+        await s.createToken(token('tok-0000000000bb'))
+        const long = instance('tok-0000000000bb', { latestAuthentications: Array.from({ length: 30 }, (_x, i) => auth(i)) })
+        await s.consumeToken('tok-0000000000bb', acceptUnused(long))
+        assert.equal((await s.getInstance(long.id))?.latestAuthentications.length, INSTANCE_HISTORY)
+      })
+
+      it('lists instances, optionally by bot', async () => {
+        const s = await store()
+        await s.createToken(token('tok-0000000000c1'))
+        await s.createToken(token('tok-0000000000c2', 'other'))
+        await s.consumeToken('tok-0000000000c1', acceptUnused(instance('tok-0000000000c1')))
+        await s.consumeToken('tok-0000000000c2', acceptUnused(instance('tok-0000000000c2', { bot: 'other' })))
+        assert.equal((await s.listInstances()).length, 2)
+        assert.deepEqual((await s.listInstances('other')).map((i) => i.bot), ['other'])
+        assert.deepEqual(await s.listInstances('nobody'), [])
+      })
+    })
+
+    describe('audit', () => {
+      it('appends and filters by since, type and bot, oldest first', async () => {
+        const s = await store()
+        const at = (min: number) => new Date(Date.parse(T0) + min * 60_000).toISOString()
+        await s.appendAudit({ time: at(0), type: 'join', success: true, bot: 'ci', instance: 'i1', remoteAddr: '10.0.0.1', fields: { token: 'tok-1' } })
+        await s.appendAudit({ time: at(1), type: 'join.failed', success: false, code: 'ERR_TOKEN_USED', message: 'used', fields: {} })
+        await s.appendAudit({ time: at(2), type: 'renew', success: true, bot: 'ci', fields: { generation: 2 } })
+        await s.appendAudit({ time: at(3), type: 'renew', success: true, bot: 'web', fields: {} })
+        await s.appendAudit({ time: at(4), type: 'role.create', success: true, fields: { name: 'ops' } })
+
+        const all = await s.queryAudit({})
+        assert.deepEqual(all.map((e) => e.type), ['join', 'join.failed', 'renew', 'renew', 'role.create'])
+        assert.deepEqual(all[0], {
+          id: all[0]!.id, time: at(0), type: 'join', success: true, bot: 'ci', instance: 'i1', remoteAddr: '10.0.0.1', fields: { token: 'tok-1' },
+        })
+        assert.deepEqual(all[1], { id: all[1]!.id, time: at(1), type: 'join.failed', success: false, code: 'ERR_TOKEN_USED', message: 'used', fields: {} })
+        assert.ok(all.every((e, i) => i === 0 || e.id > all[i - 1]!.id))
+
+        assert.deepEqual((await s.queryAudit({ since: at(2) })).map((e) => e.time), [at(2), at(3), at(4)])
+        assert.deepEqual((await s.queryAudit({ type: 'renew' })).map((e) => e.bot), ['ci', 'web'])
+        assert.deepEqual((await s.queryAudit({ bot: 'ci' })).map((e) => e.type), ['join', 'renew'])
+        assert.deepEqual((await s.queryAudit({ bot: 'ci', type: 'renew', since: at(1) })).map((e) => e.time), [at(2)])
+        assert.deepEqual(await s.queryAudit({ type: 'nothing' }), [])
+        assert.deepEqual((await s.queryAudit({ limit: 2 })).map((e) => e.type), ['renew', 'role.create'], 'a limit keeps the newest')
+      })
+
+      it('fills in the time and treats filter values as data, not SQL', async () => {
+        const s = await store()
+        const ev = await s.appendAudit({ type: 'x', success: true, fields: {} })
+        assert.ok(Math.abs(Date.parse(ev.time) - Date.now()) < 60_000)
+        assert.deepEqual(await s.queryAudit({ type: "x' OR '1'='1" }), [])
+        assert.deepEqual(await s.queryAudit({ bot: "' OR 1=1 --" }), [])
+        assert.equal((await s.queryAudit({ limit: -5 })).length, 1, 'a silly limit is clamped, not passed through')
+      })
+    })
+  })
+}
