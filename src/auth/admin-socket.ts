@@ -61,6 +61,8 @@ export function adminRouter(admin: AdminService): Router {
     res.end(text)
   })
 
+  r.on('POST', '/v1/sign-host', async (q, res) => sendJson(res, 200, await admin.signHost(await readJsonBody(q))))
+
   r.on('POST', '/v1/audit', async (q, res) => sendJson(res, 200, await admin.audit(await readJsonBody(q))))
   r.on('GET', '/v1/audit', () => {
     throw new MemidError('ERR_METHOD_NOT_ALLOWED', 'use POST /v1/audit with a JSON query')

@@ -6,6 +6,8 @@ import { durationSchema, nameSchema, parseWith, principalSchema } from '../core/
 import type { Clock } from '../core/clock.ts'
 import { CA_KINDS, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
 import { generateToken } from './tokens.ts'
+import { signHostCertificate } from './sign-host.ts'
+import type { KeyObject } from 'node:crypto'
 import { X509Certificate } from 'node:crypto'
 
 export const DEFAULT_TOKEN_TTL_MS = 30 * 60_000
@@ -49,6 +51,12 @@ const lockInput = z.strictObject({
   reason: z.string().max(512).optional(),
 }).refine((v) => (v.bot === undefined) !== (v.instance === undefined), 'give exactly one of bot or instance')
 
+const signHostInput = z.strictObject({
+  hosts: z.array(z.string().min(1).max(253)).min(1).max(64),
+  publicKey: z.string().min(1).max(16_384),
+  ttl: durationSchema,
+})
+
 const auditInput = z.strictObject({
   since: durationSchema.optional(),
   type: z.string().max(64).optional(),
@@ -79,11 +87,13 @@ export class AdminService {
   readonly #store: Store
   readonly #clock: Clock
   readonly #audit: (ev: NewAuditEvent) => Promise<void>
+  readonly #sshHostCa: KeyObject | undefined
 
-  constructor(deps: { store: Store; clock: Clock; audit: (ev: NewAuditEvent) => Promise<void> }) {
+  constructor(deps: { store: Store; clock: Clock; audit: (ev: NewAuditEvent) => Promise<void>; sshHostCa?: KeyObject }) {
     this.#store = deps.store
     this.#clock = deps.clock
     this.#audit = deps.audit
+    this.#sshHostCa = deps.sshHostCa
   }
 
   #now(): string {
@@ -225,6 +235,16 @@ export class AdminService {
     const ca = await this.#store.getCa(kind as CaKind)
     if (ca === undefined) throw new MemidError('ERR_NOT_FOUND', `the ${kind} CA does not exist yet`)
     return ca.publicMaterial.endsWith('\n') ? ca.publicMaterial : `${ca.publicMaterial}\n`
+  }
+
+  /** An OpenSSH host certificate for a server's host key (the server administrator's side). */
+  async signHost(body: unknown): Promise<{ certificate: string }> {
+    const input = parseWith(signHostInput, body)
+    if (this.#sshHostCa === undefined) throw new MemidError('ERR_NOT_FOUND', 'the ssh-host CA is not loaded here')
+    const ttlMs = parseDuration(input.ttl) as number
+    const certificate = signHostCertificate({ caKey: this.#sshHostCa, hosts: input.hosts, publicKeyLine: input.publicKey, ttlMs, now: this.#clock.now() })
+    await this.#changed('cert.issued', { kind: 'ssh-host', principals: input.hosts, ttlSeconds: Math.round(ttlMs / 1000) })
+    return { certificate: certificate.endsWith('\n') ? certificate : `${certificate}\n` }
   }
 
   async audit(body: unknown): Promise<AuditEvent[]> {

@@ -4,18 +4,51 @@ import type { Command } from 'commander'
 import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
-import type { Store } from '../storage/store.ts'
 
 const CA_KINDS = ['ssh-user', 'ssh-host', 'tls', 'bot', 'kube-client', 'db-client'] as const
 type CaKind = (typeof CA_KINDS)[number]
 
-/** Opens the store of an existing data dir for offline commands (ca-pin, export, sign-host). */
-async function openExisting(dataDir?: string): Promise<Store> {
+/** What the offline CA commands need, from a local store or from the running server. */
+interface CaAccess {
+  exportCa(kind: string): Promise<string>
+  signHost(body: { hosts: string[]; publicKey: string; ttl: string }): Promise<{ certificate: string }>
+  close(): Promise<void>
+}
+
+/**
+ * The data dir's SQLite store when it is here; otherwise the running auth service's admin
+ * socket (PostgreSQL storage, or memid dev's in-memory store). Both use the same admin
+ * operations, so either path validates and audits alike.
+ */
+async function caAccess(dataDir?: string): Promise<CaAccess> {
   const dir = resolveDataDir(dataDir)
   const file = path.join(dir, 'memid.db')
-  if (!existsSync(file)) throw new MemidError('ERR_NOT_FOUND', `no memid store in ${dir}: run "memid auth start --data-dir ${dir}" first`)
-  const { SqliteStore } = await import('../storage/sqlite.ts')
-  return SqliteStore.open(file)
+  const sock = path.join(dir, 'admin.sock')
+  if (existsSync(file)) {
+    const [{ SqliteStore }, { AdminService }, { loadOrCreateCas }] = await Promise.all([
+      import('../storage/sqlite.ts'), import('../auth/admin.ts'), import('../auth/cas.ts'),
+    ])
+    const store = SqliteStore.open(file)
+    try {
+      if (!(await store.getCa('ssh-host'))) throw new MemidError('ERR_NOT_FOUND', `the CAs in ${dir} do not exist yet: run "memid auth start --data-dir ${dir}" first`)
+      const cas = await loadOrCreateCas(store, 'memid')
+      const admin = new AdminService({ store, clock: { now: () => Date.now() }, audit: async (ev) => void (await store.appendAudit(ev)), sshHostCa: cas.sshHost.key })
+      return { exportCa: (k) => admin.exportCa(k), signHost: (b) => admin.signHost(b), close: () => store.close() }
+    } catch (err) {
+      await store.close()
+      throw err
+    }
+  }
+  if (existsSync(sock)) {
+    const { socketRequest } = await import('./socket-client.ts')
+    const call = <T>(method: string, p: string, body?: unknown) => socketRequest<T>(sock, method, p, body, 'the auth service admin socket', `is "memid auth start --data-dir ${dir}" running?`)
+    return {
+      exportCa: (k) => call<string>('GET', `/v1/cas/${encodeURIComponent(k)}`),
+      signHost: (b) => call<{ certificate: string }>('POST', '/v1/sign-host', b),
+      close: async () => undefined,
+    }
+  }
+  throw new MemidError('ERR_NOT_FOUND', `no memid store or running auth service in ${dir}: run "memid auth start --data-dir ${dir}" first`)
 }
 
 export function registerAuthCommands(program: Command): void {
@@ -66,14 +99,12 @@ export function registerAuthCommands(program: Command): void {
     .description("print sha256:<hex> of the TLS CA's public key, for agents' --ca-pin")
     .option('--data-dir <dir>', 'data directory')
     .action(async (opts: { dataDir?: string }) => {
-      const store = await openExisting(opts.dataDir)
+      const access = await caAccess(opts.dataDir)
       try {
-        const ca = await store.getCa('tls')
-        if (!ca) throw new MemidError('ERR_NOT_FOUND', 'the TLS CA does not exist yet: run "memid auth start" first')
         const { spkiPin } = await import('../pki/x509.ts')
-        process.stdout.write(`${spkiPin(ca.publicMaterial)}\n`)
+        process.stdout.write(`${spkiPin(await access.exportCa('tls'))}\n`)
       } finally {
-        await store.close()
+        await access.close()
       }
     })
 
@@ -83,20 +114,11 @@ export function registerAuthCommands(program: Command): void {
     .option('--data-dir <dir>', 'data directory')
     .action(async (opts: { kind: string; dataDir?: string }) => {
       if (!CA_KINDS.includes(opts.kind as CaKind)) throw new MemidError('ERR_USAGE', `--kind: must be one of ${CA_KINDS.join(', ')}`)
-      const dir = resolveDataDir(opts.dataDir)
-      if (!existsSync(path.join(dir, 'memid.db')) && existsSync(path.join(dir, 'admin.sock'))) {
-        // An auth service with no store file here (memid dev's in-memory store): ask it.
-        const { socketRequest } = await import('./socket-client.ts')
-        process.stdout.write(await socketRequest<string>(path.join(dir, 'admin.sock'), 'GET', `/v1/cas/${opts.kind}`, undefined, 'the auth service admin socket', 'is it running?'))
-        return
-      }
-      const store = await openExisting(opts.dataDir)
+      const access = await caAccess(opts.dataDir)
       try {
-        const ca = await store.getCa(opts.kind as CaKind)
-        if (!ca) throw new MemidError('ERR_NOT_FOUND', `the ${opts.kind} CA does not exist yet: run "memid auth start" first`)
-        process.stdout.write(ca.publicMaterial.endsWith('\n') ? ca.publicMaterial : `${ca.publicMaterial}\n`)
+        process.stdout.write(await access.exportCa(opts.kind))
       } finally {
-        await store.close()
+        await access.close()
       }
     })
 
@@ -116,17 +138,14 @@ export function registerAuthCommands(program: Command): void {
       } catch (err) {
         throw new MemidError('ERR_NOT_FOUND', `--public-key: cannot read ${opts.publicKey}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
       }
-      const store = await openExisting(opts.dataDir)
+      const access = await caAccess(opts.dataDir)
       try {
-        if (!(await store.getCa('ssh-host'))) throw new MemidError('ERR_NOT_FOUND', 'the ssh-host CA does not exist yet: run "memid auth start" first')
-        const [{ loadOrCreateCas, caPin }, { signHostCertificate }] = await Promise.all([import('../auth/cas.ts'), import('../auth/sign-host.ts')])
-        const cas = await loadOrCreateCas(store, 'memid')
-        const cert = signHostCertificate({ caKey: cas.sshHost.key, hosts: opts.host.split(','), publicKeyLine: line, ttlMs })
-        writeFileSync(opts.out, cert.endsWith('\n') ? cert : `${cert}\n`, { mode: 0o644 })
-        await store.appendAudit({ type: 'cert.issued', success: true, fields: { kind: 'ssh-host', principals: opts.host.split(','), ttlSeconds: Math.round(ttlMs / 1000), by: 'admin' } })
-        process.stderr.write(`host certificate for ${opts.host} written to ${opts.out} (CA pin of the cluster: ${caPin(cas)})\n`)
+        const hosts = opts.host.split(',').map((h) => h.trim()).filter(Boolean)
+        const { certificate } = await access.signHost({ hosts, publicKey: line, ttl: opts.ttl })
+        writeFileSync(opts.out, certificate, { mode: 0o644 })
+        process.stderr.write(`host certificate for ${hosts.join(', ')} written to ${opts.out}\n`)
       } finally {
-        await store.close()
+        await access.close()
       }
     })
 }
