@@ -7,14 +7,14 @@
  *
  * `depth` is how many requests each connection keeps in flight; ssh itself uses 1.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { spawn, execFileSync } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
-import { mkdtempSync, rmSync, chmodSync, existsSync } from 'node:fs'
+import { rmSync, existsSync } from 'node:fs'
 import net from 'node:net'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { Registry } from 'prom-client'
+import { requireTool, withBenchDir } from './_common.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -137,17 +137,14 @@ async function waitFor(check: () => boolean, what: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  requireTool('ssh-agent', 'apt-get install -y openssh-client', ['-h'])
   const seconds = Number(args.seconds)
   const connections = Number(args.connections)
   const depth = Number(args.depth)
-  const dir = mkdtempSync(path.join(tmpdir(), 'memid-bench-ssh-'))
-  chmodSync(dir, 0o700)
-  const children: ChildProcess[] = []
-  try {
+  await withBenchDir('memid-bench-ssh-', async (dir, own) => {
     // OpenSSH's ssh-agent, holding an Ed25519 key added the only way it accepts: from a file.
     const opensshSock = path.join(dir, 'openssh.sock')
-    const agent = spawn('ssh-agent', ['-D', '-a', opensshSock], { stdio: 'ignore' })
-    children.push(agent)
+    own(spawn('ssh-agent', ['-D', '-a', opensshSock], { stdio: 'ignore' }))
     await waitFor(() => existsSync(opensshSock), 'ssh-agent')
     const keyFile = path.join(dir, 'id_ed25519')
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', keyFile])
@@ -155,8 +152,7 @@ async function main(): Promise<void> {
     rmSync(keyFile)
 
     const memidSock = path.join(dir, 'memid', 'agent.sock')
-    const memid = spawn(process.execPath, [new URL(import.meta.url).pathname, '--serve', memidSock], { stdio: ['ignore', 'pipe', 'inherit'] })
-    children.push(memid)
+    const memid = own(spawn(process.execPath, [new URL(import.meta.url).pathname, '--serve', memidSock], { stdio: ['ignore', 'pipe', 'inherit'] }))
     let out = ''
     memid.stdout?.on('data', (d: Buffer) => (out += d.toString()))
     await waitFor(() => out.includes('ready'), 'memid agent')
@@ -179,8 +175,5 @@ async function main(): Promise<void> {
     console.log(`OpenSSH ssh-agent: ${result.opensshSignsPerSec} signatures/s`)
     console.log(`ratio: ${result.ratio}x (target >= ${result.target}x)`)
     console.log(JSON.stringify(result))
-  } finally {
-    for (const c of children) c.kill('SIGTERM')
-    rmSync(dir, { recursive: true, force: true })
-  }
+  })
 }

@@ -1,0 +1,262 @@
+/**
+ * What the benchmarks share (bench/run.ts skips files starting with `_`): a throwaway PKI,
+ * the in-memory credential a memid service child holds the way the agent would, child
+ * processes that report over IPC, CPU accounting from /proc, and the rounds' bookkeeping.
+ *
+ * This is a 2-core CI-sized machine shared with other work, so every benchmark runs its
+ * parties in separate processes, alternates them round by round, waits for the machine
+ * to be otherwise idle before a round, reports medians, and prints the CPU time each
+ * party spent per unit of work next to the rates: CPU per unit is what the code controls,
+ * the rates also depend on how the scheduler shares two cores between client, proxy and
+ * server.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { createPrivateKey, generateKeyPairSync } from 'node:crypto'
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { cpus, tmpdir } from 'node:os'
+import path from 'node:path'
+import { Registry } from 'prom-client'
+import { CredentialSource, type TlsClientCredential } from '../src/agent/credentials.ts'
+import { systemClock } from '../src/core/clock.ts'
+import { silentLogger } from '../src/core/log.ts'
+import { buildClientContext } from '../src/pki/tls-context.ts'
+import { certificateSerial, createCaCertificate, issueLeaf, type X509Authority } from '../src/pki/x509.ts'
+import type { ServiceDeps } from '../src/services/service.ts'
+
+/** A throwaway ECDSA P-256 CA, valid for an hour. */
+export async function benchCa(name: string): Promise<X509Authority> {
+  const k = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  return { key: k.privateKey, certPem: await createCaCertificate(k.privateKey, k.publicKey, name, 3600_000) }
+}
+
+/** A leaf certificate and its key as PEM strings (they cross to a child process over IPC). */
+export async function benchLeaf(
+  ca: X509Authority,
+  commonName: string,
+  usage: 'client' | 'server',
+  extra: { ipAddresses?: string[]; organizations?: string[] } = {},
+): Promise<{ certPem: string; keyPem: string }> {
+  const k = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const leaf = await issueLeaf({ ca, publicKey: k.publicKey, commonName, ttlMs: 3600_000, usage, ...extra })
+  return { certPem: leaf.pem, keyPem: k.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string }
+}
+
+/** A client certificate for a memid service child, and the upstream it is for. */
+export interface ClientMaterial {
+  certPem: string
+  keyPem: string
+  /** The CA that verifies the upstream server. */
+  serverCaPem: string
+  uri: string
+  host: string
+  port: number
+}
+
+/**
+ * The dependencies a memid service gets from the agent, with a credential built the way
+ * the renewal loop builds it: KeyObject, secure context made once, nothing on disk.
+ */
+export function benchServiceDeps(kind: 'db' | 'kube', user: string, groups: string[], m: ClientMaterial): ServiceDeps<TlsClientCredential> {
+  const privateKey = createPrivateKey(m.keyPem)
+  const source = new CredentialSource<TlsClientCredential>('bench')
+  source.set({
+    kind, privateKey, certificatePem: m.certPem, user, groups,
+    secureContext: buildClientContext({ key: privateKey, certPem: m.certPem, caPem: m.serverCaPem }),
+    upstream: { name: 'bench', uri: m.uri, host: m.host, port: m.port, caPem: m.serverCaPem },
+    serial: certificateSerial(m.certPem), notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3600_000),
+  })
+  return { credentials: source, logger: silentLogger(), clock: systemClock, metrics: new Registry() }
+}
+
+/** A child process running `script --role ROLE`, and the messages it sends, in order. */
+export interface Role {
+  child: ChildProcess
+  /** The next IPC message; rejects if the child exits first. */
+  next(): Promise<Record<string, unknown>>
+}
+
+/**
+ * Starts `script` again in role `role`. For the `memid` role, `MEMID_BENCH_CPU_PROF=DIR`
+ * writes a V8 CPU profile and `MEMID_BENCH_NODE_FLAGS="…"` passes Node flags (e.g.
+ * `--trace-gc`), to see where memid's time goes.
+ */
+export function startRole(script: string, role: string, args: string[] = []): Role {
+  const memid = role === 'memid'
+  const prof = memid && process.env.MEMID_BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.MEMID_BENCH_CPU_PROF] : []
+  const flags = memid && process.env.MEMID_BENCH_NODE_FLAGS ? process.env.MEMID_BENCH_NODE_FLAGS.split(' ').filter(Boolean) : []
+  const child = spawn(process.execPath, [...prof, ...flags, script, '--role', role, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const queue: Record<string, unknown>[] = []
+  const waiters: { resolve(m: Record<string, unknown>): void; reject(e: Error): void }[] = []
+  let exited: Error | undefined
+  child.on('message', (m) => {
+    const w = waiters.shift()
+    if (w) w.resolve(m as Record<string, unknown>)
+    else queue.push(m as Record<string, unknown>)
+  })
+  child.once('exit', (code, signal) => {
+    exited = new Error(`bench role ${role} exited (${code ?? signal})`)
+    for (const w of waiters.splice(0)) w.reject(exited)
+  })
+  return {
+    child,
+    next: () => {
+      const m = queue.shift()
+      if (m) return Promise.resolve(m)
+      if (exited) return Promise.reject(exited)
+      return new Promise((resolve, reject) => waiters.push({ resolve, reject }))
+    },
+  }
+}
+
+/** The first message a parent sends a role child (its credential or server material). */
+export function firstMessage<T>(): Promise<T> {
+  return new Promise((resolve) => process.once('message', (msg) => resolve(msg as T)))
+}
+
+/** Fails with the install command when a peer's binary is missing. */
+export function requireTool(cmd: string, install: string, versionArgs = ['--version']): void {
+  try {
+    execFileSync(cmd, versionArgs, { stdio: 'ignore' })
+  } catch (err) {
+    // Some tools (wrk, stunnel4) exit non-zero after printing their version: only a missing binary matters.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${cmd} is required: ${install}`)
+  }
+}
+
+/**
+ * Runs a benchmark's body with a private 0700 temp dir (the peers read their keys from
+ * files; memid never does), then stops every child it registered and removes the dir.
+ */
+export async function withBenchDir(prefix: string, body: (dir: string, own: (c: ChildProcess) => ChildProcess) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix))
+  chmodSync(dir, 0o700)
+  const children: ChildProcess[] = []
+  try {
+    await body(dir, (c) => {
+      children.push(c)
+      return c
+    })
+  } finally {
+    for (const c of children) c.kill('SIGTERM')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** CPU seconds (user + system, every thread) a process has used so far, from /proc. */
+export function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return 0
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return 0
+  }
+}
+
+/** CPU seconds of this process and of the children it has already waited for (wrk runs). */
+function selfAndReapedSeconds(): number {
+  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]?.split(' ') ?? []
+  return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100
+}
+
+/** Busy and total CPU seconds of the whole machine so far, from /proc/stat. */
+function machineSeconds(): { busy: number; total: number } {
+  const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number)
+  const total = f.reduce((a, b) => a + b, 0)
+  const idle = (f[3] ?? 0) + (f[4] ?? 0)
+  return { busy: (total - idle) / 100, total: total / 100 }
+}
+
+/**
+ * Measures what else ran on the machine while a round ran: the busy CPU time of all
+ * cores minus what this benchmark's own processes used, as a share of the machine.
+ */
+export class ForeignLoad {
+  #busy = 0
+  #total = 0
+  #own = 0
+  readonly #pids: () => (number | undefined)[]
+  #start: { busy: number; total: number; own: number } | undefined
+
+  constructor(ownPids: () => (number | undefined)[]) {
+    this.#pids = ownPids
+  }
+
+  #ownSeconds(): number {
+    return selfAndReapedSeconds() + this.#pids().reduce((a: number, p) => a + cpuSeconds(p), 0)
+  }
+
+  begin(): void {
+    this.#start = { ...machineSeconds(), own: this.#ownSeconds() }
+  }
+
+  end(): void {
+    if (this.#start === undefined) return
+    const now = machineSeconds()
+    this.#busy += now.busy - this.#start.busy
+    this.#total += now.total - this.#start.total
+    this.#own += this.#ownSeconds() - this.#start.own
+    this.#start = undefined
+  }
+
+  /** Share of the machine (0..1) used by other processes during the measured rounds. */
+  get share(): number {
+    return this.#total > 0 ? Math.max(0, this.#busy - this.#own) / this.#total : 0
+  }
+}
+
+/**
+ * Waits until the machine has been mostly idle for a second (other work on a shared
+ * 2-core box otherwise decides the result), for up to `maxMs`; returns the busy share seen.
+ */
+export async function waitForQuiet(maxMs = 60_000, threshold = 0.15): Promise<number> {
+  const until = Date.now() + maxMs
+  let share = 1
+  while (true) {
+    const a = machineSeconds()
+    await new Promise((r) => setTimeout(r, 1000))
+    const b = machineSeconds()
+    share = (b.busy - a.busy) / Math.max(0.01, b.total - a.total)
+    if (share <= threshold || Date.now() >= until) return share
+  }
+}
+
+/**
+ * Runs the measured rounds: each starts once the machine is quiet, the two parties take
+ * turns going first, and `foreign` records what else ran meanwhile. `measured` is called
+ * after each round (for per-round ratios). Returns the seconds spent waiting for quiet.
+ */
+export async function alternateRounds<P extends string>(opts: {
+  rounds: number
+  quietWaitMs: number
+  parties: readonly [P, P]
+  foreign: ForeignLoad
+  measure(who: P): void | Promise<void>
+  measured(): void
+}): Promise<number> {
+  const [a, b] = opts.parties
+  let waited = 0
+  for (let r = 0; r < opts.rounds; r++) {
+    const t0 = Date.now()
+    await waitForQuiet(opts.quietWaitMs)
+    waited += Date.now() - t0
+    opts.foreign.begin()
+    for (const who of r % 2 === 0 ? [a, b] : [b, a]) await opts.measure(who)
+    opts.foreign.end()
+    opts.measured()
+  }
+  return waited / 1000
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2
+}
+
+/** One line saying what the numbers were measured on. */
+export function machineLine(): string {
+  const c = cpus()
+  return `${c.length} × ${c[0]?.model.trim() ?? 'unknown CPU'}, Node ${process.version}, OpenSSL ${process.versions.openssl}, ${new Date().toISOString().slice(0, 10)}`
+}
