@@ -8,6 +8,7 @@ import type { Health, Service, ServiceDeps } from '../service.ts'
 import { socketPort, type ResolvedDbTunnelConfig } from './config.ts'
 import { TunnelMetrics, type TunnelStats } from './metrics.ts'
 import { errorResponse, printable, readClientHello, SqlState, TunnelRefusal, type ErrorFields } from './postgres.ts'
+import { relay } from './relay.ts'
 import { classify, dialUpstream, firstChunk } from './upstream.ts'
 
 /** How long a client may take to send its startup packet (PostgreSQL allows 60 s). */
@@ -263,7 +264,8 @@ export class DbTunnelService implements Service, TunnelStats {
   }
 
   /**
-   * Pipes both ways: stream backpressure, no copies, no per-chunk work. Either side
+   * Copies both ways with stream backpressure and no per-chunk bookkeeping (byte counts
+   * come from the sockets' own counters, the idle timer is the socket's). Either side
    * ending ends the other after its buffered bytes are written; an error destroys both.
    */
   #splice(client: net.Socket, upstream: tls.TLSSocket): void {
@@ -285,14 +287,16 @@ export class DbTunnelService implements Service, TunnelStats {
       if (!client.destroyed && !client.writableEnded) client.end()
       client.setTimeout(LINGER_MS, () => client.destroy())
     })
+    const stopUp = relay(client, upstream, { coalesceRecords: false })
+    const stopDown = relay(upstream, client, { coalesceRecords: true })
     const idle = this.#cfg.idleTimeoutMs
     if (idle !== undefined) {
       client.setTimeout(idle, () => {
         // Nothing moved either way for the whole period, so no message is half-sent and a
         // FATAL ErrorResponse can be slipped in, as PostgreSQL's idle_session_timeout does.
         this.#count('idle_timeout', `no traffic for ${idle} ms`)
-        upstream.unpipe(client)
-        client.unpipe(upstream)
+        stopDown()
+        stopUp()
         upstream.destroy()
         if (this.#cfg.protocol === 'postgres') {
           client.end(errorResponse({
@@ -305,8 +309,6 @@ export class DbTunnelService implements Service, TunnelStats {
         client.setTimeout(LINGER_MS, () => client.destroy())
       })
     }
-    client.pipe(upstream)
-    upstream.pipe(client)
   }
 
   /**

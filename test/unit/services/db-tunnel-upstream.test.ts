@@ -9,7 +9,7 @@ import { CredentialSource, type TlsClientCredential } from '../../../src/agent/c
 import { createDbTunnelService } from '../../../src/services/db-tunnel/index.ts'
 import type { Service } from '../../../src/services/service.ts'
 import type { X509Authority } from '../../../src/pki/x509.ts'
-import { dbCredential, serverCertificate, testCa, TestClock, tunnelDeps } from '../../fixtures/db-tunnel.ts'
+import { dbCredential, serverCertificate, testCa, TestClock, tlsTunnel, tunnelDeps } from '../../fixtures/db-tunnel.ts'
 import { parseErrorResponse, rawConnect, readUntilClose, startupPacket } from '../../fixtures/psql.ts'
 
 type Mode = 'tls' | 'refuse-tls' | 'error' | 'http' | 'silent' | 'extra-after-S'
@@ -194,31 +194,19 @@ describe('db-tunnel service lifecycle', () => {
 
 describe('db-tunnel tls protocol data path', () => {
   test('half-close: a client that sends, shuts down its side and then reads still gets the answer', async () => {
-    const clientCa = await testCa('client CA')
-    const serverCa = await testCa('server CA')
-    const cert = await serverCertificate(serverCa)
     // Answers only once the client's side has ended, like `sort` behind a socket.
-    const server = tls.createServer({ key: cert.keyPem, cert: cert.certPem, ca: clientCa.certPem, requestCert: true, rejectUnauthorized: true, allowHalfOpen: true }, (s) => {
+    const t = await tlsTunnel('cache', (s) => {
       let n = 0
       s.on('data', (d: Buffer) => (n += d.length))
       s.on('end', () => s.end(`got ${n} bytes`))
     })
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-    const clock = new TestClock()
-    const source = new CredentialSource<TlsClientCredential>('database cache', clock)
-    source.set(await dbCredential({ clientCa, serverCaPem: serverCa.certPem, user: 'cache', host: '127.0.0.1', port: (server.address() as net.AddressInfo).port }))
-    const tunnel = createDbTunnelService({
-      listen: '127.0.0.1:0', service: 'cache', username: 'cache', protocol: 'tls', maxConnections: 5, connectTimeoutMs: 2000,
-    }, tunnelDeps(source, clock))
-    await tunnel.start()
     try {
-      const s = await rawConnect({ host: '127.0.0.1', port: Number(tunnel.address.split(':').pop()) })
+      const s = await rawConnect({ host: '127.0.0.1', port: t.port })
       s.end(Buffer.alloc(100_000, 'x'))
       const answer = await readUntilClose(s, 3000)
       assert.equal(answer.data.toString(), 'got 100000 bytes')
     } finally {
-      await tunnel.stop(200)
-      server.close()
+      await t.stop()
     }
   })
 })
