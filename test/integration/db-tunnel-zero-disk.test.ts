@@ -13,7 +13,7 @@ import { startAuth, startAgent, eventually, tempDir, type AuthFixture, type Agen
 import { startPostgres, type PostgresFixture } from '../fixtures/postgres.ts'
 import { cleanPgEnv, conninfo, psql, PsqlSession } from '../fixtures/psql.ts'
 import { freePort, run } from '../fixtures/db-tunnel.ts'
-import { diskWrites, requireStrace, signalTraced, straceArgs } from '../fixtures/zero-disk.ts'
+import { diskWrites, requireStrace, signalTraced, straceArgs, traceSawRead } from '../fixtures/zero-disk.ts'
 
 describe('zero disk: an agent serving a database tunnel writes nothing', () => {
   const strace = requireStrace()
@@ -75,6 +75,8 @@ describe('zero disk: an agent serving a database tunnel writes nothing', () => {
 
     assert.ok(signalTraced(agent.process.proc, 'SIGTERM'))
     assert.equal(await agent.process.exited, 0, 'agent (under strace) exits 0 on SIGTERM')
+
+    assert.ok(traceSawRead(trace, path.join(agent.dir, 'token')), 'the trace captured the agent reading its token file (file opens are visible)')
 
     const offending = diskWrites(trace, [path.dirname(agent.controlSocket), sockDir])
     assert.deepEqual(offending, [], `the agent wrote to disk:\n${offending.join('\n')}`)

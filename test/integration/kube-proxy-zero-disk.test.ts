@@ -12,7 +12,7 @@ import path from 'node:path'
 import { startAuth, startAgent, eventually, tempDir, type AuthFixture, type AgentFixture } from '../fixtures/memid.ts'
 import { startKubeApiServer, type KubeApiServer } from '../fixtures/kube-apiserver.ts'
 import { kubectl, KubectlProcess, requireKubectl, type KubectlOptions } from '../fixtures/kube-client.ts'
-import { diskWrites, requireStrace, signalTraced, straceArgs } from '../fixtures/zero-disk.ts'
+import { diskWrites, requireStrace, signalTraced, straceArgs, traceSawRead } from '../fixtures/zero-disk.ts'
 
 describe('zero disk: an agent serving the kube proxy writes nothing', () => {
   const strace = requireStrace()
@@ -81,6 +81,8 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
 
     assert.ok(signalTraced(agent.process.proc, 'SIGTERM'))
     assert.equal(await agent.process.exited, 0, 'agent (under strace) exits 0 on SIGTERM')
+
+    assert.ok(traceSawRead(trace, path.join(agent.dir, 'token')), 'the trace captured the agent reading its token file (file opens are visible)')
 
     const offending = diskWrites(trace, [path.dirname(agent.controlSocket)])
     assert.deepEqual(offending, [], `the agent wrote to disk:\n${offending.join('\n')}`)

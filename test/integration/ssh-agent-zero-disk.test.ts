@@ -11,7 +11,7 @@ import path from 'node:path'
 import { startAuth, startAgent, eventually, tempDir, type AuthFixture, type AgentFixture } from '../fixtures/memid.ts'
 import { startSshd, type Sshd } from '../fixtures/sshd.ts'
 import { sshAdd, sshLogin } from '../fixtures/ssh-tools.ts'
-import { diskWrites, requireStrace, signalTraced, straceArgs } from '../fixtures/zero-disk.ts'
+import { diskWrites, requireStrace, signalTraced, straceArgs, traceSawRead } from '../fixtures/zero-disk.ts'
 
 describe('zero disk: an agent serving SSH writes nothing', () => {
   const strace = requireStrace()
@@ -69,6 +69,8 @@ describe('zero disk: an agent serving SSH writes nothing', () => {
 
     assert.ok(signalTraced(agent.process.proc, 'SIGTERM'))
     assert.equal(await agent.process.exited, 0, 'agent (under strace) exits 0 on SIGTERM')
+
+    assert.ok(traceSawRead(trace, path.join(agent.dir, 'token')), 'the trace captured the agent reading its token file (file opens are visible)')
 
     const offending = diskWrites(trace, [path.dirname(sock), path.dirname(agent.controlSocket)])
     assert.deepEqual(offending, [], `the agent wrote to disk:\n${offending.join('\n')}`)
