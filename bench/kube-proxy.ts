@@ -6,7 +6,10 @@
  * (target: memid ≥ 1.2× kubectl proxy).
  *
  *   node bench/kube-proxy.ts [--seconds 5] [--connections 16] [--rounds 5] [--quiet-wait 60]
- *                            [--path /api/v1/namespaces/default/pods/p1] [--upstream auto|http/1.1]
+ *                            [--path /api/v1/namespaces/default/pods/p1] [--upstream auto|http/1.1] [--pods 1]
+ *
+ * `--pods 3000 --path /api/v1/namespaces/default/pods --connections 4` measures big list
+ * responses (~1.5 MB each) instead of small GETs.
  *
  * Rounds alternate which proxy goes first and start once the machine is otherwise idle
  * (waiting up to --quiet-wait seconds); medians are reported, and the ratio is the median
@@ -32,6 +35,7 @@ const { values: args } = parseArgs({
     'quiet-wait': { type: 'string', default: '60' },
     path: { type: 'string', default: '/api/v1/namespaces/default/pods/p1' },
     upstream: { type: 'string', default: 'auto' },
+    pods: { type: 'string', default: '1' },
     role: { type: 'string' },
   },
 })
@@ -44,8 +48,9 @@ else await main()
 async function serveApiServer(): Promise<void> {
   const { startKubeApiServer } = await import('../test/fixtures/kube-apiserver.ts')
   const ca = await benchCa('bench kube-client CA')
-  const srv = await startKubeApiServer({ clientCaPem: ca.certPem })
-  srv.addPod('p1')
+  // Big lists to several clients at once would otherwise hit the Node test server's own session memory cap.
+  const srv = await startKubeApiServer({ clientCaPem: ca.certPem, maxSessionMemoryMb: 256 })
+  for (let i = 1; i <= Number(args.pods); i++) srv.addPod(`p${i}`)
   // The fixture records every request for the tests; a benchmark would only grow that list.
   setInterval(() => srv.requests.splice(0), 1000).unref()
   const issue = async (user: string): Promise<ClientMaterial> => ({
@@ -112,7 +117,7 @@ async function main(): Promise<void> {
   const quietWaitMs = Number(args['quiet-wait']) * 1000
 
   await withBenchDir('memid-bench-kube-', async (dir, own) => {
-    const api = startRole(SELF, 'apiserver')
+    const api = startRole(SELF, 'apiserver', ['--pods', String(args.pods)])
     own(api.child)
     const material = (await api.next()) as unknown as { memid: ClientMaterial; kubectl: ClientMaterial }
 

@@ -212,6 +212,28 @@ describe('kube proxy service', () => {
     })
   }
 
+  it('opens wide HTTP/2 flow-control windows and relays big lists intact to concurrent clients', async () => {
+    const srv = await apiServer()
+    for (let i = 2; i <= 3000; i++) srv.addPod(`p${i}`)
+    const h = await harness({ srv })
+    try {
+      const replies = await Promise.all(Array.from({ length: 4 }, () => request(h, '/api/v1/namespaces/default/pods')))
+      for (const r of replies) {
+        assert.equal(r.status, 200)
+        assert.ok(r.body.length > 1_000_000, `a list of ${r.body.length} bytes`)
+        const names = r.json().items.map((p: any) => p.metadata.name)
+        assert.equal(names.length, 3000)
+        assert.equal(names.at(-1), 'p3000')
+      }
+      const windows = srv.h2Windows()
+      assert.equal(windows.length, 1, 'one HTTP/2 connection carries every request')
+      assert.equal(windows[0]?.stream, 4 * 1024 * 1024)
+      assert.ok((windows[0]?.connection ?? 0) > 8 * 1024 * 1024, `connection window ${windows[0]?.connection}`)
+    } finally {
+      await h.stop()
+    }
+  })
+
   it('falls back to HTTP/1.1 when the API server offers no h2', async () => {
     const h = await harness({ srv: await apiServer({ http2: false }) })
     try {
