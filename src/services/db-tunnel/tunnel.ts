@@ -8,7 +8,7 @@ import type { Health, Service, ServiceDeps } from '../service.ts'
 import { socketPort, type ResolvedDbTunnelConfig } from './config.ts'
 import { TunnelMetrics, type TunnelStats } from './metrics.ts'
 import { errorResponse, printable, readClientHello, SqlState, TunnelRefusal, type ErrorFields } from './postgres.ts'
-import { relay } from './relay.ts'
+import { relay, RELAY_HIGH_WATER_MARK } from './relay.ts'
 import { classify, dialUpstream, firstChunk } from './upstream.ts'
 
 /** How long a client may take to send its startup packet (PostgreSQL allows 60 s). */
@@ -57,7 +57,7 @@ export class DbTunnelService implements Service, TunnelStats {
     if (this.#state !== 'new') throw new Error(`${this.name} was already started`)
     // Half-open on both legs: a client may shut down its sending side and still read the
     // answer (each direction ends on its own; the socket closes once both have).
-    const server = net.createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true })
+    const server = net.createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true, highWaterMark: RELAY_HIGH_WATER_MARK })
     server.maxConnections = this.#cfg.maxConnections + NEGOTIATION_SLACK
     server.on('connection', (socket) => this.#accept(socket))
     server.on('drop', () => this.#metrics.errors.inc({ service: this.service, reason: 'listener_full' }))

@@ -2,6 +2,7 @@ import net from 'node:net'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../agent/credentials.ts'
 import { SSL_REQUEST, SqlState, TunnelRefusal } from './postgres.ts'
+import { RELAY_HIGH_WATER_MARK } from './relay.ts'
 
 export interface DialOptions {
   credential: TlsClientCredential
@@ -31,7 +32,8 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
   try {
     await step(raw, 'connect', opts.signal, where)
     if (opts.protocol === 'postgres') await negotiateSsl(raw, opts.signal, where)
-    secure = tls.connect({
+    // Node hands highWaterMark on to the TLS socket; @types/node does not declare it here.
+    const options: tls.ConnectionOptions & { highWaterMark: number } = {
       socket: raw,
       secureContext: opts.credential.secureContext,
       // Node checks the certificate against `servername ?? host`; SNI must not carry an
@@ -40,7 +42,9 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
       ...(net.isIP(host) === 0 ? { servername: host } : {}),
       ...(opts.protocol === 'postgres' ? { ALPNProtocols: ['postgresql'] } : {}),
       rejectUnauthorized: true,
-    })
+      highWaterMark: RELAY_HIGH_WATER_MARK,
+    }
+    secure = tls.connect(options)
     secure.on('error', ignore)
     await step(secure, 'secureConnect', opts.signal, where)
     return secure
