@@ -1,7 +1,7 @@
 import http2 from 'node:http2'
 import https from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import net from 'node:net'
+import net, { type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../agent/credentials.ts'
@@ -59,16 +59,18 @@ const BULK_CHUNK = 8 * 1024
  * reads, so each round goes out as one writev(2). Small bodies are written at once.
  */
 function relay(src: Readable, dst: ServerResponse): () => void {
-  let corked = false
+  // The socket itself, not the response: a finished response lets go of its socket, and
+  // uncorking the response then would leave the keep-alive connection corked.
+  let corked: Socket | undefined
   const uncork = () => {
-    corked = false
-    dst.uncork()
+    corked?.uncork()
+    corked = undefined
   }
   const resume = () => src.resume()
   const onData = (chunk: Buffer) => {
-    if (!corked && chunk.length >= BULK_CHUNK) {
-      corked = true
-      dst.cork()
+    if (corked === undefined && chunk.length >= BULK_CHUNK && dst.socket !== null) {
+      corked = dst.socket
+      corked.cork()
       setImmediate(uncork)
     }
     if (!dst.write(chunk)) {

@@ -225,6 +225,23 @@ describe('kube proxy service', () => {
         assert.equal(names.length, 3000)
         assert.equal(names.at(-1), 'p3000')
       }
+      // Back to back on one keep-alive connection: batching a big body must not leave it corked.
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+      try {
+        for (const p of ['/api/v1/namespaces/default/pods', '/api/v1/namespaces/default/pods/p1', '/api/v1/namespaces/default/pods']) {
+          const r = await new Promise<{ status: number; length: number; socket: unknown }>((resolve, reject) => {
+            http.get({ host: '127.0.0.1', port: h.port, path: p, agent }, (res) => {
+              let length = 0
+              res.on('data', (d: Buffer) => (length += d.length))
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, length, socket: res.socket }))
+            }).on('error', reject)
+          })
+          assert.equal(r.status, 200, p)
+          assert.ok(r.length > 0, p)
+        }
+      } finally {
+        agent.destroy()
+      }
       const windows = srv.h2Windows()
       assert.equal(windows.length, 1, 'one HTTP/2 connection carries every request')
       assert.equal(windows[0]?.stream, 4 * 1024 * 1024)
