@@ -33,7 +33,7 @@ if (args.serve !== undefined) {
 
 /** Child mode: the memid ssh-agent service with a freshly issued certificate, until killed. */
 async function serveMemid(sock: string): Promise<void> {
-  const { CredentialSource } = await import('../src/agent/credentials.ts')
+  const { CredentialSource } = await import('../src/credentials/credentials.ts')
   const { createSshAgentService } = await import('../src/services/ssh-agent/index.ts')
   const { silentLogger } = await import('../src/core/log.ts')
   const { systemClock } = await import('../src/core/clock.ts')
@@ -46,7 +46,7 @@ async function serveMemid(sock: string): Promise<void> {
     type: 'user', publicKey: key.publicKey, caKey: ca.privateKey, serial: 1n, keyId: 'bench',
     principals: ['deploy'], validAfter: new Date(now - 60_000), validBefore: new Date(now + 3_600_000),
   })
-  const source = new CredentialSource<import('../src/agent/credentials.ts').SshCredential>('ssh')
+  const source = new CredentialSource<import('../src/credentials/credentials.ts').SshCredential>('ssh')
   source.set(sshCredential(key.privateKey, sshCertificateLine(blob)))
   const svc = createSshAgentService({ path: sock }, { credentials: source, logger: silentLogger(), clock: systemClock, metrics: new Registry() })
   await svc.start()

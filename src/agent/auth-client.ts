@@ -2,13 +2,11 @@ import https from 'node:https'
 import type tls from 'node:tls'
 import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
-import type {
-  CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, KubeCertRequest,
-  KubeCertResponse, RenewRequest, SshCertRequest, SshCertResponse,
-} from '../auth/api-types.ts'
+import {
+  AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse,
+  type JoinRequest, type KubeCertRequest, type KubeCertResponse, type RenewRequest, type SshCertRequest, type SshCertResponse,
+} from '../api/types.ts'
 
-/** The name on every auth server certificate; verified whatever address is dialled. */
-export const AUTH_SERVER_NAME = 'memid-auth'
 const MAX_RESPONSE_BYTES = 1024 * 1024
 
 export interface AuthClientOptions {

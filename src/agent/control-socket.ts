@@ -1,7 +1,7 @@
 import http from 'node:http'
 import { MemidError } from '../core/errors.ts'
 import { Router, sendJson } from '../core/http.ts'
-import { closeServer, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../services/listener.ts'
+import { closeServer, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
 export interface ControlHandlers {
   status(): unknown

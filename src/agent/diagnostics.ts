@@ -1,7 +1,7 @@
 import http from 'node:http'
 import type { Registry } from 'prom-client'
 import { sendJson } from '../core/http.ts'
-import { closeServer, formatAddress, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../services/listener.ts'
+import { closeServer, formatAddress, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
 export interface Readiness {
   status: 'ok' | 'unavailable'

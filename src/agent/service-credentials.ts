@@ -4,8 +4,8 @@ import { parseSshPublicKeyLine } from '../pki/openssh.ts'
 import { sshCredential } from '../services/ssh-agent/credential.ts'
 import { buildClientContext } from '../pki/tls-context.ts'
 import type { AuthClient, CallerIdentity } from './auth-client.ts'
-import type { IssuedCredential, SshCredential, TlsClientCredential, Upstream } from './credentials.ts'
-import type { UpstreamInfo } from '../auth/api-types.ts'
+import type { IssuedCredential, SshCredential, TlsClientCredential, Upstream } from '../credentials/credentials.ts'
+import type { UpstreamInfo } from '../api/types.ts'
 import type { ServiceConfig } from '../config/agent.ts'
 
 /** Fetches one fresh credential (new key pair every time) for a service. */

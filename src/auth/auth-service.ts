@@ -8,7 +8,7 @@ import { INSTANCE_HISTORY } from '../storage/store.ts'
 import type {
   CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, KubeCertRequest,
   KubeCertResponse, RenewRequest, SshCertRequest, SshCertResponse,
-} from './api-types.ts'
+} from '../api/types.ts'
 import { issueBotIdentity, readBotClaims, type BotClaims } from './bot-identity.ts'
 import type { CaSet } from './cas.ts'
 import { secretMatches, splitToken } from './tokens.ts'

@@ -6,7 +6,7 @@ import { Router, readJsonBody, sendJson } from '../core/http.ts'
 import { parseWith } from '../core/validate.ts'
 import type { AuthService, Peer } from './auth-service.ts'
 import type { RateLimiter } from './rate-limit.ts'
-import { dbCertSchema, heartbeatSchema, joinSchema, kubeCertSchema, renewSchema, sshCertSchema } from './schemas.ts'
+import { dbCertSchema, heartbeatSchema, joinSchema, kubeCertSchema, renewSchema, sshCertSchema } from '../api/schemas.ts'
 
 function peerOf(req: IncomingMessage): Peer {
   const socket = req.socket as TLSSocket

@@ -1,4 +1,4 @@
-import type { DbCertRequest, DbCertResponse } from './api-types.ts'
+import type { DbCertRequest, DbCertResponse } from '../api/types.ts'
 import { issueLeaf } from '../pki/x509.ts'
 import { MemidError } from '../core/errors.ts'
 import { allows, allowsDbUser, denied } from './rbac.ts'

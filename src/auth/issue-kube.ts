@@ -1,4 +1,4 @@
-import type { KubeCertRequest, KubeCertResponse } from './api-types.ts'
+import type { KubeCertRequest, KubeCertResponse } from '../api/types.ts'
 import { issueLeaf } from '../pki/x509.ts'
 import { MemidError } from '../core/errors.ts'
 import { allows, denied, unionOf } from './rbac.ts'

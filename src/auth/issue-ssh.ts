@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import type { SshCertRequest, SshCertResponse } from './api-types.ts'
+import type { SshCertRequest, SshCertResponse } from '../api/types.ts'
 import { parseSshCertificate, signSshCertificate, sshCertificateLine } from '../pki/openssh.ts'
 import { denied, unionOf } from './rbac.ts'
 import type { IssueContext } from './issuer.ts'

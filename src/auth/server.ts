@@ -10,8 +10,9 @@ import type { Logger } from '../core/log.ts'
 import { MemidError } from '../core/errors.ts'
 import { issueLeaf } from '../pki/x509.ts'
 import { withPrivateKeyPem } from '../pki/pem.ts'
-import { formatAddress, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../services/listener.ts'
+import { formatAddress, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 import type { Store } from '../storage/store.ts'
+import { AUTH_SERVER_NAME } from '../api/types.ts'
 import { AdminService } from './admin.ts'
 import { adminRouter } from './admin-socket.ts'
 import { AuthService } from './auth-service.ts'
@@ -19,8 +20,6 @@ import { caPin, loadOrCreateCas, type CaSet } from './cas.ts'
 import { agentApiRouter } from './http-api.ts'
 import { RateLimiter } from './rate-limit.ts'
 
-/** The name every auth server certificate carries; agents verify it whatever address they dial. */
-export const AUTH_SERVER_NAME = 'memid-auth'
 const SERVER_CERT_TTL_MS = 365 * 24 * 3600 * 1000
 
 export interface AuthServerOptions {

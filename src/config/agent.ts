@@ -2,7 +2,7 @@ import { z } from 'zod'
 import { ConfigError, MemidError } from '../core/errors.ts'
 import { formatDuration, parseDuration } from '../core/duration.ts'
 import { formatPath, nameSchema, principalSchema } from '../core/validate.ts'
-import { formatAddress, parseListenAddress } from '../services/listener.ts'
+import { formatAddress, parseListenAddress } from '../core/listener.ts'
 import { readYamlFile } from './auth.ts'
 import { defaultControlSocket } from './paths.ts'
 

@@ -1,7 +1,7 @@
 import type { Registry } from 'prom-client'
 import type { Clock } from '../core/clock.ts'
 import type { Logger } from '../core/log.ts'
-import type { CredentialSource, IssuedCredential } from '../agent/credentials.ts'
+import type { CredentialSource, IssuedCredential } from '../credentials/credentials.ts'
 
 /** A service's own account of itself, surfaced by /readyz and `memid status`. */
 export interface Health {

@@ -1,3 +1,5 @@
+import type { Heartbeat } from '../api/types.ts'
+
 /**
  * The Store is everything the auth service persists. The rest of the code depends on this
  * interface only; backends live beside it (sqlite.ts first, PostgreSQL later). Methods
@@ -57,15 +59,8 @@ export interface Authentication {
   generation: number
 }
 
-export interface Heartbeat {
-  time: string
-  hostname: string
-  version: string
-  os: string
-  arch: string
-  uptimeSeconds: number
-  services: { name: string; type: string; address: string; status: string }[]
-}
+
+export type { Heartbeat }
 
 export interface BotInstance {
   id: string

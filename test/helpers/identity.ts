@@ -1,6 +1,6 @@
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { AuthClient, type CallerIdentity } from '../../src/agent/auth-client.ts'
-import type { IdentityResponse } from '../../src/auth/api-types.ts'
+import type { IdentityResponse } from '../../src/api/types.ts'
 import { buildClientContext } from '../../src/pki/tls-context.ts'
 
 /** A bot identity held by a test, as an agent would hold it. */

@@ -1,6 +1,6 @@
 import path from 'node:path'
 import { ConfigError, MemidError } from '../../core/errors.ts'
-import { parseListenAddress, type ListenAddress } from '../listener.ts'
+import { parseListenAddress, type ListenAddress } from '../../core/listener.ts'
 
 /** How a database tunnel is configured (`services[].type: database-tunnel`). */
 export interface DbTunnelConfig {

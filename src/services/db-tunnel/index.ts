@@ -1,4 +1,4 @@
-import type { TlsClientCredential } from '../../agent/credentials.ts'
+import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import type { Service, ServiceDeps } from '../service.ts'
 import { resolveDbTunnelConfig, type DbTunnelConfig } from './config.ts'
 import { DbTunnelService } from './tunnel.ts'

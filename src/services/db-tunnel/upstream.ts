@@ -1,6 +1,6 @@
 import net from 'node:net'
 import tls from 'node:tls'
-import type { TlsClientCredential } from '../../agent/credentials.ts'
+import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { SSL_REQUEST, SqlState, TunnelRefusal } from './postgres.ts'
 import { RELAY_HIGH_WATER_MARK } from './relay.ts'
 

@@ -1,5 +1,5 @@
 import { ConfigError, MemidError } from '../../core/errors.ts'
-import { parseListenAddress, type ListenAddress } from '../listener.ts'
+import { parseListenAddress, type ListenAddress } from '../../core/listener.ts'
 
 /** What the agent passes to build a kube proxy (one per cluster). */
 export interface KubeProxyConfig {

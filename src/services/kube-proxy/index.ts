@@ -9,10 +9,10 @@
  */
 import http from 'node:http'
 import type { Duplex } from 'node:stream'
-import type { TlsClientCredential } from '../../agent/credentials.ts'
+import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError, describeError } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
-import { ConnectionTracker, closeServer, formatAddress, listen, removeSocketFile, type ListenAddress } from '../listener.ts'
+import { ConnectionTracker, closeServer, formatAddress, listen, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
 import type { Health, Service, ServiceDeps } from '../service.ts'
 import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
 import { isDiscovery, isWatch } from './headers.ts'

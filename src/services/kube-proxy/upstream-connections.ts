@@ -4,7 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import net, { type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import tls from 'node:tls'
-import type { TlsClientCredential } from '../../agent/credentials.ts'
+import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError } from '../../core/errors.ts'
 import { authority, downstreamResponseHeaders, upstreamHttp2Headers, upstreamRequestHeaders } from './headers.ts'
 

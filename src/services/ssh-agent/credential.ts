@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto'
-import type { SshCredential } from '../../agent/credentials.ts'
+import type { SshCredential } from '../../credentials/credentials.ts'
 import { MemidError } from '../../core/errors.ts'
 import { parseSshCertificateLine, sshPublicKeyBlob, verifySshCertificate } from '../../pki/openssh.ts'
 

@@ -1,5 +1,5 @@
 import { sign, type KeyObject } from 'node:crypto'
-import type { SshCredential } from '../../agent/credentials.ts'
+import type { SshCredential } from '../../credentials/credentials.ts'
 import { MemidError } from '../../core/errors.ts'
 import { parseSshCertificate, sshFingerprint, sshKeyType, sshPublicKeyBlob, sshSign } from '../../pki/openssh.ts'
 import { frame, identitiesAnswer, SSH_AGENT_SIGN_RESPONSE, strings } from './protocol.ts'

@@ -1,7 +1,7 @@
 import { mkdirSync, lstatSync, chmodSync, unlinkSync, statSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { MemidError } from '../core/errors.ts'
+import { MemidError } from './errors.ts'
 
 /** Where a local service listens: TCP on a host and port, or a unix socket path. */
 export type ListenAddress =

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
-import { CredentialSource, type IssuedCredential } from '../../../src/agent/credentials.ts'
+import { CredentialSource, type IssuedCredential } from '../../../src/credentials/credentials.ts'
 import type { Clock } from '../../../src/core/clock.ts'
 import { MemidError } from '../../../src/core/errors.ts'
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import {
   ConnectionTracker, closeServer, formatAddress, isLoopback, listen, parseListenAddress, removeSocketFile, type ListenAddress,
-} from '../../../src/services/listener.ts'
+} from '../../../src/core/listener.ts'
 import { MemidError } from '../../../src/core/errors.ts'
 
 let base: string
