@@ -43,9 +43,9 @@ export function inspectorFlag(nodeOptions: string | undefined, execArgv: readonl
  * - SIGUSR1 is handled (ignored), so it cannot start the inspector.
  * - If the process does not already run with `--disable-sigusr1` and a core-size limit
  *   of 0 soft and hard, it re-executes itself in place (`process.execve`, same pid, same
- *   stdin) through `/bin/sh -c 'ulimit -c 0 && exec "$@"'` with node's
- *   `--disable-sigusr1`, then checks /proc/self/limits; still not 0 0 means a refusal
- *   to start, never a silent run.
+ *   stdin) with node's `--disable-sigusr1`, through `/bin/sh -c 'ulimit -c 0 && exec "$@"'`
+ *   when the limit is not 0 0 yet, then checks /proc/self/limits; still not 0 0 means a
+ *   refusal to start, never a silent run.
  */
 export function hardenProcess(env: NodeJS.ProcessEnv = process.env): void {
   const inspect = inspectorFlag(env.NODE_OPTIONS, process.execArgv)
@@ -70,10 +70,13 @@ export function hardenProcess(env: NodeJS.ProcessEnv = process.env): void {
   if (typeof process.execve !== 'function') {
     throw new MemidError('ERR_HARDENING', `cannot drop the core-size limit to 0: this Node has no process.execve (needs >= 22.15); start memid under "ulimit -c 0" with node ${NO_SIGUSR1}`)
   }
-  const nodeArgs = [NO_SIGUSR1, ...process.execArgv.filter((a) => a !== NO_SIGUSR1), ...process.argv.slice(1)]
+  const node = [process.execPath, NO_SIGUSR1, ...process.execArgv.filter((a) => a !== NO_SIGUSR1), ...process.argv.slice(1)]
+  // Already 0 0 (systemd LimitCORE=0): only the flag is missing, no shell needed (and no
+  // setrlimit call that a seccomp filter might refuse).
+  const [file, args] = noCore ? [process.execPath, node] : ['/bin/sh', ['sh', '-c', 'ulimit -c 0 && exec "$@"', 'memid', ...node]]
   try {
-    process.execve('/bin/sh', ['sh', '-c', 'ulimit -c 0 && exec "$@"', 'memid', process.execPath, ...nodeArgs], { ...env, [REEXEC_MARK]: '1' })
+    process.execve(file, args, { ...env, [REEXEC_MARK]: '1' })
   } catch (err) {
-    throw new MemidError('ERR_HARDENING', `cannot re-execute under a core-size limit of 0 through /bin/sh (${(err as NodeJS.ErrnoException).code ?? 'error'}): start memid under "ulimit -c 0" with node ${NO_SIGUSR1}`)
+    throw new MemidError('ERR_HARDENING', `cannot re-execute ${noCore ? 'node' : 'under a core-size limit of 0 through /bin/sh'} (${(err as NodeJS.ErrnoException).code ?? 'error'}): start memid under "ulimit -c 0" with node ${NO_SIGUSR1}`)
   }
 }

@@ -82,6 +82,20 @@ describe('no debugger, no core file', () => {
     assert.match(coreLimit(process.pid), /unlimited unlimited/, 'the test runner allows cores')
     for (const pid of [auth.process.proc.pid as number, agent.process.proc.pid as number]) {
       assert.equal(coreLimit(pid), 'Max core file size 0 0 bytes', `pid ${pid}`)
+      assert.ok(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('--disable-sigusr1'), `pid ${pid} runs node --disable-sigusr1`)
+    }
+  })
+
+  it('started under a core limit of 0 already (systemd LimitCORE=0), memid start keeps it and runs node --disable-sigusr1', async () => {
+    const a = startAgent({ auth, token: await auth.bot('harden-limited'), dir: path.join(tmp.dir, 'agent-limited'), wrap: ['prlimit', '--core=0:0', '--'] })
+    try {
+      await a.ready
+      const pid = a.process.proc.pid as number
+      assert.equal(coreLimit(pid), 'Max core file size 0 0 bytes')
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+      assert.equal(argv[1], '--disable-sigusr1', argv.join(' '))
+    } finally {
+      await a.stop()
     }
   })
 
