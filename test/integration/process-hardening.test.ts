@@ -61,10 +61,13 @@ describe('no debugger, no core file', () => {
   let auth: AuthFixture
   let agent: AgentFixture
   let tmp: { dir: string; cleanup: () => void }
+  let restoreLimit: string | undefined
 
   before(async () => {
     // Children inherit the runner's limits: start them with cores allowed (soft and hard
     // unlimited) so that only the processes themselves can bring the limit to 0.
+    const was = coreLimit(process.pid).split(' ')
+    restoreLimit = `--core=${was[4]}:${was[5]}`
     execFileSync('prlimit', ['--pid', String(process.pid), '--core=unlimited:unlimited'])
     tmp = tempDir('memid-harden-')
     auth = await startAuth()
@@ -76,6 +79,8 @@ describe('no debugger, no core file', () => {
     await agent?.stop()
     await auth?.stop()
     tmp?.cleanup()
+    // The runner goes back to the limit it had.
+    if (restoreLimit !== undefined) execFileSync('prlimit', ['--pid', String(process.pid), restoreLimit])
   })
 
   it('memid auth start and memid start run with a core-size limit of 0, soft and hard', () => {
