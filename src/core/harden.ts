@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import inspector from 'node:inspector'
 import { MemidError } from './errors.ts'
@@ -68,7 +69,12 @@ export function hardenProcess(env: NodeJS.ProcessEnv = process.env): void {
     throw new MemidError('ERR_HARDENING', `cannot run with a core-size limit of 0 (now ${limit ? `${limit.soft} ${limit.hard}` : 'unknown'}) and ${NO_SIGUSR1}: start memid under "ulimit -c 0" (systemd: LimitCORE=0) with node ${NO_SIGUSR1}`)
   }
   if (typeof process.execve !== 'function') {
-    throw new MemidError('ERR_HARDENING', `cannot drop the core-size limit to 0: this Node has no process.execve (needs >= 22.15); start memid under "ulimit -c 0" with node ${NO_SIGUSR1}`)
+    // Node 22.13/22.14 (SPEC's minimum) have no execve: set the limit on this very
+    // process from outside with util-linux prlimit; SIGUSR1 stays on the JS handler above.
+    const r = spawnSync('prlimit', ['--pid', String(process.pid), '--core=0:0'], { stdio: 'ignore', env: {} })
+    const after = coreSizeLimit()
+    if (r.status === 0 && after?.soft === '0' && after.hard === '0') return
+    throw new MemidError('ERR_HARDENING', `cannot drop the core-size limit to 0: this Node has no process.execve (>= 22.15) and prlimit failed; start memid under "ulimit -c 0" with node ${NO_SIGUSR1}`)
   }
   const node = [process.execPath, NO_SIGUSR1, ...process.execArgv.filter((a) => a !== NO_SIGUSR1), ...process.argv.slice(1)]
   // Already 0 0 (systemd LimitCORE=0): only the flag is missing, no shell needed (and no
