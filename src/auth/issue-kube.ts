@@ -7,7 +7,10 @@ import { resourceAuthority } from './cas.ts'
 
 /**
  * A client certificate from the cluster's own client CA: CN = kube user, O = each kube
- * group, for a registered cluster the bot's roles grant.
+ * group, for a registered cluster the bot's roles grant. One role per certificate, as for
+ * databases: the groups come only from roles that grant this cluster *and* this user, so
+ * one role's groups never ride on another role's user (roles granting the same cluster
+ * and user add their groups up).
  */
 export async function issueKubeCertificate(ctx: IssueContext, req: KubeCertRequest): Promise<KubeCertResponse> {
   const cluster = await ctx.store.getResource('kube', req.cluster)
@@ -21,7 +24,7 @@ export async function issueKubeCertificate(ctx: IssueContext, req: KubeCertReque
     if (users.length > 1) throw denied(`bot "${ctx.bot.name}" may act as several kube users (${users.join(', ')}); name one`)
   }
   const user = req.user ?? (users[0] as string)
-  const groups = unionOf(granting, 'kubeGroups')
+  const groups = unionOf(granting.filter((r) => r.kubeUsers.includes(user)), 'kubeGroups')
   const cert = await issueLeaf({
     ca: await resourceAuthority(ctx.store, 'kube', cluster.name), publicKey: ctx.publicKey, commonName: user, organizations: groups,
     ttlMs: ctx.ttlMs, usage: 'client', now: ctx.now,

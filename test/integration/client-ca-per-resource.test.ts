@@ -1,7 +1,8 @@
 /**
- * Issue 10, item 2. One shared kube-client CA and one db-client CA used to sign every
+ * Issue 10, items 2 and 8. One shared kube-client CA and one db-client CA used to sign every
  * certificate, so a bot granted only `dev` (as system:masters) held a certificate `prod`
- * accepted. Each registered cluster and database now has a client CA of its own.
+ * accepted. Each registered cluster and database now has a client CA of its own, and a
+ * kube certificate follows one role: no role's groups ride on another role's user.
  *
  * The attacker here is the bot itself: it holds a `dev` certificate and its key (as the
  * agent's memory does) and aims them at `prod` with the real kubectl and the real psql.
@@ -123,6 +124,29 @@ describe('a client CA per kube cluster and per database', () => {
       assert.equal(r.code, 0, r.stderr)
       assert.match(r.stdout, /Username\s+ci\n/)
       assert.match(r.stdout, /Groups\s+\[viewers system:authenticated\]/)
+    })
+
+    test('mixed roles: a user from one role never carries another role\'s groups', async () => {
+      const mixed = await botWith('mixed', {
+        app: ['--kube-clusters', 'prod', '--kube-users', 'ci-app', '--kube-groups', 'app-deployers'],
+        'app-read': ['--kube-clusters', 'prod', '--kube-users', 'ci-app', '--kube-groups', 'app-readers'],
+        audit: ['--kube-clusters', 'prod', '--kube-users', 'ci-auditor', '--kube-groups', 'auditors'],
+        // No user: alone it grants nothing, so it must add nothing to the others either.
+        masters: ['--kube-clusters', '*', '--kube-groups', 'system:masters'],
+      })
+      const k = newKey()
+      const app = await c.issueKube(mixed.caller, { publicKey: k.publicKey, cluster: 'prod', user: 'ci-app' })
+      assert.deepEqual(app.groups, ['app-deployers', 'app-readers'], 'roles granting the same cluster and user add up, nothing else')
+      const r = await whoami(app.certificate, k.key)
+      assert.equal(r.code, 0, r.stderr)
+      assert.match(r.stdout, /Username\s+ci-app\n/)
+      assert.match(r.stdout, /Groups\s+\[app-deployers app-readers system:authenticated\]/)
+
+      const k2 = newKey()
+      const auditor = await c.issueKube(mixed.caller, { publicKey: k2.publicKey, cluster: 'prod', user: 'ci-auditor' })
+      assert.deepEqual(auditor.groups, ['auditors'])
+      const r2 = await whoami(auditor.certificate, k2.key)
+      assert.match(r2.stdout, /Groups\s+\[auditors system:authenticated\]/)
     })
   })
 
