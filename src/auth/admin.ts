@@ -206,7 +206,10 @@ export class AdminService {
     return this.#store.listResources(kind)
   }
 
-  /** Unregisters it; its client CA goes too unless `keepCa` (for a later add of the same name). */
+  /**
+   * Unregisters it; its client CA goes too unless `keepCa` (for a later add of the same
+   * name). Without `keepCa`, a CA an earlier `rm --keep-ca` kept is dropped as well.
+   */
   async removeResource(kind: ResourceKind, name: string, keepCa = false): Promise<void> {
     if (!(await this.#store.deleteResource(kind, name, { keepCa }))) throw new MemidError('ERR_NOT_FOUND', `${kind === 'kube' ? 'kube cluster' : 'database'} "${name}" does not exist`)
     await this.#changed(`${kind}.deleted`, { name, keepCa })

@@ -313,8 +313,8 @@ export class PostgresStore implements Store {
   async deleteResource(kind: ResourceKind, name: string, opts: { keepCa?: boolean } = {}): Promise<boolean> {
     return this.#tx(async (c) => {
       const existed = ((await c.query('DELETE FROM resources WHERE kind = $1 AND name = $2', [kind, name])).rowCount ?? 0) > 0
-      if (existed && opts.keepCa !== true) await c.query('DELETE FROM resource_cas WHERE kind = $1 AND name = $2', [kind, name])
-      return existed
+      const dropped = opts.keepCa !== true && ((await c.query('DELETE FROM resource_cas WHERE kind = $1 AND name = $2', [kind, name])).rowCount ?? 0) > 0
+      return existed || dropped
     })
   }
 

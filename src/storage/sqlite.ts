@@ -262,8 +262,8 @@ export class SqliteStore implements Store {
   async deleteResource(kind: ResourceKind, name: string, opts: { keepCa?: boolean } = {}): Promise<boolean> {
     return this.#tx(() => {
       const existed = this.#run('DELETE FROM resources WHERE kind = ? AND name = ?', kind, name) > 0
-      if (existed && opts.keepCa !== true) this.#run('DELETE FROM resource_cas WHERE kind = ? AND name = ?', kind, name)
-      return existed
+      const dropped = opts.keepCa !== true && this.#run('DELETE FROM resource_cas WHERE kind = ? AND name = ?', kind, name) > 0
+      return existed || dropped
     })
   }
 

@@ -174,7 +174,10 @@ export interface Store {
   putResource(resource: Resource, ca: StoredCa): Promise<{ keptCa: boolean }>
   getResource(kind: ResourceKind, name: string): Promise<Resource | undefined>
   listResources(kind: ResourceKind): Promise<Resource[]>
-  /** Removes the resource and, unless `keepCa`, its client CA (same transaction). */
+  /**
+   * Removes the resource and, unless `keepCa`, its client CA (same transaction); without
+   * `keepCa` it also drops a CA kept by an earlier removal. False when neither existed.
+   */
   deleteResource(kind: ResourceKind, name: string, opts?: { keepCa?: boolean }): Promise<boolean>
   /** The client CA of a registered resource (or one kept after its removal). */
   getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined>

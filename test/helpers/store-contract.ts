@@ -192,6 +192,11 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.deepEqual(await s.putResource(kube('prod'), clientCa('kube-client', 5)), { keptCa: true })
         assert.equal((await s.getResourceCa('kube', 'prod'))?.publicMaterial, 'PEM-kube-client-4', 'the kept CA, not the new one')
 
+        assert.equal(await s.deleteResource('kube', 'prod', { keepCa: true }), true)
+        assert.equal(await s.deleteResource('kube', 'prod', { keepCa: true }), false, 'nothing left to remove but the kept CA')
+        assert.equal(await s.deleteResource('kube', 'prod'), true, 'rm without keepCa drops a kept CA')
+        assert.equal(await s.getResourceCa('kube', 'prod'), undefined)
+        assert.equal(await s.deleteResource('kube', 'prod'), false)
         assert.equal(await s.deleteResource('db', 'nope', { keepCa: true }), false)
         assert.deepEqual(await s.getResourceCa('db', 'prod'), clientCa('db-client', 3), 'other resources untouched')
       })
