@@ -132,9 +132,9 @@ export class AdminService {
     for (const r of input.roles) {
       if ((await this.#store.getRole(r)) === undefined) throw new MemidError('ERR_NOT_FOUND', `role "${r}" does not exist (memid roles add ${r})`)
     }
-    const bot: Bot = { name: input.name, roles: input.roles, maxTtlMs: input.maxTtl ? (parseDuration(input.maxTtl) as number) : DEFAULT_BOT_MAX_TTL_MS, createdAt: this.#now() }
+    const bot: Bot = { id: randomUUID(), name: input.name, roles: input.roles, maxTtlMs: input.maxTtl ? (parseDuration(input.maxTtl) as number) : DEFAULT_BOT_MAX_TTL_MS, createdAt: this.#now() }
     await this.#store.createBot(bot)
-    await this.#changed('bot.created', { roles: bot.roles, maxTtlSeconds: bot.maxTtlMs / 1000 }, bot.name)
+    await this.#changed('bot.created', { botId: bot.id, roles: bot.roles, maxTtlSeconds: bot.maxTtlMs / 1000 }, bot.name)
     const token = await this.addToken({ bot: bot.name })
     return { bot, token }
   }
@@ -143,9 +143,12 @@ export class AdminService {
     return this.#store.listBots()
   }
 
+  /** Deletes the bot and ends its instances, in one transaction: their identities are refused from then on. */
   async removeBot(name: string): Promise<void> {
-    if (!(await this.#store.deleteBot(name))) throw new MemidError('ERR_NOT_FOUND', `bot "${name}" does not exist`)
-    await this.#changed('bot.deleted', {}, name)
+    const bot = await this.#store.getBot(name)
+    const deleted = await this.#store.deleteBot(name, this.#now())
+    if (deleted === undefined) throw new MemidError('ERR_NOT_FOUND', `bot "${name}" does not exist`)
+    await this.#changed('bot.deleted', { ...(bot ? { botId: bot.id } : {}), endedInstances: deleted.endedInstances }, name)
   }
 
   async addToken(body: unknown): Promise<CreatedToken> {

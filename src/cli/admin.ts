@@ -88,7 +88,7 @@ export function registerAdminCommands(program: Command): void {
         `join token ${out.token.name}, single use, expires ${out.token.expiresAt}:\n${out.token.token}\n`)
     })
   lsCommand<Bot>(bots, 'bots', '/v1/bots', ['Name', 'Roles', 'Max TTL', 'Created'], (b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])
-  rmCommand(bots, 'name', 'delete a bot; its instances can no longer renew', '/v1/bots', (n) => `bot "${n}" deleted`)
+  rmCommand(bots, 'name', 'delete a bot and end its instances (final: a bot added later under the name is a new bot)', '/v1/bots', (n) => `bot "${n}" deleted`)
 
   const tokens = program.command('tokens').description('join tokens (single use, expiring)')
   common(tokens.command('add').description('create a join token; prints only the token'))
@@ -145,7 +145,7 @@ export function registerAdminCommands(program: Command): void {
       emit(f, rows, () => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
         const hb = i.heartbeats.at(-1)
         const last = [hb?.time, i.latestAuthentications.at(-1)?.time].filter(Boolean).sort().at(-1)
-        return [i.bot, i.id, i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
+        return [i.bot, i.id, i.endedAt !== undefined ? `${i.generation} (ended)` : i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
       })))
     })
 
@@ -181,6 +181,7 @@ function instanceText(i: BotInstance): string {
   const doc = {
     bot: i.bot, instance: i.id, joinMethod: i.joinMethod, token: i.tokenName, created: i.createdAt,
     generation: i.generation, pendingGeneration: i.pendingGeneration,
+    ...(i.endedAt !== undefined ? { ended: i.endedAt } : {}),
     initialAuthentication: i.initialAuthentication,
     latestAuthentications: i.latestAuthentications,
     heartbeats: i.heartbeats,

@@ -51,7 +51,7 @@ export function roleFromRow(r: Row): Role {
 }
 
 export function botFromRow(r: Row): Bot {
-  return { name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
+  return { id: str(r.id), name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
 }
 
 export function tokenFromRow(r: Row): JoinToken {
@@ -79,16 +79,23 @@ export function instanceData(i: BotInstance): string {
 
 export function instanceFromRow(r: Row): BotInstance {
   const data = JSON.parse(str(r.data)) as Pick<BotInstance, 'joinMethod' | 'tokenName' | 'initialAuthentication' | 'latestAuthentications' | 'heartbeats'>
-  return {
+  const i: BotInstance = {
     id: str(r.id),
     bot: str(r.bot),
+    botId: optStr(r.bot_id) ?? '',
     createdAt: str(r.created_at),
     generation: Number(r.generation),
     pendingGeneration: r.pending_generation === null ? null : Number(r.pending_generation),
     pendingRetries: Number(r.pending_retries),
     ...data,
   }
+  const pendingKey = optStr(r.pending_key)
+  const endedAt = optStr(r.ended_at)
+  if (pendingKey !== undefined) i.pendingKey = pendingKey
+  if (endedAt !== undefined) i.endedAt = endedAt
+  return i
 }
+
 
 export function lockFromRow(r: Row): Lock {
   const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }
