@@ -60,28 +60,48 @@ export class AuthClient {
     return this.#cas
   }
 
-  /** Fetches the CA bundle and checks it against the pins. */
+  /**
+   * Fetches the CA bundle over a connection verified against a pinned CA. The first,
+   * unverified connection only tells which certificate claims to be the TLS CA; nothing
+   * else it says is kept, because a man-in-the-middle could have written it. The bundle
+   * kept is the one read again over a connection that verified the server against that
+   * (pinned) CA and the name `memid-auth`.
+   */
   async bootstrap(): Promise<CasResponse> {
     const probe = new https.Agent({ rejectUnauthorized: false, keepAlive: false })
+    let claimedCa: string
     try {
-      const cas = await this.#request('GET', '/v1/cas', undefined, probe, 'bootstrap', casResponseSchema)
-      if (typeof cas?.tls !== 'string' || typeof cas.sshHost !== 'string') throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a malformed CA bundle')
-      let pin: string
-      try {
-        pin = spkiPin(cas.tls)
-      } catch {
-        throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a TLS CA that is not a certificate')
-      }
-      if (!this.#pins.includes(pin)) {
-        throw new MemidError('ERR_CA_PIN_MISMATCH', `the auth server at ${this.server} presented CA ${pin}, which matches no --ca-pin; refusing to trust it`)
-      }
-      this.#cas = cas
-      this.#anonAgent?.destroy()
-      this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
-      return cas
+      claimedCa = this.#pinnedTlsCa(await this.#request('GET', '/v1/cas', undefined, probe, 'bootstrap', casResponseSchema))
     } finally {
       probe.destroy()
     }
+    const verified = new https.Agent({ keepAlive: false, ca: claimedCa, servername: AUTH_SERVER_NAME })
+    let cas: CasResponse
+    try {
+      cas = await this.#request('GET', '/v1/cas', undefined, verified, 'bootstrap', casResponseSchema)
+      this.#pinnedTlsCa(cas)
+    } finally {
+      verified.destroy()
+    }
+    this.#cas = cas
+    this.#anonAgent?.destroy()
+    this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
+    return cas
+  }
+
+  /** The bundle's TLS CA, if the bundle is well formed and that CA matches a pin. */
+  #pinnedTlsCa(cas: CasResponse | undefined): string {
+    if (typeof cas?.tls !== 'string' || typeof cas.sshHost !== 'string') throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a malformed CA bundle')
+    let pin: string
+    try {
+      pin = spkiPin(cas.tls)
+    } catch {
+      throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a TLS CA that is not a certificate')
+    }
+    if (!this.#pins.includes(pin)) {
+      throw new MemidError('ERR_CA_PIN_MISMATCH', `the auth server at ${this.server} presented CA ${pin}, which matches no --ca-pin; refusing to trust it`)
+    }
+    return cas.tls
   }
 
   /** An https.Agent presenting the bot identity, for authenticated calls. */

@@ -2,7 +2,7 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import os from 'node:os'
 import type { Counter } from 'prom-client'
 import type { Clock } from '../core/clock.ts'
-import { MemidError, describeError } from '../core/errors.ts'
+import { MemidError, describeError, hasCode } from '../core/errors.ts'
 import type { Logger } from '../core/log.ts'
 import { buildClientContext } from '../pki/tls-context.ts'
 import type { HeartbeatRequest, IdentityResponse } from '../api/types.ts'
@@ -57,18 +57,38 @@ export class BotIdentityKeeper {
   readonly #o: BotIdentityOptions
   readonly #loop: RenewalLoop
   #heartbeatFailed = 0
+  /** The key pair of the renewal in progress, kept across its retries, and the generation it renews from. */
+  #nextKey: { from: number; key: KeyObject } | undefined
+  /** Requests under the current identity that have not settled yet. */
+  #inflight = 0
+  #drained: (() => void)[] = []
+  /** While a new identity waits for the old one's requests to settle, no request starts. */
+  #swapping: Promise<void> | undefined
 
   constructor(o: BotIdentityOptions) {
     this.#o = o
     this.source = new CredentialSource<BotIdentity>('bot identity', o.clock)
     this.#loop = new RenewalLoop({
-      name: 'bot-identity', intervalMs: o.renewalIntervalMs, run: () => this.#renew(), logger: o.logger,
+      name: 'bot-identity', intervalMs: () => this.#nextRenewalMs(), run: () => this.#renew(), logger: o.logger,
       renewals: o.renewals, onFatal: o.onFatal,
       onFailure: (err) => {
-        this.source.fail(err)
+        // After expiry the identity keeps the last real cause (e.g. the auth service being
+        // away): the expiry itself is what its state already says.
+        if (!hasCode(err, 'ERR_IDENTITY_EXPIRED')) this.source.fail(err)
         o.onFailure(err)
       },
     })
+  }
+
+  /**
+   * The next renewal is due at the earlier of the renewal interval and half the remaining
+   * lifetime of the certificate actually issued (the auth service may clamp the TTL to the
+   * bot's max TTL).
+   */
+  #nextRenewalMs(): number {
+    const id = this.source.peek()
+    if (id === undefined) return this.#o.renewalIntervalMs
+    return Math.max(0, Math.min(this.#o.renewalIntervalMs, (id.notAfter.getTime() - this.#o.clock.now()) / 2))
   }
 
   /** The TTL every certificate is requested with, e.g. `3600s`. */
@@ -108,14 +128,42 @@ export class BotIdentityKeeper {
 
   /** Issuing calls authenticated as the current identity. */
   issuer(): CredentialIssuer {
-    const { caller } = this.source.current()
+    this.source.current()
     const client = this.#o.client
     return {
       ttl: this.ttl,
       sshUserCa: client.cas.sshUser,
-      issueSsh: (req) => client.issueSsh(caller, req),
-      issueKube: (req) => client.issueKube(caller, req),
-      issueDb: (req) => client.issueDb(caller, req),
+      issueSsh: (req) => this.#withIdentity((id) => client.issueSsh(id.caller, req)),
+      issueKube: (req) => this.#withIdentity((id) => client.issueKube(id.caller, req)),
+      issueDb: (req) => this.#withIdentity((id) => client.issueDb(id.caller, req)),
+    }
+  }
+
+  /**
+   * Sends a request under the identity current when it starts, never an older one: once a
+   * newer identity is in use the auth service takes the older generation for a copy.
+   */
+  async #withIdentity<T>(send: (id: BotIdentity) => Promise<T>): Promise<T> {
+    while (this.#swapping) await this.#swapping
+    const id = this.source.current()
+    this.#inflight++
+    try {
+      return await send(id)
+    } finally {
+      if (--this.#inflight === 0) for (const done of this.#drained.splice(0)) done()
+    }
+  }
+
+  /** Makes `next` current once every request under the previous identity has settled. */
+  async #swap(next: BotIdentity): Promise<void> {
+    let done!: () => void
+    this.#swapping = new Promise((resolve) => (done = resolve))
+    try {
+      if (this.#inflight > 0) await new Promise<void>((resolve) => this.#drained.push(resolve))
+      this.source.set(next)
+    } finally {
+      this.#swapping = undefined
+      done()
     }
   }
 
@@ -136,11 +184,22 @@ export class BotIdentityKeeper {
   }
 
   async #renew(): Promise<void> {
-    const current = this.source.current()
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    const current = this.source.peek()
+    if (current === undefined) throw new MemidError('ERR_NOT_READY', 'no bot identity yet')
+    if (this.#o.clock.now() >= current.notAfter.getTime()) {
+      // Said the same way every time: the text never grows however long this lasts.
+      throw new MemidError('ERR_IDENTITY_EXPIRED', `the bot identity (generation ${current.generation}) expired at ${current.notAfter.toISOString()} before it could be renewed; the agent must join again`)
+    }
+    // One key pair per renewal, kept across its retries: the auth service answers a retry
+    // with the same key with the same pending generation, and another key is a copy.
+    if (this.#nextKey?.from !== current.generation) {
+      this.#nextKey = { from: current.generation, key: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey }
+    }
+    const privateKey = this.#nextKey.key
     const res = await this.#o.client.renew(current.caller, { publicKey: spkiPem(privateKey), ttl: this.ttl })
     const next = this.#build(res, privateKey)
-    this.source.set(next)
+    this.#nextKey = undefined
+    await this.#swap(next)
     // Old keep-alive sockets still authenticate as the previous generation; drop them.
     setTimeout(() => current.caller.agent.destroy(), 1_000).unref()
     this.#o.logger.info({ generation: next.generation, serial: next.serial, notAfter: next.notAfter.toISOString() }, 'identity renewed')
@@ -151,17 +210,12 @@ export class BotIdentityKeeper {
 
   /** Reports to the auth service; a fatal answer ends the identity. */
   async heartbeat(): Promise<void> {
-    let id: BotIdentity
+    if (!this.source.valid()) return
     try {
-      id = this.source.current()
-    } catch {
-      return
-    }
-    try {
-      await this.#o.client.heartbeat(id.caller, {
+      await this.#withIdentity((id) => this.#o.client.heartbeat(id.caller, {
         hostname: os.hostname().slice(0, 256), version: VERSION, os: process.platform, arch: process.arch,
         uptimeSeconds: Math.round(process.uptime()), services: this.#o.services(),
-      })
+      }))
     } catch (err) {
       this.#o.heartbeatFailures.inc()
       this.#heartbeatFailed++

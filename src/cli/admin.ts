@@ -6,7 +6,7 @@ import { MemidError } from '../core/errors.ts'
 import { formatDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
 import type { AuditEvent, Bot, BotInstance, Lock, Resource, Role } from '../storage/store.ts'
-import type { CreatedToken, PublicToken } from '../auth/admin.ts'
+import type { AddedResource, CreatedToken, PublicToken } from '../auth/admin.ts'
 import { emit, list, parseFormat, table, type Format } from './output.ts'
 import { socketRequest } from './socket-client.ts'
 
@@ -88,7 +88,7 @@ export function registerAdminCommands(program: Command): void {
         `join token ${out.token.name}, single use, expires ${out.token.expiresAt}:\n${out.token.token}\n`)
     })
   lsCommand<Bot>(bots, 'bots', '/v1/bots', ['Name', 'Roles', 'Max TTL', 'Created'], (b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])
-  rmCommand(bots, 'name', 'delete a bot; its instances can no longer renew', '/v1/bots', (n) => `bot "${n}" deleted`)
+  rmCommand(bots, 'name', 'delete a bot and end its instances (final: a bot added later under the name is a new bot)', '/v1/bots', (n) => `bot "${n}" deleted`)
 
   const tokens = program.command('tokens').description('join tokens (single use, expiring)')
   common(tokens.command('add').description('create a join token; prints only the token'))
@@ -104,19 +104,28 @@ export function registerAdminCommands(program: Command): void {
     (t) => [t.name, t.bot, t.joinMethod, t.expiresAt, t.usedByInstance])
   rmCommand(tokens, 'name', 'delete a join token', '/v1/tokens', (n) => `token "${n}" deleted`)
 
-  for (const [group, kind, flag, example] of [['kube', 'kube cluster', '--server', 'https://HOST:PORT'], ['dbs', 'database', '--uri', 'postgres://HOST:PORT']] as const) {
+  for (const [group, kind, flag, example, caKind, nameFlag] of [
+    ['kube', 'kube cluster', '--server', 'https://HOST:PORT', 'kube-client', '--cluster'],
+    ['dbs', 'database', '--uri', 'postgres://HOST:PORT', 'db-client', '--database'],
+  ] as const) {
     const g = program.command(group).description(`${kind}s the bots may reach`)
-    common(g.command('add <name>').description(`register a ${kind}`))
+    common(g.command('add <name>').description(`register a ${kind}; it gets a client CA of its own for its server to trust`))
       .requiredOption(`${flag} <uri>`, example)
       .option('--ca-file <pem>', `the CA that signed the ${kind}'s server certificate`)
       .action(async (name: string, o: Common & { server?: string; uri?: string; caFile?: string }) => {
         const f = parseFormat(o.format)
         const caPem = readCaFile(o.caFile)
-        const res = await adminCall<Resource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
-        emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n`)
+        const res = await adminCall<AddedResource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
+        emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n` +
+          `${res.keptCa ? 'it keeps the client CA kept by rm --keep-ca' : 'its server must trust its new client CA'}: memid auth export --kind ${caKind} ${nameFlag} ${res.name}\n`)
       })
     lsCommand<Resource>(g, `${kind}s`, `/v1/${group}`, ['Name', group === 'kube' ? 'Server' : 'URI', 'CA', 'Created'], (r) => [r.name, r.uri, r.caPem ? 'custom' : 'system roots', r.createdAt])
-    rmCommand(g, 'name', `remove a ${kind}`, `/v1/${group}`, (n) => `${kind} "${n}" removed`)
+    common(g.command('rm <name>').description(`remove a ${kind} and its client CA`))
+      .option('--keep-ca', `keep its client CA for a later "${group} add" of the same name (its server need not change)`)
+      .action(async (name: string, o: Common & { keepCa?: boolean }) => {
+        await adminCall(o, 'DELETE', `/v1/${group}/${encodeURIComponent(name)}${o.keepCa ? '?keepCa=true' : ''}`)
+        emit(parseFormat(o.format), { ok: true }, () => `${kind} "${name}" removed${o.keepCa ? '; its client CA is kept' : ''}\n`)
+      })
   }
 
   common(program.command('get <resource>').description('show bot_instance, bot_instance/BOT or bot_instance/BOT/ID'))
@@ -136,7 +145,7 @@ export function registerAdminCommands(program: Command): void {
       emit(f, rows, () => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
         const hb = i.heartbeats.at(-1)
         const last = [hb?.time, i.latestAuthentications.at(-1)?.time].filter(Boolean).sort().at(-1)
-        return [i.bot, i.id, i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
+        return [i.bot, i.id, i.endedAt !== undefined ? `${i.generation} (ended)` : i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
       })))
     })
 
@@ -172,6 +181,7 @@ function instanceText(i: BotInstance): string {
   const doc = {
     bot: i.bot, instance: i.id, joinMethod: i.joinMethod, token: i.tokenName, created: i.createdAt,
     generation: i.generation, pendingGeneration: i.pendingGeneration,
+    ...(i.endedAt !== undefined ? { ended: i.endedAt } : {}),
     initialAuthentication: i.initialAuthentication,
     latestAuthentications: i.latestAuthentications,
     heartbeats: i.heartbeats,

@@ -15,6 +15,8 @@ export const ERROR_STATUS = {
   ERR_TOKEN_EXPIRED: 401,
   ERR_TOKEN_USED: 401,
   ERR_UNAUTHENTICATED: 401,
+  /** The client certificate is outside its validity by the auth service's clock. */
+  ERR_CERT_EXPIRED: 401,
   ERR_LOCKED: 403,
   ERR_BOT_NOT_FOUND: 403,
   ERR_INSTANCE_NOT_FOUND: 403,
@@ -33,6 +35,7 @@ export const ERROR_STATUS = {
   ERR_CONFIG: 400,
   ERR_USAGE: 400,
   ERR_LISTEN: 500,
+  ERR_HARDENING: 500,
   ERR_ADMIN_UNREACHABLE: 502,
 } as const
 

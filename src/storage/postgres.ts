@@ -3,11 +3,11 @@ import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
   roleSpec, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
 const MIGRATIONS = migrations(POSTGRES)
@@ -156,12 +156,7 @@ export class PostgresStore implements Store {
   }
 
   async #insert(what: string, sql: string, ...args: Arg[]): Promise<void> {
-    try {
-      await this.#run(sql, ...args)
-    } catch (err) {
-      if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `${what} already exists`)
-      throw err
-    }
+    await this.#withClient((c) => insertOnce(c, what, sql, args))
   }
 
   async close(): Promise<void> {
@@ -205,8 +200,8 @@ export class PostgresStore implements Store {
   }
 
   async createBot(bot: Bot): Promise<void> {
-    await this.#insert(`bot "${bot.name}"`, 'INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES ($1, $2, $3, $4)',
-      bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt)
+    await this.#insert(`bot "${bot.name}"`, 'INSERT INTO bots (id, name, roles, max_ttl_ms, created_at) VALUES ($1, $2, $3, $4, $5)',
+      bot.id, bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt)
   }
 
   async getBot(name: string): Promise<Bot | undefined> {
@@ -218,12 +213,15 @@ export class PostgresStore implements Store {
     return (await this.#all('SELECT * FROM bots ORDER BY name COLLATE "C"')).map(botFromRow)
   }
 
-  async deleteBot(name: string): Promise<boolean> {
+  async deleteBot(name: string, endedAt: string): Promise<{ endedInstances: number } | undefined> {
     return this.#tx(async (c) => {
-      await c.query('SELECT name FROM bots WHERE name = $1 FOR UPDATE', [name])
+      if (((await c.query('DELETE FROM bots WHERE name = $1', [name])).rowCount ?? 0) === 0) return undefined
       // A token being consumed right now is row-locked: this waits, then skips it as used.
       await c.query('DELETE FROM join_tokens WHERE bot = $1 AND used_at IS NULL', [name])
-      return ((await c.query('DELETE FROM bots WHERE name = $1', [name])).rowCount ?? 0) > 0
+      // A statement of its own, after that wait: it sees the instance such a join created.
+      // Instances in a renewal's transaction are row-locked: this waits for it to commit.
+      const ended = await c.query('UPDATE bot_instances SET ended_at = $1 WHERE bot = $2 AND ended_at IS NULL', [endedAt, name])
+      return { endedInstances: ended.rowCount ?? 0 }
     })
   }
 
@@ -270,18 +268,22 @@ export class PostgresStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance> {
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
     return this.#tx(async (c) => {
       const { rows } = await c.query<Row>('SELECT * FROM bot_instances WHERE id = $1 FOR UPDATE', [id])
-      const next = decide(rows[0] && instanceFromRow(rows[0]))
-      await writeInstance(c, next, false)
-      return next
+      const cur = rows[0] && instanceFromRow(rows[0])
+      // Read after the row lock: a lock committed before it is seen here.
+      const locks = await c.query<Row>(LOCKS_FOR, [cur?.bot ?? null, id])
+      const change = decide(cur, locks.rows.map(lockFromRow))
+      if (change.instance) await writeInstance(c, change.instance, false)
+      for (const ev of change.audit ?? []) await insertAudit(c, ev)
+      for (const lock of change.locks ?? []) await c.query(INSERT_LOCK, lockArgs(lock))
+      return change
     })
   }
 
   async createLock(lock: Lock): Promise<void> {
-    await this.#insert(`lock "${lock.id}"`, 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)',
-      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+    await this.#insert(`lock "${lock.id}"`, INSERT_LOCK, ...lockArgs(lock))
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -293,12 +295,17 @@ export class PostgresStore implements Store {
   }
 
   async locksFor(bot: string, instance: string): Promise<Lock[]> {
-    return (await this.#all('SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at', bot, instance)).map(lockFromRow)
+    return (await this.#all(LOCKS_FOR, bot, instance)).map(lockFromRow)
   }
 
-  async putResource(res: Resource): Promise<void> {
-    await this.#insert(resourceLabel(res), 'INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES ($1, $2, $3, $4, $5)',
-      res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt)
+  async putResource(res: Resource, ca: StoredCa): Promise<{ keptCa: boolean }> {
+    return this.#tx(async (c) => {
+      await insertOnce(c, resourceLabel(res), 'INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES ($1, $2, $3, $4, $5)',
+        [res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt])
+      // A CA kept by `rm --keep-ca` is the conflict: it stays, the new one is dropped.
+      const ins = await c.query(`${INSERT_RESOURCE_CA} ON CONFLICT (kind, name) DO NOTHING`, [res.kind, res.name, ca.privateKeyDer, ca.publicMaterial, ca.createdAt])
+      return { keptCa: ins.rowCount === 0 }
+    })
   }
 
   async getResource(kind: ResourceKind, name: string): Promise<Resource | undefined> {
@@ -310,17 +317,30 @@ export class PostgresStore implements Store {
     return (await this.#all('SELECT * FROM resources WHERE kind = $1 ORDER BY name COLLATE "C"', kind)).map(resourceFromRow)
   }
 
-  async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
-    return (await this.#run('DELETE FROM resources WHERE kind = $1 AND name = $2', kind, name)) > 0
+  async deleteResource(kind: ResourceKind, name: string, opts: { keepCa?: boolean } = {}): Promise<boolean> {
+    return this.#tx(async (c) => {
+      const existed = ((await c.query('DELETE FROM resources WHERE kind = $1 AND name = $2', [kind, name])).rowCount ?? 0) > 0
+      const dropped = opts.keepCa !== true && ((await c.query('DELETE FROM resource_cas WHERE kind = $1 AND name = $2', [kind, name])).rowCount ?? 0) > 0
+      return existed || dropped
+    })
+  }
+
+  async getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined> {
+    const r = await this.#get('SELECT * FROM resource_cas WHERE kind = $1 AND name = $2', kind, name)
+    return r && resourceCaFromRow(r)
+  }
+
+  async putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa> {
+    return this.#tx(async (c) => {
+      const ins = await c.query(`${INSERT_RESOURCE_CA} ON CONFLICT (kind, name) DO NOTHING`, [kind, name, ca.privateKeyDer, ca.publicMaterial, ca.createdAt])
+      if (ins.rowCount === 1) return ca
+      const { rows } = await c.query<Row>('SELECT * FROM resource_cas WHERE kind = $1 AND name = $2 FOR UPDATE', [kind, name])
+      return resourceCaFromRow(rows[0] as Row)
+    })
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
-    const time = ev.time ?? new Date().toISOString()
-    const r = await this.#get(
-      'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id',
-      time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
-      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {}))
-    return { ...ev, id: Number(r?.id), time }
+    return this.#withClient((c) => insertAudit(c, ev))
   }
 
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
@@ -329,14 +349,42 @@ export class PostgresStore implements Store {
   }
 }
 
+const LOCKS_FOR = 'SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at'
+const INSERT_LOCK = 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)'
+
+function lockArgs(lock: Lock): Arg[] {
+  return [lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt]
+}
+
+async function insertAudit(c: PoolClient, ev: NewAuditEvent): Promise<AuditEvent> {
+  const time = ev.time ?? new Date().toISOString()
+  const { rows } = await c.query<Row>(
+    'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id',
+    [time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
+      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})])
+  return { ...ev, id: Number(rows[0]?.id), time }
+}
+
 async function writeInstance(c: PoolClient, i: BotInstance, create: boolean): Promise<void> {
   const data = instanceData(i)
   if (create) {
-    await c.query('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-      [i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data])
+    await c.query('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)',
+      [i.id, i.bot, i.botId, i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, i.createdAt, data])
   } else {
-    await c.query('UPDATE bot_instances SET generation = $1, pending_generation = $2, pending_retries = $3, data = $4 WHERE id = $5',
-      [i.generation, i.pendingGeneration, i.pendingRetries, data, i.id])
+    await c.query('UPDATE bot_instances SET generation = $1, pending_generation = $2, pending_retries = $3, pending_key = $4, ended_at = $5, data = $6 WHERE id = $7',
+      [i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, data, i.id])
+  }
+}
+
+const INSERT_RESOURCE_CA = 'INSERT INTO resource_cas (kind, name, private_key, public_material, created_at) VALUES ($1, $2, $3, $4, $5)'
+
+/** An INSERT whose unique violation means the named thing exists already. */
+async function insertOnce(c: PoolClient, what: string, sql: string, args: Arg[]): Promise<void> {
+  try {
+    await c.query(sql, args)
+  } catch (err) {
+    if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `${what} already exists`)
+    throw err
   }
 }
 

@@ -1,5 +1,5 @@
 import {
-  INSTANCE_HISTORY,
+  INSTANCE_HISTORY, RESOURCE_CA_KIND,
   type AuditEvent, type AuditQuery, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type Resource, type ResourceKind, type Role,
   type StoredCa,
 } from './store.ts'
@@ -14,7 +14,15 @@ export type Row = Record<string, unknown>
 const str = (v: unknown): string => String(v)
 const optStr = (v: unknown): string | undefined => (v === null || v === undefined ? undefined : String(v))
 
-/** The driver's row buffer is wiped once copied: the copy is the only one the caller has to wipe. */
+/**
+ * Wipes the driver's buffer once copied, so the copy returned is the only one in our
+ * hands. That is all it does: it does not make the key vanish from the process.
+ * SQLite keeps the page in its cache (and the key is in the database file by design);
+ * pg receives bytea as hex text, a JS string that cannot be wiped and stays on the heap
+ * until the GC reuses its memory (and sends it as one on insert). The auth service's CA
+ * keys are protected by the store's access rights and by the process itself refusing a
+ * debugger and core dumps (core/harden.ts), not by this wipe.
+ */
 export function caFromRow(r: Row): StoredCa {
   const raw = r.private_key as Uint8Array
   const privateKeyDer = Buffer.from(raw)
@@ -25,6 +33,11 @@ export function caFromRow(r: Row): StoredCa {
     publicMaterial: str(r.public_material),
     createdAt: str(r.created_at),
   }
+}
+
+/** A row of `resource_cas`, whose `kind` is the resource's (`kube`, `db`). */
+export function resourceCaFromRow(r: Row): StoredCa {
+  return { ...caFromRow(r), kind: RESOURCE_CA_KIND[str(r.kind) as ResourceKind] }
 }
 
 /** The `spec` column of a role: every field but the name and creation time, as JSON. */
@@ -38,7 +51,7 @@ export function roleFromRow(r: Row): Role {
 }
 
 export function botFromRow(r: Row): Bot {
-  return { name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
+  return { id: str(r.id), name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
 }
 
 export function tokenFromRow(r: Row): JoinToken {
@@ -66,16 +79,23 @@ export function instanceData(i: BotInstance): string {
 
 export function instanceFromRow(r: Row): BotInstance {
   const data = JSON.parse(str(r.data)) as Pick<BotInstance, 'joinMethod' | 'tokenName' | 'initialAuthentication' | 'latestAuthentications' | 'heartbeats'>
-  return {
+  const i: BotInstance = {
     id: str(r.id),
     bot: str(r.bot),
+    botId: optStr(r.bot_id) ?? '',
     createdAt: str(r.created_at),
     generation: Number(r.generation),
     pendingGeneration: r.pending_generation === null ? null : Number(r.pending_generation),
     pendingRetries: Number(r.pending_retries),
     ...data,
   }
+  const pendingKey = optStr(r.pending_key)
+  const endedAt = optStr(r.ended_at)
+  if (pendingKey !== undefined) i.pendingKey = pendingKey
+  if (endedAt !== undefined) i.endedAt = endedAt
+  return i
 }
+
 
 export function lockFromRow(r: Row): Lock {
   const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }

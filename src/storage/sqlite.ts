@@ -3,11 +3,11 @@ import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
   roleSpec, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
 /** Versioned migrations, shared with the PostgreSQL backend (migrations.ts). */
@@ -134,8 +134,8 @@ export class SqliteStore implements Store {
 
   async createBot(bot: Bot): Promise<void> {
     this.#insert(`bot "${bot.name}"`, () =>
-      this.#run('INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES (?, ?, ?, ?)',
-        bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt))
+      this.#run('INSERT INTO bots (id, name, roles, max_ttl_ms, created_at) VALUES (?, ?, ?, ?, ?)',
+        bot.id, bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt))
   }
 
   async getBot(name: string): Promise<Bot | undefined> {
@@ -147,10 +147,11 @@ export class SqliteStore implements Store {
     return this.#all('SELECT * FROM bots ORDER BY name').map(botFromRow)
   }
 
-  async deleteBot(name: string): Promise<boolean> {
+  async deleteBot(name: string, endedAt: string): Promise<{ endedInstances: number } | undefined> {
     return this.#tx(() => {
+      if (this.#run('DELETE FROM bots WHERE name = ?', name) === 0) return undefined
       this.#run('DELETE FROM join_tokens WHERE bot = ? AND used_at IS NULL', name)
-      return this.#run('DELETE FROM bots WHERE name = ?', name) > 0
+      return { endedInstances: this.#run('UPDATE bot_instances SET ended_at = ? WHERE bot = ? AND ended_at IS NULL', endedAt, name) }
     })
   }
 
@@ -187,11 +188,11 @@ export class SqliteStore implements Store {
   #writeInstance(i: BotInstance, create: boolean): void {
     const data = instanceData(i)
     if (create) {
-      this.#run('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data)
+      this.#run('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        i.id, i.bot, i.botId, i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, i.createdAt, data)
     } else {
-      this.#run('UPDATE bot_instances SET generation = ?, pending_generation = ?, pending_retries = ?, data = ? WHERE id = ?',
-        i.generation, i.pendingGeneration, i.pendingRetries, data, i.id)
+      this.#run('UPDATE bot_instances SET generation = ?, pending_generation = ?, pending_retries = ?, pending_key = ?, ended_at = ?, data = ? WHERE id = ?',
+        i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, data, i.id)
     }
   }
 
@@ -207,19 +208,25 @@ export class SqliteStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance> {
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
     return this.#tx(() => {
       const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
-      const next = decide(r && instanceFromRow(r))
-      this.#writeInstance(next, false)
-      return next
+      const cur = r && instanceFromRow(r)
+      const change = decide(cur, this.#locksFor(cur?.bot ?? null, id))
+      if (change.instance) this.#writeInstance(change.instance, false)
+      for (const ev of change.audit ?? []) this.#insertAudit(ev)
+      for (const lock of change.locks ?? []) this.#insertLock(lock)
+      return change
     })
   }
 
+  #insertLock(lock: Lock): void {
+    this.#run('INSERT INTO locks (id, bot, instance, reason, created_at) VALUES (?, ?, ?, ?, ?)',
+      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+  }
+
   async createLock(lock: Lock): Promise<void> {
-    this.#insert(`lock "${lock.id}"`, () =>
-      this.#run('INSERT INTO locks (id, bot, instance, reason, created_at) VALUES (?, ?, ?, ?, ?)',
-        lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt))
+    this.#insert(`lock "${lock.id}"`, () => this.#insertLock(lock))
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -231,13 +238,27 @@ export class SqliteStore implements Store {
   }
 
   async locksFor(bot: string, instance: string): Promise<Lock[]> {
+    return this.#locksFor(bot, instance)
+  }
+
+  #locksFor(bot: string | null, instance: string): Lock[] {
     return this.#all('SELECT * FROM locks WHERE bot = ? OR instance = ? ORDER BY created_at', bot, instance).map(lockFromRow)
   }
 
-  async putResource(res: Resource): Promise<void> {
-    this.#insert(resourceLabel(res), () =>
-      this.#run('INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES (?, ?, ?, ?, ?)',
-        res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt))
+  async putResource(res: Resource, ca: StoredCa): Promise<{ keptCa: boolean }> {
+    return this.#tx(() => {
+      this.#insert(resourceLabel(res), () =>
+        this.#run('INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES (?, ?, ?, ?, ?)',
+          res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt))
+      // A CA kept by `rm --keep-ca` is the conflict: it stays, the new one is dropped.
+      return { keptCa: !this.#insertResourceCa(res.kind, res.name, ca) }
+    })
+  }
+
+  /** False when the resource has a CA already. */
+  #insertResourceCa(kind: ResourceKind, name: string, ca: StoredCa): boolean {
+    return this.#run('INSERT INTO resource_cas (kind, name, private_key, public_material, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO NOTHING',
+      kind, name, ca.privateKeyDer, ca.publicMaterial, ca.createdAt) > 0
   }
 
   async getResource(kind: ResourceKind, name: string): Promise<Resource | undefined> {
@@ -249,11 +270,31 @@ export class SqliteStore implements Store {
     return this.#all('SELECT * FROM resources WHERE kind = ? ORDER BY name', kind).map(resourceFromRow)
   }
 
-  async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
-    return this.#run('DELETE FROM resources WHERE kind = ? AND name = ?', kind, name) > 0
+  async deleteResource(kind: ResourceKind, name: string, opts: { keepCa?: boolean } = {}): Promise<boolean> {
+    return this.#tx(() => {
+      const existed = this.#run('DELETE FROM resources WHERE kind = ? AND name = ?', kind, name) > 0
+      const dropped = opts.keepCa !== true && this.#run('DELETE FROM resource_cas WHERE kind = ? AND name = ?', kind, name) > 0
+      return existed || dropped
+    })
+  }
+
+  async getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined> {
+    const r = this.#get('SELECT * FROM resource_cas WHERE kind = ? AND name = ?', kind, name)
+    return r && resourceCaFromRow(r)
+  }
+
+  async putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa> {
+    return this.#tx(() => {
+      if (this.#insertResourceCa(kind, name, ca)) return ca
+      return resourceCaFromRow(this.#get('SELECT * FROM resource_cas WHERE kind = ? AND name = ?', kind, name) as Row)
+    })
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
+    return this.#insertAudit(ev)
+  }
+
+  #insertAudit(ev: NewAuditEvent): AuditEvent {
     const time = ev.time ?? new Date().toISOString()
     const res = this.#db.prepare(
       'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',

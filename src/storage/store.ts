@@ -8,7 +8,10 @@ import type { Heartbeat } from '../api/types.ts'
  */
 
 export type CaKind = 'ssh-user' | 'ssh-host' | 'tls' | 'bot' | 'kube-client' | 'db-client'
-export const CA_KINDS: readonly CaKind[] = ['ssh-user', 'ssh-host', 'tls', 'bot', 'kube-client', 'db-client']
+/** The cluster-wide CAs. Client CAs are per resource (`RESOURCE_CA_KIND`), never shared. */
+export const CA_KINDS: readonly CaKind[] = ['ssh-user', 'ssh-host', 'tls', 'bot']
+/** The kind of the client CA each registered kube cluster or database has of its own. */
+export const RESOURCE_CA_KIND = { kube: 'kube-client', db: 'db-client' } as const satisfies Record<ResourceKind, CaKind>
 
 export interface StoredCa {
   kind: CaKind
@@ -32,6 +35,11 @@ export interface Role {
 }
 
 export interface Bot {
+  /**
+   * Immutable and never reused: a bot deleted and created again under the same name is a
+   * new bot with a new id. Bot certificates carry it and every request compares it.
+   */
+  id: string
   name: string
   roles: string[]
   /** The longest certificate TTL this bot may be issued, in milliseconds. */
@@ -65,6 +73,8 @@ export type { Heartbeat }
 export interface BotInstance {
   id: string
   bot: string
+  /** The id of the bot this instance was created for. */
+  botId: string
   joinMethod: string
   tokenName: string
   createdAt: string
@@ -72,8 +82,15 @@ export interface BotInstance {
   generation: number
   /** A generation issued but not yet used by the agent (renewal response maybe lost). */
   pendingGeneration: number | null
-  /** How many times the previous generation was used to retry an unconfirmed renewal. */
+  /** How many times the previous generation retried the renewal to the pending one (lost answers). */
   pendingRetries: number
+  /**
+   * sha256 (hex) of the SPKI of the pending generation's key: a retry with this key gets
+   * the pending generation again, any other key is a copy.
+   */
+  pendingKey?: string
+  /** When the instance was ended (its bot deleted); an ended instance is refused everything. */
+  endedAt?: string
   initialAuthentication: Authentication
   latestAuthentications: Authentication[]
   heartbeats: Heartbeat[]
@@ -121,6 +138,17 @@ export interface AuditQuery {
   limit?: number
 }
 
+/**
+ * What a transaction on one bot instance decided: the instance to write back (omitted when
+ * it does not change), locks to create and audit events to append. All of it commits
+ * together, or none of it does.
+ */
+export interface InstanceChange {
+  instance?: BotInstance
+  locks?: Lock[]
+  audit?: NewAuditEvent[]
+}
+
 /** Kept on every instance: the first authentication plus this many latest ones and heartbeats. */
 export const INSTANCE_HISTORY = 10
 
@@ -139,8 +167,11 @@ export interface Store {
   createBot(bot: Bot): Promise<void>
   getBot(name: string): Promise<Bot | undefined>
   listBots(): Promise<Bot[]>
-  /** Deletes the bot and its unused tokens; its instances stay for the record. */
-  deleteBot(name: string): Promise<boolean>
+  /**
+   * Deletes the bot and its unused tokens and ends its instances (they stay for the
+   * record, marked `endedAt`), in one transaction. Undefined when there is no such bot.
+   */
+  deleteBot(name: string, endedAt: string): Promise<{ endedInstances: number } | undefined>
 
   createToken(token: JoinToken): Promise<void>
   getToken(name: string): Promise<JoinToken | undefined>
@@ -154,8 +185,12 @@ export interface Store {
 
   getInstance(id: string): Promise<BotInstance | undefined>
   listInstances(bot?: string): Promise<BotInstance[]>
-  /** Read, `decide` (which may throw), write back, in one transaction. */
-  updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance>
+  /**
+   * In one transaction: reads the instance and the locks that apply to it (its bot's name
+   * or its id), lets `decide` (synchronous; it may throw, and then nothing is written) say
+   * what changes, and writes that. Locks committed before the instance was read are seen.
+   */
+  updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange>
 
   createLock(lock: Lock): Promise<void>
   listLocks(): Promise<Lock[]>
@@ -163,10 +198,23 @@ export interface Store {
   /** Locks that apply to this bot or this instance. */
   locksFor(bot: string, instance: string): Promise<Lock[]>
 
-  putResource(resource: Resource): Promise<void>
+  /**
+   * Registers the resource with its own client CA, in one transaction: the CA kept by an
+   * earlier `deleteResource(…, { keepCa: true })` of the same name if there is one
+   * (`keptCa: true`), otherwise `ca`, replacing nothing else.
+   */
+  putResource(resource: Resource, ca: StoredCa): Promise<{ keptCa: boolean }>
   getResource(kind: ResourceKind, name: string): Promise<Resource | undefined>
   listResources(kind: ResourceKind): Promise<Resource[]>
-  deleteResource(kind: ResourceKind, name: string): Promise<boolean>
+  /**
+   * Removes the resource and, unless `keepCa`, its client CA (same transaction); without
+   * `keepCa` it also drops a CA kept by an earlier removal. False when neither existed.
+   */
+  deleteResource(kind: ResourceKind, name: string, opts?: { keepCa?: boolean }): Promise<boolean>
+  /** The client CA of a registered resource (or one kept after its removal). */
+  getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined>
+  /** Gives a resource `ca` unless it has one (stores from before per-resource CAs); returns whichever is stored. */
+  putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa>
 
   appendAudit(event: NewAuditEvent): Promise<AuditEvent>
   queryAudit(query: AuditQuery): Promise<AuditEvent[]>
