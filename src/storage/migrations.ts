@@ -39,6 +39,11 @@ export function migrations(d: Dialect): string[] {
    CREATE TABLE audit_events (id ${d.autoId}, time TEXT NOT NULL, type TEXT NOT NULL, success INTEGER NOT NULL,
      code TEXT, message TEXT, bot TEXT, instance TEXT, remote_addr TEXT, fields TEXT NOT NULL);
    CREATE INDEX audit_events_time ON audit_events (time);`,
+    // Platform joins (issue 12): the token's rules as JSON, its join count, and the replay cache.
+    `ALTER TABLE join_tokens ADD COLUMN platform TEXT;
+   ALTER TABLE join_tokens ADD COLUMN join_count ${d.int64} NOT NULL DEFAULT 0;
+   CREATE TABLE join_replays (key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at TEXT NOT NULL);
+   CREATE INDEX join_replays_expires ON join_replays (expires_at);`,
   ]
 }
 
