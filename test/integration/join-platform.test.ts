@@ -8,6 +8,12 @@ import { TestIssuer, githubClaims, publicPem, type SigningKey } from '../fixture
 import { client, newKey } from '../helpers/identity.ts'
 import { socketRequest } from '../../src/cli/socket-client.ts'
 import path from 'node:path'
+import { generateKeyPairSync } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
+import { startKubeApiServer, type KubeApiServer } from '../fixtures/kube-apiserver.ts'
+import { ServiceAccountIssuer } from '../fixtures/kube-service-accounts.ts'
+import { createKubeClientCa, kubectl, kubectlHome, requireKubectl } from '../fixtures/kube-client.ts'
+import { issueLeaf } from '../../src/pki/x509.ts'
 
 const CLUSTER = 'memid'
 
@@ -175,6 +181,41 @@ describe('platform joins (auth side)', () => {
     assert.deepEqual(inst.claims, { project_path: 'acme/app', pipeline_id: '77' })
     const oi = await addToken(['--join-method', 'oidc', '--issuer', issuer.url, '--audience', 'builders', '--allow', 'sub=ci-?,org.team=platform'])
     await join('oidc', oi, await issuer.mint({ sub: 'ci-7', org: { team: 'platform' }, aud: ['other', 'builders'] }, { key: issuer.published[0] }))
+  })
+
+  test('kubernetes: --jwks-file from the real kubectl get --raw /openid/v1/jwks; a projected token joins, other service accounts and audiences do not', async () => {
+    requireKubectl()
+    const sa = new ServiceAccountIssuer()
+    const clientCa = await createKubeClientCa()
+    const kube: KubeApiServer = await startKubeApiServer({ clientCaPem: clientCa.certPem, serviceAccounts: sa })
+    const home = kubectlHome()
+    try {
+      // kubectl authenticates as an administrator with a client certificate (test files in a private temp HOME).
+      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+      const leaf = await issueLeaf({ ca: clientCa, publicKey, commonName: 'admin', organizations: ['system:masters'], ttlMs: 3600_000, usage: 'client' })
+      const f = (n: string, text: string) => {
+        const p = path.join(home.home, n)
+        writeFileSync(p, text, { mode: 0o600 })
+        return p
+      }
+      const creds = ['--server', kube.url, '--certificate-authority', f('ca.pem', kube.caPem), '--client-certificate', f('admin.pem', leaf.pem),
+        '--client-key', f('admin-key.pem', privateKey.export({ format: 'pem', type: 'pkcs8' }) as string)]
+      const raw = await kubectl([...creds, 'get', '--raw', '/openid/v1/jwks'], { home: home.home })
+      assert.equal(raw.code, 0, raw.stderr)
+      const jwksFile = f('jwks.json', raw.stdout)
+      const name = await addToken(['--join-method', 'kubernetes', '--issuer', sa.issuer, '--jwks-file', jwksFile, '--allow', 'sub=system:serviceaccount:ci:memid,kubernetes.io.namespace=ci'])
+      const create = (account: string, audience: string) => sa.token({ namespace: 'ci', serviceAccount: account, audiences: [audience], expirationSeconds: 600, pod: 'runner-1' })
+      const id = await join('kubernetes', name, await create('memid', CLUSTER))
+      const inst = (await instances()).find((i) => i.id === id.instanceId)
+      assert.deepEqual(inst.claims, { 'kubernetes.io.namespace': 'ci', 'kubernetes.io.serviceaccount.name': 'memid', 'kubernetes.io.pod.name': 'runner-1' })
+      await refused('kubernetes', name, await create('default', CLUSTER), { code: 'ERR_JOIN_RULE_MISMATCH', message: /claim sub \("system:serviceaccount:ci:default"\)/, claim: 'sub' })
+      await refused('kubernetes', name, await create('memid', 'https://kubernetes.default.svc.cluster.local'), { code: 'ERR_JOIN_WRONG_AUDIENCE', message: /expected "memid"/, claim: 'aud' })
+      // A JWT signed by some other issuer's key never verifies against the cluster's JWKS.
+      await refused('kubernetes', name, await issuer.mint({ sub: 'system:serviceaccount:ci:memid', iss: sa.issuer, aud: CLUSTER }), { code: 'ERR_JOIN_JWT_INVALID', message: /no key of the issuer's JWKS matches/ })
+    } finally {
+      home.cleanup()
+      await kube.stop()
+    }
   })
 
   test('a replayed JWT is refused, also after the auth service restarts', async () => {

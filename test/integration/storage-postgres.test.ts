@@ -6,6 +6,7 @@ import { startPostgres, type PostgresFixture } from '../fixtures/postgres.ts'
 import { freePort, testCa } from '../fixtures/db-tunnel.ts'
 import { runMemid, startAgent, startAuth, tempDir, type AuthFixture } from '../fixtures/memid.ts'
 import { PostgresStore } from '../../src/storage/postgres.ts'
+import { POSTGRES, migrations } from '../../src/storage/migrations.ts'
 import { openStore } from '../../src/storage/open.ts'
 import { MemidError } from '../../src/core/errors.ts'
 import type { Store } from '../../src/storage/store.ts'
@@ -124,7 +125,8 @@ describe('PostgresStore connection', () => {
     const name = db.slice(db.lastIndexOf('/') + 1)
     const stores = await Promise.all(Array.from({ length: 4 }, () => PostgresStore.open(db, { max: 2 })))
     opened.push(...stores)
-    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), '1\n')
+    const all = migrations(POSTGRES).map((_, i) => i + 1).join(',')
+    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), `${all}\n`)
     const types = await server.sql(`SELECT column_name || ':' || data_type || ':' || is_identity FROM information_schema.columns
       WHERE (table_name, column_name) IN (('audit_events', 'id'), ('cas', 'private_key'), ('bots', 'max_ttl_ms')) ORDER BY column_name`, name)
     assert.deepEqual(types.trim().split('\n'), ['id:bigint:YES', 'max_ttl_ms:bigint:NO', 'private_key:bytea:NO'])

@@ -56,10 +56,21 @@ export class IssuerKeys {
     let entry = this.#entries.get(issuer)
     if (entry === undefined) entry = await this.#refresh(issuer)
     else if (now > entry.fetchedAt + entry.maxAgeMs && this.#mayFetch(issuer, now)) entry = await this.#refreshOrKeep(issuer, entry, now)
+    // The caller turns jose's errors into its own, so the missing key is noticed here, at the lookup.
+    let missing = false
+    const current = entry
+    const getKey: JWTVerifyGetKey = async (header, token) => {
+      try {
+        return await current.getKey(header, token)
+      } catch (err) {
+        if ((err as { code?: string }).code === 'ERR_JWKS_NO_MATCHING_KEY') missing = true
+        throw err
+      }
+    }
     try {
-      return await verify(entry.getKey)
+      return await verify(getKey)
     } catch (err) {
-      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || !this.#mayFetch(issuer, now)) throw err
+      if (!missing || !this.#mayFetch(issuer, now)) throw err
       const fresh = await this.#refreshOrKeep(issuer, entry, now)
       if (fresh === entry) throw err
       return verify(fresh.getKey)
