@@ -2,6 +2,7 @@ import https from 'node:https'
 import type tls from 'node:tls'
 import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
+import { parseAuthServer, type AuthServerAddress } from '../config/agent.ts'
 import {
   AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse, type JoinTokenInfo,
   type JoinRequest, type KubeCertRequest, type KubeCertResponse, type RenewRequest, type SshCertRequest, type SshCertResponse,
@@ -10,8 +11,8 @@ import {
 const MAX_RESPONSE_BYTES = 1024 * 1024
 
 export interface AuthClientOptions {
-  /** `host:port` of the auth service. */
-  server: string
+  /** The auth service: `host:port`, or the address config already parsed. */
+  server: string | AuthServerAddress
   /** Accepted `sha256:<hex>` pins of the auth service's TLS CA. */
   caPins: string[]
   /** Per request: connect, TLS and answer together. */
@@ -37,16 +38,15 @@ export class AuthClient {
   #anonAgent: https.Agent | undefined
 
   constructor(opts: AuthClientOptions) {
-    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(opts.server)
-    if (!m) throw new MemidError('ERR_CONFIG', `auth_server: must be HOST:PORT, got "${opts.server}"`)
-    this.#host = m[1] as string
-    this.#port = Number(m[2])
+    const addr = typeof opts.server === 'string' ? parseAuthServer(opts.server) : opts.server
+    this.#host = addr.host
+    this.#port = addr.port
     this.#pins = opts.caPins
     this.#timeoutMs = opts.timeoutMs ?? 10_000
   }
 
   get server(): string {
-    return `${this.#host}:${this.#port}`
+    return this.#host.includes(':') ? `[${this.#host}]:${this.#port}` : `${this.#host}:${this.#port}`
   }
 
   /** The pinned CA bundle (after bootstrap). */

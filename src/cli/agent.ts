@@ -1,5 +1,5 @@
 import type { Command } from 'commander'
-import type { AgentFlags } from '../config/agent.ts'
+import { serviceFlags, type AgentFlags } from '../config/agent.ts'
 import type { AgentStatus } from '../agent/agent.ts'
 import { defaultControlSocket } from '../config/paths.ts'
 import { emit, parseFormat, table } from './output.ts'
@@ -32,8 +32,8 @@ function statusText(s: AgentStatus): string {
 }
 
 export function registerAgentCommands(program: Command): void {
-  program.command('start')
-    .description('join the auth service and serve certificates from memory')
+  const start = program.command('start')
+  start.description('join the auth service and serve certificates from memory')
     .option('--config <file>', 'agent.yaml')
     .option('--auth-server <host:port>', 'auth service address')
     .option('--ca-pin <pin>', 'sha256:<hex> of the auth TLS CA (repeatable)', collect)
@@ -44,10 +44,11 @@ export function registerAgentCommands(program: Command): void {
     .option('--renewal-interval <duration>', 'renew this often (default 20m)')
     .option('--control-socket <path>', 'control socket path')
     .option('--diag-addr <host:port>', 'serve /livez, /readyz, /metrics')
-    .option('--ssh-agent <path>', 'serve an SSH agent on this socket')
-    .option('--kube-proxy <listen=cluster>', 'local Kubernetes API proxy (repeatable)', collect)
-    .option('--db-tunnel <listen=service/user[/db]>', 'database tunnel (repeatable)', collect)
-    .option('--log-format <format>', 'json or text')
+  for (const f of serviceFlags()) {
+    if (f.repeatable) start.option(`--${f.name} ${f.value}`, f.description, collect)
+    else start.option(`--${f.name} ${f.value}`, f.description)
+  }
+  start.option('--log-format <format>', 'json or text')
     .action(async (flags: AgentFlags) => {
       const { runStart } = await import('./start.ts')
       await runStart(flags)
