@@ -7,6 +7,9 @@ import { loadAgentConfig, type AgentConfig, type AgentFlags } from '../../../src
 import { formatAddress } from '../../../src/core/listener.ts'
 import { ConfigError } from '../../../src/core/errors.ts'
 
+/** The token source of a token-method onboarding. */
+const tokenOf = (c: { onboarding: unknown }): unknown => (c.onboarding as { token?: unknown }).token
+
 const PIN = `sha256:${'0123456789abcdef'.repeat(4)}`
 const PIN2 = `sha256:${'f'.repeat(64)}`
 
@@ -198,7 +201,7 @@ describe('loadAgentConfig: flags', () => {
     })
     assert.deepEqual(cfg.authServer, { host: 'auth.example.com', port: 443 })
     assert.deepEqual(cfg.caPins, [PIN2])
-    assert.deepEqual(cfg.onboarding.token, { kind: 'file', path: '/other/token' })
+    assert.deepEqual(tokenOf(cfg), { kind: 'file', path: '/other/token' })
     assert.equal(cfg.certificateTtlMs, 1_800_000)
     assert.equal(cfg.renewalIntervalMs, 300_000)
     assert.equal(cfg.controlSocket, '/run/other/control.sock')
@@ -290,30 +293,30 @@ describe('loadAgentConfig: impossible values', () => {
 
 describe('loadAgentConfig: the join token source', () => {
   it('--token-file PATH names a file and never reads it here', () => {
-    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') }).onboarding.token, { kind: 'file', path: path.join(dir, 'does-not-exist') })
+    assert.deepEqual(tokenOf(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') })), { kind: 'file', path: path.join(dir, 'does-not-exist') })
   })
 
   it("--token-file - is stdin", () => {
-    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: '-' }).onboarding.token, { kind: 'stdin' })
+    assert.deepEqual(tokenOf(load(undefined, { ...FLAGS, tokenFile: '-' })), { kind: 'stdin' })
   })
 
   it('$MEMID_TOKEN is used when no flag names a token, and its value is not copied into the config', () => {
     const secret = 'tok-0123456789ab.abcdefghijabcdefghijabcdefghijabcdefghijabc'
     const cfg = load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN] }, { MEMID_TOKEN: secret })
-    assert.deepEqual(cfg.onboarding.token, { kind: 'env' })
+    assert.deepEqual(tokenOf(cfg), { kind: 'env' })
     assert.ok(!JSON.stringify(cfg).includes(secret))
   })
 
   it('$MEMID_TOKEN wins over the file, a flag wins over $MEMID_TOKEN', () => {
     const env = { MEMID_TOKEN: 'x' }
-    assert.deepEqual(load(MIN, {}, env).onboarding.token, { kind: 'env' })
-    assert.deepEqual(load(MIN, { tokenFile: '/f' }, env).onboarding.token, { kind: 'file', path: '/f' })
-    assert.deepEqual(load(MIN, { token: 'literal' }, env).onboarding.token, { kind: 'value', value: 'literal' })
-    assert.deepEqual(load(MIN, {}, { MEMID_TOKEN: '' }).onboarding.token, { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
+    assert.deepEqual(tokenOf(load(MIN, {}, env)), { kind: 'env' })
+    assert.deepEqual(tokenOf(load(MIN, { tokenFile: '/f' }, env)), { kind: 'file', path: '/f' })
+    assert.deepEqual(tokenOf(load(MIN, { token: 'literal' }, env)), { kind: 'value', value: 'literal' })
+    assert.deepEqual(tokenOf(load(MIN, {}, { MEMID_TOKEN: '' })), { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
   })
 
   it('--token VALUE is accepted (the CLI warns about argv)', () => {
-    assert.deepEqual(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' }).onboarding.token, { kind: 'value', value: 'v' })
+    assert.deepEqual(tokenOf(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' })), { kind: 'value', value: 'v' })
   })
 
   it('no token source at all is refused with the ways to give one', () => {
