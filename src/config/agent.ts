@@ -378,6 +378,17 @@ function platformOnboarding(method: PlatformJoinMethod, flags: AgentFlags, file:
   return { method, tokenName: name.value, idToken }
 }
 
+/** The `onboarding` option of `startAgent()`, checked like the flags would be. */
+function checkOnboarding(o: Onboarding): void {
+  if (typeof o !== 'object' || o === null || !(JOIN_METHODS as readonly string[]).includes(o.method)) fail('onboarding.method', `must be one of ${JOIN_METHODS.join(', ')}`)
+  if (o.method === 'token') return
+  if (typeof o.tokenName !== 'string' || !NAME_RE.test(o.tokenName)) fail('onboarding.tokenName', 'must be a token name (letters, digits, ".", "_", "@", "-")')
+  const src = o.idToken
+  const ok = src?.kind === 'github' ? o.method === 'github' : src?.kind === 'env' ? o.method !== 'github' && o.method !== 'kubernetes'
+    : src?.kind === 'file' && typeof src.path === 'string' && src.path.startsWith('/') && o.method !== 'github'
+  if (!ok) fail('onboarding.idToken', `does not fit the ${o.method} join method (github: { kind: 'github' }; kubernetes: { kind: 'file', path }; gitlab, oidc: file or env)`)
+}
+
 /** GitHub gives a job these two variables only when it has `permissions: id-token: write`. */
 export function missingGithubEnv(env: NodeJS.ProcessEnv): void {
   const missing = ['ACTIONS_ID_TOKEN_REQUEST_URL', 'ACTIONS_ID_TOKEN_REQUEST_TOKEN'].filter((k) => !env[k])
@@ -396,6 +407,7 @@ export function resolveAgentOptions(o: AgentConfigOptions): AgentConfig {
   if (o.token !== undefined && o.onboarding !== undefined) fail('token', 'give either token or onboarding, not both')
   if (o.token !== undefined && (typeof o.token !== 'string' || o.token === '')) fail('token', 'must be a non-empty string')
   const onboarding: Onboarding | undefined = o.token !== undefined ? { method: 'token', token: { kind: 'value', value: o.token } } : o.onboarding
+  if (onboarding !== undefined) checkOnboarding(onboarding)
   if (o.services !== undefined && !Array.isArray(o.services)) fail('services', 'must be an array')
   if (o.caPins !== undefined && !Array.isArray(o.caPins)) fail('caPins', 'must be an array')
   return resolveAgentConfig({
