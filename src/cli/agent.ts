@@ -2,6 +2,7 @@ import type { Command } from 'commander'
 import { serviceFlags, type AgentFlags } from '../config/agent.ts'
 import type { AgentStatus } from '../agent/agent.ts'
 import { defaultControlSocket } from '../config/paths.ts'
+import { hardenProcess } from '../core/harden.ts'
 import { emit, parseFormat, table } from './output.ts'
 import { socketRequest } from './socket-client.ts'
 import { registerDevCommand } from './dev-command.ts'
@@ -53,6 +54,7 @@ export function registerAgentCommands(program: Command): void {
   }
   start.option('--log-format <format>', 'json or text')
     .action(async (flags: AgentFlags) => {
+      hardenProcess()
       const { runStart } = await import('./start.ts')
       await runStart(flags)
     })
