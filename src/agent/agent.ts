@@ -224,6 +224,8 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       identity: this.#identity.source,
       renewal: this.#identity.status(),
       heartbeatFailures: this.#identity.heartbeatFailures,
+      ...(this.#identity.joinMethod !== undefined ? { joinMethod: this.#identity.joinMethod } : {}),
+      joins: this.#identity.joins,
       startedAt: this.#startedAt,
       servicesUp: this.#servicesUp,
       ...(this.#control ? { controlSocket: this.#control.path } : {}),

@@ -44,6 +44,13 @@ export interface BotIdentityOptions {
   env?: NodeJS.ProcessEnv
 }
 
+/**
+ * Renewal refusals after which a platform-joined agent joins again instead of stopping:
+ * the identity expired (the auth service was away too long) or the instance is gone. Locks,
+ * a deleted bot and a stale generation are security decisions and still stop the agent.
+ */
+const REJOIN_CODES = new Set(['ERR_UNAUTHENTICATED', 'ERR_IDENTITY_EXPIRED', 'ERR_INSTANCE_NOT_FOUND'])
+
 /** Answers to a heartbeat that mean this identity is finished. */
 const FATAL_HEARTBEAT = new Set(['ERR_LOCKED', 'ERR_BOT_NOT_FOUND', 'ERR_INSTANCE_NOT_FOUND', 'ERR_STALE_GENERATION'])
 
@@ -64,6 +71,8 @@ export class BotIdentityKeeper {
   #drained: (() => void)[] = []
   /** While a new identity waits for the old one's requests to settle, no request starts. */
   #swapping: Promise<void> | undefined
+  #onboarding: Onboarding | undefined
+  #joins = 0
 
   constructor(o: BotIdentityOptions) {
     this.#o = o
@@ -100,15 +109,38 @@ export class BotIdentityKeeper {
     return this.#heartbeatFailed
   }
 
+  /** The join method, once joined. */
+  get joinMethod(): Onboarding['method'] | undefined {
+    return this.#onboarding?.method
+  }
+
+  /** Joins this process made (platform joins rejoin when the identity cannot be renewed). */
+  get joins(): number {
+    return this.#joins
+  }
+
   /** Joins with the onboarding method (this is where the token is read and spent). */
   async join(onboarding: Onboarding): Promise<BotIdentity> {
-    const proof = await joinCredentials(onboarding, this.#o.env ?? process.env)
+    this.#onboarding = onboarding
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
-    const res = await this.#o.client.join({ ...proof, publicKey: spkiPem(privateKey), ttl: this.ttl })
+    // The proof (a platform JWT) is fetched, sent and dropped here: nothing keeps it.
+    const res = await this.#o.client.join({ ...(await joinCredentials(onboarding, this.#o.env ?? process.env, this.#o.client)), publicKey: spkiPem(privateKey), ttl: this.ttl })
     const id = this.#build(res, privateKey)
     this.source.set(id)
-    this.#o.logger.info({ bot: res.bot, instance: res.instanceId, generation: res.generation, serial: res.serial }, 'joined')
+    this.#joins++
+    this.#o.logger.info({ bot: res.bot, instance: res.instanceId, generation: res.generation, serial: res.serial, joinMethod: onboarding.method }, 'joined')
     return id
+  }
+
+  /** A platform join again, with a fresh JWT: a new bot instance replaces the one that cannot renew. */
+  async #rejoin(onboarding: Onboarding, reason: string): Promise<void> {
+    this.#o.logger.warn({ joinMethod: onboarding.method, reason }, 'identity cannot be renewed: joining again with a fresh platform token')
+    const old = this.source.peek()
+    this.#nextKey = undefined
+    await this.join(onboarding)
+    old?.caller.agent.destroy()
+    await this.heartbeat()
+    await this.#o.onRenewed(this.source.current())
   }
 
   /** Starts periodic renewal and sends the first heartbeat. */
@@ -184,9 +216,16 @@ export class BotIdentityKeeper {
   }
 
   async #renew(): Promise<void> {
+    const onboarding = this.#onboarding
+    const platform = onboarding !== undefined && onboarding.method !== 'token' ? onboarding : undefined
     const current = this.source.peek()
-    if (current === undefined) throw new MemidError('ERR_NOT_READY', 'no bot identity yet')
+    if (current === undefined) {
+      if (platform !== undefined) return this.#rejoin(platform, 'no identity')
+      throw new MemidError('ERR_NOT_READY', 'no bot identity yet')
+    }
     if (this.#o.clock.now() >= current.notAfter.getTime()) {
+      // A platform join proves itself again with a fresh JWT; a token join cannot.
+      if (platform !== undefined) return this.#rejoin(platform, 'the identity expired')
       // Said the same way every time: the text never grows however long this lasts.
       throw new MemidError('ERR_IDENTITY_EXPIRED', `the bot identity (generation ${current.generation}) expired at ${current.notAfter.toISOString()} before it could be renewed; the agent must join again`)
     }
@@ -196,7 +235,13 @@ export class BotIdentityKeeper {
       this.#nextKey = { from: current.generation, key: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey }
     }
     const privateKey = this.#nextKey.key
-    const res = await this.#o.client.renew(current.caller, { publicKey: spkiPem(privateKey), ttl: this.ttl })
+    let res: IdentityResponse
+    try {
+      res = await this.#o.client.renew(current.caller, { publicKey: spkiPem(privateKey), ttl: this.ttl })
+    } catch (err) {
+      if (platform !== undefined && err instanceof MemidError && REJOIN_CODES.has(err.code)) return this.#rejoin(platform, describeError(err))
+      throw err
+    }
     const next = this.#build(res, privateKey)
     this.#nextKey = undefined
     await this.#swap(next)

@@ -6,9 +6,11 @@ import type { Clock } from '../core/clock.ts'
 import type { Authentication, Bot, BotInstance, InstanceChange, Lock, NewAuditEvent, Role, Store } from '../storage/store.ts'
 import { INSTANCE_HISTORY } from '../storage/store.ts'
 import type {
-  CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, KubeCertRequest,
-  KubeCertResponse, RenewRequest, SshCertRequest, SshCertResponse,
+  CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, JoinTokenInfo, KubeCertRequest,
+  KubeCertResponse, PlatformJoinRequest, RenewRequest, SshCertRequest, SshCertResponse,
 } from '../api/types.ts'
+import { PlatformJoins, platformJoin } from './join/platform.ts'
+import { JoinRefused } from './join/refused.ts'
 import { issueBotIdentity, readBotClaims, type BotClaims } from './bot-identity.ts'
 import type { CaSet } from './cas.ts'
 import { decideRenewal, decideRequest, type Decision } from './generation.ts'
@@ -59,12 +61,21 @@ export class AuthService {
   readonly #cas: CaSet
   readonly #clock: Clock
   readonly #log: Logger
+  readonly #platform: PlatformJoins
 
-  constructor(deps: { store: Store; cas: CaSet; clock: Clock; logger: Logger }) {
+  constructor(deps: { store: Store; cas: CaSet; clock: Clock; logger: Logger; platform?: PlatformJoins }) {
     this.#store = deps.store
     this.#cas = deps.cas
     this.#clock = deps.clock
     this.#log = deps.logger
+    this.#platform = deps.platform ?? new PlatformJoins({ clock: deps.clock, log: deps.logger })
+  }
+
+  /** What an agent asks before a platform join: the audience to request from its platform. */
+  async joinTokenInfo(name: string): Promise<JoinTokenInfo> {
+    const t = await this.#store.getToken(name)
+    if (t?.platform === undefined) throw new MemidError('ERR_NOT_FOUND', `join token ${name} does not exist or is not a platform join token`)
+    return { name: t.name, joinMethod: t.joinMethod, audience: t.platform.audience }
   }
 
   async audit(ev: NewAuditEvent): Promise<void> {
@@ -85,6 +96,7 @@ export class AuthService {
   }
 
   async join(req: JoinRequest, peer: Peer): Promise<IdentityResponse> {
+    if (req.joinMethod !== 'token') return this.#platformJoin(req, peer)
     const now = this.#clock.now()
     const parts = splitToken(req.token)
     const tokenName = parts?.name
@@ -95,9 +107,9 @@ export class AuthService {
       const bot = token && (await this.#store.getBot(token.bot))
       const instanceId = randomUUID()
       const instance = await this.#store.consumeToken(parts.name, (t) => {
-        if (t === undefined || !secretMatches(parts.secret, t.secretHash)) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
+        if (t === undefined || t.joinMethod !== 'token' || !secretMatches(parts.secret, t.secretHash)) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
         if (t.usedAt !== undefined) throw new MemidError('ERR_TOKEN_USED', `join token ${t.name} was already used`)
-        if (Date.parse(t.expiresAt) <= now) throw new MemidError('ERR_TOKEN_EXPIRED', `join token ${t.name} expired at ${t.expiresAt}`)
+        if (t.expiresAt === undefined || Date.parse(t.expiresAt) <= now) throw new MemidError('ERR_TOKEN_EXPIRED', `join token ${t.name} expired at ${t.expiresAt}`)
         if (bot === undefined || bot.name !== t.bot) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${t.bot}" no longer exists`)
         const auth: Authentication = { time: new Date(now).toISOString(), joinMethod: 'token', remoteAddr: peer.remoteAddr, generation: 1 }
         return {
@@ -106,23 +118,44 @@ export class AuthService {
           initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
         }
       })
-      const realBot = bot as Bot
-      const locks = await this.#store.locksFor(realBot.name, instance.id)
-      if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${realBot.name}" is locked: ${locks[0]?.reason}`)
-      const ttlMs = clampTtl(req.ttl, realBot)
-      const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: realBot.name, botId: realBot.id, instanceId: instance.id, generation: 1 }, ttlMs, now)
-      await this.audit({ type: 'join', success: true, bot: realBot.name, instance: instance.id, remoteAddr: peer.remoteAddr, fields: { joinMethod: 'token', tokenName: instance.tokenName } })
-      await this.audit(this.#issuedEvent('bot', { bot: realBot, instance }, peer, cert.serial, ttlMs, { generation: 1 }))
-      this.#log.info({ bot: realBot.name, instance: instance.id, remoteAddr: peer.remoteAddr }, 'bot joined')
-      return identityResponse(realBot.name, instance.id, 1, cert)
+      return await this.#admitted(bot as Bot, instance, req, peer, publicKey, now)
     } catch (err) {
-      const e = asMemidError(err)
-      await this.audit({
-        type: 'join.failed', success: false, code: e.code, message: e.message, remoteAddr: peer.remoteAddr,
-        fields: { joinMethod: req.joinMethod, ...(tokenName !== undefined ? { tokenName } : {}) },
-      })
-      throw e
+      throw await this.#joinFailed(err, req, peer, tokenName)
     }
+  }
+
+  /** Platform joins (join/): the JWT is verified and the instance created there. */
+  async #platformJoin(req: PlatformJoinRequest, peer: Peer): Promise<IdentityResponse> {
+    const now = this.#clock.now()
+    try {
+      const publicKey = parseAgentKey(req.publicKey, 'ec')
+      const { bot, instance } = await platformJoin(this.#store, this.#platform, req, peer.remoteAddr, now)
+      return await this.#admitted(bot, instance, req, peer, publicKey, now)
+    } catch (err) {
+      throw await this.#joinFailed(err, req, peer, req.tokenName)
+    }
+  }
+
+  /** The common end of every join: locks, the first bot identity, the audit. */
+  async #admitted(bot: Bot, instance: BotInstance, req: JoinRequest, peer: Peer, publicKey: KeyObject, now: number): Promise<IdentityResponse> {
+    const locks = await this.#store.locksFor(bot.name, instance.id)
+    if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${bot.name}" is locked: ${locks[0]?.reason}`)
+    const ttlMs = clampTtl(req.ttl, bot)
+    const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: bot.name, botId: bot.id, instanceId: instance.id, generation: 1 }, ttlMs, now)
+    await this.audit({ type: 'join', success: true, bot: bot.name, instance: instance.id, remoteAddr: peer.remoteAddr, fields: { joinMethod: instance.joinMethod, tokenName: instance.tokenName, ...(instance.claims ? { claims: instance.claims } : {}) } })
+    await this.audit(this.#issuedEvent('bot', { bot, instance }, peer, cert.serial, ttlMs, { generation: 1 }))
+    this.#log.info({ bot: bot.name, instance: instance.id, joinMethod: instance.joinMethod, remoteAddr: peer.remoteAddr }, 'bot joined')
+    return identityResponse(bot.name, instance.id, 1, cert)
+  }
+
+  /** Audits a refused join (naming the token and, for platform joins, the first claim that did not match). */
+  async #joinFailed(err: unknown, req: JoinRequest, peer: Peer, tokenName: string | undefined): Promise<MemidError> {
+    const e = asMemidError(err)
+    await this.audit({
+      type: 'join.failed', success: false, code: e.code, message: e.message, remoteAddr: peer.remoteAddr,
+      fields: { joinMethod: req.joinMethod, ...(tokenName !== undefined ? { tokenName } : {}), ...(e instanceof JoinRefused ? e.auditFields() : {}) },
+    })
+    return e
   }
 
   /**

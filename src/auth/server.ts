@@ -53,7 +53,7 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
   if (addr.kind !== 'tcp') throw new MemidError('ERR_CONFIG', 'listen: the auth service listens on host:port')
   const cas = await loadOrCreateCas(opts.store, opts.clusterName)
   const auth = new AuthService({ store: opts.store, cas, clock, logger: log })
-  const admin = new AdminService({ store: opts.store, clock, audit: (ev) => auth.audit(ev), sshHostCa: cas.sshHost.key })
+  const admin = new AdminService({ store: opts.store, clock, audit: (ev) => auth.audit(ev), sshHostCa: cas.sshHost.key, clusterName: cas.clusterName })
 
   const serverKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
   const ips = new Set(['127.0.0.1', '::1'])

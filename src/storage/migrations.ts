@@ -69,6 +69,11 @@ export function migrations(d: Dialect): string[] {
    ALTER TABLE bot_instances ADD COLUMN pending_key TEXT;
    UPDATE bot_instances SET bot_id = (SELECT b.id FROM bots b WHERE b.name = bot_instances.bot AND b.created_at <= bot_instances.created_at);
    UPDATE bot_instances SET ended_at = ${d.nowIso} WHERE bot_id IS NULL;`,
+    // Platform joins (issue 12): the token's rules as JSON, its join count, and the replay cache.
+    `ALTER TABLE join_tokens ADD COLUMN platform TEXT;
+   ALTER TABLE join_tokens ADD COLUMN join_count ${d.int64} NOT NULL DEFAULT 0;
+   CREATE TABLE join_replays (key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at TEXT NOT NULL);
+   CREATE INDEX join_replays_expires ON join_replays (expires_at);`,
   ]
 }
 

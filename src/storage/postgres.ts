@@ -4,10 +4,10 @@ import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
   auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
-  roleSpec, tokenFromRow, type Row,
+  roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, ReplayKey, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
 const MIGRATIONS = migrations(POSTGRES)
@@ -227,8 +227,8 @@ export class PostgresStore implements Store {
 
   async createToken(t: JoinToken): Promise<void> {
     await this.#insert(`token "${t.name}"`,
-      'INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)',
-      t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt)
+      'INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at, platform) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+      ...tokenColumns(t))
   }
 
   async getToken(name: string): Promise<JoinToken | undefined> {
@@ -251,6 +251,22 @@ export class PostgresStore implements Store {
       const instance = decide(rows[0] && tokenFromRow(rows[0]))
       await c.query('UPDATE join_tokens SET used_at = $1, used_by_instance = $2 WHERE name = $3 AND used_at IS NULL',
         [instance.createdAt, instance.id, name])
+      await writeInstance(c, instance, true)
+      return instance
+    })
+  }
+
+  async joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(async (c) => {
+      await c.query('DELETE FROM join_replays WHERE expires_at < $1', [replay.now])
+      // FOR SHARE: a concurrent tokens rm waits for this join, then the join has happened before it.
+      const { rows } = await c.query<Row>('SELECT * FROM join_tokens WHERE name = $1 FOR SHARE', [name])
+      const instance = decide(rows[0] && tokenFromRow(rows[0]))
+      // The primary key decides between replicas: a second insert of the key waits for the first
+      // transaction and then finds the conflict.
+      const ins = await c.query('INSERT INTO join_replays (key, token, expires_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING', [replay.key, name, replay.expiresAt])
+      if ((ins.rowCount ?? 0) === 0) throw new MemidError('ERR_JOIN_JWT_REPLAYED', `join token ${name}: this JWT was already used to join`)
+      await c.query('UPDATE join_tokens SET join_count = join_count + 1 WHERE name = $1', [name])
       await writeInstance(c, instance, true)
       return instance
     })

@@ -4,10 +4,10 @@ import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
   auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
-  roleSpec, tokenFromRow, type Row,
+  roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, ReplayKey, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
 /** Versioned migrations, shared with the PostgreSQL backend (migrations.ts). */
@@ -157,8 +157,8 @@ export class SqliteStore implements Store {
 
   async createToken(t: JoinToken): Promise<void> {
     this.#insert(`token "${t.name}"`, () =>
-      this.#run('INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)',
-        t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt))
+      this.#run('INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at, platform) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        ...tokenColumns(t)))
   }
 
   async getToken(name: string): Promise<JoinToken | undefined> {
@@ -180,6 +180,20 @@ export class SqliteStore implements Store {
       const instance = decide(r && tokenFromRow(r))
       this.#run('UPDATE join_tokens SET used_at = ?, used_by_instance = ? WHERE name = ? AND used_at IS NULL',
         instance.createdAt, instance.id, name)
+      this.#writeInstance(instance, true)
+      return instance
+    })
+  }
+
+  async joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(() => {
+      this.#run('DELETE FROM join_replays WHERE expires_at < ?', replay.now)
+      const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)
+      const instance = decide(r && tokenFromRow(r))
+      if (this.#run('INSERT INTO join_replays (key, token, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING', replay.key, name, replay.expiresAt) === 0) {
+        throw new MemidError('ERR_JOIN_JWT_REPLAYED', `join token ${name}: this JWT was already used to join`)
+      }
+      this.#run('UPDATE join_tokens SET join_count = join_count + 1 WHERE name = ?', name)
       this.#writeInstance(instance, true)
       return instance
     })

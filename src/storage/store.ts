@@ -47,17 +47,45 @@ export interface Bot {
   createdAt: string
 }
 
+export type JoinMethod = 'token' | 'github' | 'gitlab' | 'kubernetes' | 'oidc'
+export const PLATFORM_JOIN_METHODS = ['github', 'gitlab', 'kubernetes', 'oidc'] as const
+export type PlatformJoinMethod = (typeof PLATFORM_JOIN_METHODS)[number]
+
+/** What a platform join token checks: the JWT's issuer, audience and claims. Rules, not secrets. */
+export interface PlatformJoinSpec {
+  /** A join is accepted when every pair of at least one rule matches the JWT's claims. */
+  rules: Record<string, string>[]
+  /** The exact `iss` expected; also where discovery starts unless `jwks` is given. */
+  issuer: string
+  /** The exact `aud` expected (the agent asks its platform for this audience). */
+  audience: string
+  /** A static JWKS (JSON text): no discovery is made. */
+  jwks?: string
+}
+
 export interface JoinToken {
   /** The public half of the token; shown by `tokens ls`, recorded on instances. */
   name: string
   bot: string
-  joinMethod: 'token'
-  /** sha256 (hex) of the secret half. The secret itself is never stored. */
+  joinMethod: JoinMethod
+  /** sha256 (hex) of the secret half. The secret itself is never stored. Empty for platform joins. */
   secretHash: string
   createdAt: string
-  expiresAt: string
+  /** Absent: never expires (platform tokens created with `--ttl 0`). */
+  expiresAt?: string
   usedAt?: string
   usedByInstance?: string
+  /** Platform joins only: the checks, and how many joins the token has accepted. */
+  platform?: PlatformJoinSpec
+  joinCount?: number
+}
+
+/** A platform JWT's replay key (its `jti` or hash), remembered until the JWT can no longer be accepted. */
+export interface ReplayKey {
+  key: string
+  expiresAt: string
+  /** Keys that expired before this time are pruned in the same transaction. */
+  now: string
 }
 
 export interface Authentication {
@@ -94,6 +122,8 @@ export interface BotInstance {
   initialAuthentication: Authentication
   latestAuthentications: Authentication[]
   heartbeats: Heartbeat[]
+  /** Platform joins: the identifying claims of the JWT that created the instance, values as in the JWT. */
+  claims?: Record<string, unknown>
 }
 
 export interface Lock {
@@ -182,6 +212,13 @@ export interface Store {
    * acceptance marks it used by `instanceId` and creates the instance, in one transaction.
    */
   consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
+  /**
+   * A platform join, in one transaction: `decide` accepts or refuses the token (by
+   * throwing); on acceptance the replay key is recorded — one already recorded refuses
+   * with ERR_JOIN_JWT_REPLAYED, across restarts and replicas — the token's join count goes
+   * up and the instance is created. Replay keys expired before `replay.now` are pruned.
+   */
+  joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
 
   getInstance(id: string): Promise<BotInstance | undefined>
   listInstances(bot?: string): Promise<BotInstance[]>

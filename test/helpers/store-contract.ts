@@ -303,6 +303,61 @@ export function storeContract(name: string, backend: StoreBackend): void {
       })
     })
 
+    describe('joinWithPlatformToken', () => {
+      const platform = (name: string, over: Partial<JoinToken> = {}) => token(name, 'ci', {
+        joinMethod: 'github', secretHash: '', platform: { rules: [{ repository: 'acme/app' }], issuer: 'https://issuer.example', audience: 'memid' }, ...over,
+      })
+      const accept = (inst: BotInstance) => (t: JoinToken | undefined): BotInstance => {
+        if (t === undefined) throw new MemidError('ERR_TOKEN_INVALID', 'no such token')
+        return inst
+      }
+      const replay = (key: string, expiresAt = '2030-01-01T00:10:00.000Z', now = T0) => ({ key, expiresAt, now })
+
+      it('round-trips the rules, a token that never expires, the join count and the instance claims', async () => {
+        const s = await store()
+        await s.createToken(platform('gh-1', { expiresAt: undefined }))
+        const t = await s.getToken('gh-1')
+        assert.equal(t?.joinMethod, 'github')
+        assert.deepEqual(t?.platform?.rules, [{ repository: 'acme/app' }])
+        assert.equal(t?.expiresAt, undefined)
+        assert.equal(t?.joinCount, 0)
+        const inst = instance('gh-1', { joinMethod: 'github', claims: { repository: 'acme/app', run_id: '1' } })
+        await s.joinWithPlatformToken('gh-1', replay('k1'), accept(inst))
+        await s.joinWithPlatformToken('gh-1', replay('k2'), accept(instance('gh-1')))
+        assert.equal((await s.getToken('gh-1'))?.joinCount, 2, 'usable many times, each join counted')
+        assert.deepEqual((await s.getInstance(inst.id))?.claims, { repository: 'acme/app', run_id: '1' })
+        assert.equal((await s.getToken('gh-1'))?.usedAt, undefined)
+      })
+
+      it('refuses a replay key already recorded, from another store on the same database too; prunes expired keys', async () => {
+        const [a, b] = await pair()
+        await a.createToken(platform('gh-2'))
+        await a.joinWithPlatformToken('gh-2', replay('same'), accept(instance('gh-2')))
+        await rejectsWith(b.joinWithPlatformToken('gh-2', replay('same'), accept(instance('gh-2'))), 'ERR_JOIN_JWT_REPLAYED')
+        assert.equal((await a.listInstances('ci')).length, 1, 'the replay created nothing')
+        assert.equal((await a.getToken('gh-2'))?.joinCount, 1)
+        // Once the key's JWT can no longer be accepted the key is pruned, so it no longer refuses.
+        await b.joinWithPlatformToken('gh-2', replay('same', '2030-01-01T01:00:00.000Z', '2030-01-01T00:20:00.000Z'), accept(instance('gh-2')))
+      })
+
+      it('concurrent joins with one JWT on two stores: exactly one wins', async () => {
+        const [a, b] = await pair()
+        await a.createToken(platform('gh-3'))
+        const results = await Promise.allSettled([a, b, a, b].map((s) => s.joinWithPlatformToken('gh-3', replay('race'), accept(instance('gh-3')))))
+        assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1)
+        for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as MemidError).code, 'ERR_JOIN_JWT_REPLAYED')
+      })
+
+      it('decide throwing records nothing: the key stays usable', async () => {
+        const s = await store()
+        await s.createToken(platform('gh-4'))
+        await rejectsWith(s.joinWithPlatformToken('gh-4', replay('k'), () => { throw new MemidError('ERR_BOT_NOT_FOUND', 'gone') }), 'ERR_BOT_NOT_FOUND')
+        await rejectsWith(s.joinWithPlatformToken('nope', replay('k'), accept(instance('nope'))), 'ERR_TOKEN_INVALID')
+        await s.joinWithPlatformToken('gh-4', replay('k'), accept(instance('gh-4')))
+        assert.equal((await s.getToken('gh-4'))?.joinCount, 1)
+      })
+    })
+
     describe('consumeToken', () => {
       it('marks the token used and creates the instance in one step', async () => {
         const s = await store()
