@@ -1,7 +1,12 @@
 import https from 'node:https'
+import type { z } from 'zod'
 import type tls from 'node:tls'
 import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
+import { issueText } from '../core/validate.ts'
+import {
+  casResponseSchema, dbCertResponseSchema, heartbeatResponseSchema, identityResponseSchema, kubeCertResponseSchema, sshCertResponseSchema,
+} from '../api/schemas.ts'
 import { parseAuthServer, type AuthServerAddress } from '../config/agent.ts'
 import {
   AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse,
@@ -66,14 +71,14 @@ export class AuthClient {
     const probe = new https.Agent({ rejectUnauthorized: false, keepAlive: false })
     let claimedCa: string
     try {
-      claimedCa = this.#pinnedTlsCa(await this.#request<CasResponse>('GET', '/v1/cas', undefined, probe, 'bootstrap'))
+      claimedCa = this.#pinnedTlsCa(await this.#request('GET', '/v1/cas', undefined, probe, 'bootstrap', casResponseSchema))
     } finally {
       probe.destroy()
     }
     const verified = new https.Agent({ keepAlive: false, ca: claimedCa, servername: AUTH_SERVER_NAME })
     let cas: CasResponse
     try {
-      cas = await this.#request<CasResponse>('GET', '/v1/cas', undefined, verified, 'bootstrap')
+      cas = await this.#request('GET', '/v1/cas', undefined, verified, 'bootstrap', casResponseSchema)
       this.#pinnedTlsCa(cas)
     } finally {
       verified.destroy()
@@ -105,27 +110,27 @@ export class AuthClient {
   }
 
   join(req: JoinRequest): Promise<IdentityResponse> {
-    return this.#request('POST', '/v1/join', req, this.#anon(), 'join')
+    return this.#request('POST', '/v1/join', req, this.#anon(), 'join', identityResponseSchema)
   }
 
   renew(id: CallerIdentity, req: RenewRequest): Promise<IdentityResponse> {
-    return this.#request('POST', '/v1/renew', req, id.agent, 'renew')
+    return this.#request('POST', '/v1/renew', req, id.agent, 'renew', identityResponseSchema)
   }
 
   heartbeat(id: CallerIdentity, req: HeartbeatRequest): Promise<{ generation: number }> {
-    return this.#request('POST', '/v1/heartbeat', req, id.agent, 'heartbeat')
+    return this.#request('POST', '/v1/heartbeat', req, id.agent, 'heartbeat', heartbeatResponseSchema)
   }
 
   issueSsh(id: CallerIdentity, req: SshCertRequest): Promise<SshCertResponse> {
-    return this.#request('POST', '/v1/certs/ssh', req, id.agent, 'ssh certificate')
+    return this.#request('POST', '/v1/certs/ssh', req, id.agent, 'ssh certificate', sshCertResponseSchema)
   }
 
   issueKube(id: CallerIdentity, req: KubeCertRequest): Promise<KubeCertResponse> {
-    return this.#request('POST', '/v1/certs/kube', req, id.agent, 'kube certificate')
+    return this.#request('POST', '/v1/certs/kube', req, id.agent, 'kube certificate', kubeCertResponseSchema)
   }
 
   issueDb(id: CallerIdentity, req: DbCertRequest): Promise<DbCertResponse> {
-    return this.#request('POST', '/v1/certs/db', req, id.agent, 'database certificate')
+    return this.#request('POST', '/v1/certs/db', req, id.agent, 'database certificate', dbCertResponseSchema)
   }
 
   close(): void {
@@ -137,16 +142,19 @@ export class AuthClient {
     return this.#anonAgent
   }
 
-  #request<T>(method: string, path: string, body: unknown, agent: https.Agent, what: string): Promise<T> {
+  #request<T>(method: string, path: string, body: unknown, agent: https.Agent, what: string, schema: z.ZodType<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const payload = body === undefined ? undefined : JSON.stringify(body)
       let settled = false
-      const done = (err: Error | undefined, value?: T) => {
+      const done = (err: Error | undefined, value?: unknown) => {
         if (settled) return
         settled = true
         clearTimeout(timer)
-        if (err) reject(err)
-        else resolve(value as T)
+        if (err) return reject(err)
+        // Checked with the contract's schema: inner code trusts these types.
+        const r = schema.safeParse(value)
+        if (r.success) resolve(r.data)
+        else reject(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server sent a malformed answer: ${issueText(r.error)}`))
       }
       const req = https.request({
         host: this.#host, port: this.#port, method, path, agent,
@@ -172,7 +180,7 @@ export class AuthClient {
             return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server answered ${res.statusCode} with something that is not JSON`))
           }
           const status = res.statusCode ?? 0
-          if (status >= 200 && status < 300) return done(undefined, parsed as T)
+          if (status >= 200 && status < 300) return done(undefined, parsed)
           const e = (parsed as { error?: { code?: unknown; message?: unknown } } | null)?.error
           const code = typeof e?.code === 'string' && e.code in ERROR_STATUS ? (e.code as ErrorCode) : 'ERR_AUTH_BAD_RESPONSE'
           const message = typeof e?.message === 'string' ? e.message.slice(0, 500) : `the auth server answered ${status}`

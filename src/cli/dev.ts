@@ -74,11 +74,12 @@ export async function runDev(f: DevFlags): Promise<void> {
   const kubeCa = readPem(f.kubeCaFile, '--kube-ca-file')
   const dbCa = readPem(f.dbCaFile, '--db-ca-file')
   if (f.kubeServer) {
-    await existing(auth.admin.removeResource('kube', 'dev'))
+    // keepCa: with --data-dir the API server keeps trusting the client CA of the last run.
+    await existing(auth.admin.removeResource('kube', 'dev', true))
     await auth.admin.addResource('kube', { name: 'dev', uri: f.kubeServer, ...(kubeCa ? { caPem: kubeCa } : {}) })
   }
   if (f.dbUri) {
-    await existing(auth.admin.removeResource('db', 'dev'))
+    await existing(auth.admin.removeResource('db', 'dev', true))
     await auth.admin.addResource('db', { name: 'dev', uri: f.dbUri, ...(dbCa ? { caPem: dbCa } : {}) })
   }
   // With --data-dir a second run finds last run's bot and role: start them afresh.
@@ -106,7 +107,7 @@ export async function runDev(f: DevFlags): Promise<void> {
       `  admin          memid bots ls --data-dir ${devDir}`,
       `  bot            dev, instance ${s.instanceId}, generation ${s.generation}, roles: dev (logins ${[...new Set([me, 'deploy'])].join(', ')})`,
       `  status         memid status`,
-      `  CAs to trust   memid auth export --kind ssh-user|kube-client|db-client --data-dir ${devDir}${f.dataDir === undefined ? '   (in memory: new every run; --data-dir DIR keeps them)' : ''}`,
+      `  CAs to trust   memid auth export --kind ssh-user${f.kubeServer ? '|kube-client --cluster dev' : ''}${f.dbUri ? '|db-client --database dev' : ''} --data-dir ${devDir}${f.dataDir === undefined ? '   (in memory: new every run; --data-dir DIR keeps them)' : ''}`,
       `  ssh agent      SSH_AUTH_SOCK=${svc('ssh-agent')?.address} ssh-add -L`,
       `                 ssh -o KnownHostsCommand="memid known-hosts" ${me}@HOST   (sshd trusting: memid auth export --kind ssh-user)`,
       ...(svc('kube-proxy') ? [`  kube proxy     kubectl --server http://${svc('kube-proxy')?.address} get pods`] : []),

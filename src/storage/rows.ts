@@ -1,5 +1,5 @@
 import {
-  INSTANCE_HISTORY,
+  INSTANCE_HISTORY, RESOURCE_CA_KIND,
   type AuditEvent, type AuditQuery, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type Resource, type ResourceKind, type Role,
   type StoredCa,
 } from './store.ts'
@@ -33,6 +33,11 @@ export function caFromRow(r: Row): StoredCa {
     publicMaterial: str(r.public_material),
     createdAt: str(r.created_at),
   }
+}
+
+/** A row of `resource_cas`, whose `kind` is the resource's (`kube`, `db`). */
+export function resourceCaFromRow(r: Row): StoredCa {
+  return { ...caFromRow(r), kind: RESOURCE_CA_KIND[str(r.kind) as ResourceKind] }
 }
 
 /** The `spec` column of a role: every field but the name and creation time, as JSON. */
