@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
+import { X509Certificate, randomBytes, randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { startPostgres, type PostgresFixture } from '../fixtures/postgres.ts'
 import { freePort, testCa } from '../fixtures/db-tunnel.ts'
@@ -9,6 +9,12 @@ import { PostgresStore } from '../../src/storage/postgres.ts'
 import { openStore } from '../../src/storage/open.ts'
 import { MemidError } from '../../src/core/errors.ts'
 import type { Store } from '../../src/storage/store.ts'
+import { AuthService, type Peer } from '../../src/auth/auth-service.ts'
+import { AdminService } from '../../src/auth/admin.ts'
+import { loadOrCreateCas } from '../../src/auth/cas.ts'
+import { systemClock } from '../../src/core/clock.ts'
+import { silentLogger } from '../../src/core/log.ts'
+import { newKey } from '../helpers/identity.ts'
 import { LEGACY_V1_ROWS, acceptUnused, assertLegacyUpgraded, instance, role, storeContract, token } from '../helpers/store-contract.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, migrations } from '../../src/storage/migrations.ts'
 
@@ -180,6 +186,74 @@ describe('PostgresStore connection', () => {
     } finally {
       await holder.end()
     }
+  })
+})
+
+describe('the generation state machine on PostgreSQL, two auth servers on one database', () => {
+  const stores: Store[] = []
+  after(async () => {
+    for (const s of stores) await s.close()
+  })
+
+  async function servers(): Promise<{ a: AuthService; b: AuthService; sa: Store; sb: Store; admin: AdminService; hook: { before?: () => Promise<void> } }> {
+    const db = await newDatabase()
+    const sa = await PostgresStore.open(db)
+    const sb = await PostgresStore.open(db)
+    stores.push(sa, sb)
+    const hook: { before?: () => Promise<void> } = {}
+    // Server a's store, with a moment between authentication and the generation transaction.
+    const hooked = new Proxy(sa, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver)
+        if (typeof v !== 'function') return v
+        return async (...args: unknown[]) => {
+          if (prop === 'updateInstance' && hook.before) {
+            const h = hook.before
+            delete hook.before
+            await h()
+          }
+          return (v as (...x: unknown[]) => unknown).apply(target, args)
+        }
+      },
+    }) as Store
+    const cas = await loadOrCreateCas(sa, 'pg')
+    const a = new AuthService({ store: hooked, cas, clock: systemClock, logger: silentLogger() })
+    const b = new AuthService({ store: sb, cas: await loadOrCreateCas(sb, 'pg'), clock: systemClock, logger: silentLogger() })
+    const admin = new AdminService({ store: sa, clock: systemClock, audit: (ev) => a.audit(ev) })
+    await admin.addRole({ name: 'r', logins: ['deploy'] })
+    return { a, b, sa, sb, admin, hook }
+  }
+
+  async function joined(s: Awaited<ReturnType<typeof servers>>, name: string): Promise<Peer> {
+    const { token } = await s.admin.addBot({ name, roles: ['r'] })
+    const res = await s.a.join({ joinMethod: 'token', token: token.token, publicKey: newKey().publicKey, ttl: '1h' }, { remoteAddr: '127.0.0.1' })
+    return { remoteAddr: '127.0.0.1', certificate: Buffer.from(new X509Certificate(res.certificate).raw) }
+  }
+
+  it('one renewal retried through both servers at once with the same key: one generation, no lock; another key: locked, with its audit', async () => {
+    const s = await servers()
+    const peer = await joined(s, 'ci')
+    const k = newKey()
+    const got = await Promise.all(Array.from({ length: 8 }, (_x, i) => (i % 2 ? s.a : s.b).renew({ publicKey: k.publicKey, ttl: '1h' }, peer)))
+    assert.deepEqual([...new Set(got.map((r) => r.generation))], [2])
+    assert.deepEqual(await s.sb.listLocks(), [])
+    assert.equal((await s.sb.queryAudit({ type: 'renew' })).length, 8)
+    await assert.rejects(s.b.renew({ publicKey: newKey().publicKey, ttl: '1h' }, peer), (e: unknown) => e instanceof MemidError && e.code === 'ERR_STALE_GENERATION')
+    assert.equal((await s.sa.listLocks()).length, 1)
+    assert.deepEqual((await s.sa.queryAudit({})).filter((e) => e.type === 'generation.mismatch' || e.type === 'lock.created').map((e) => e.type), ['generation.mismatch', 'lock.created'])
+  })
+
+  it('a lock committed through the other server while a renewal is in flight stops it; so does a bot deletion', async () => {
+    const s = await servers()
+    const peer = await joined(s, 'ci')
+    const instance = (await s.sb.listInstances('ci'))[0]!.id
+    s.hook.before = () => s.sb.createLock({ id: randomUUID(), instance, reason: 'compromised', createdAt: new Date().toISOString() })
+    await assert.rejects(s.a.renew({ publicKey: newKey().publicKey, ttl: '1h' }, peer), (e: unknown) => e instanceof MemidError && e.code === 'ERR_LOCKED')
+    assert.equal((await s.sb.getInstance(instance))?.pendingGeneration, null)
+
+    const peer2 = await joined(s, 'web')
+    s.hook.before = async () => void await s.sb.deleteBot('web', new Date().toISOString())
+    await assert.rejects(s.a.renew({ publicKey: newKey().publicKey, ttl: '1h' }, peer2), (e: unknown) => e instanceof MemidError && e.code === 'ERR_BOT_NOT_FOUND')
   })
 })
 

@@ -63,6 +63,30 @@ describe('RenewalLoop', () => {
     assert.ok(st.lastSuccess)
   })
 
+  it('an interval function is asked afresh at every scheduling (renewal from the lifetime actually issued)', async () => {
+    const asked: number[] = []
+    const h = harness(async () => {}, { intervalMs: () => (asked.push(Date.now()), asked.length === 1 ? 300 : 40) })
+    h.loop.start()
+    await until(() => h.runs.length >= 3)
+    h.loop.stop()
+    assert.ok(asked.length >= 3, 'once per scheduling')
+    assert.ok(h.runs[0]! - asked[0]! >= 280, 'the first delay is what the function said then')
+    assert.ok(h.runs[2]! - h.runs[1]! < 200, 'later delays follow what it says later')
+  })
+
+  it('a failure is logged once per change of reason; the same failure again only at debug', async () => {
+    const reasons = ['auth down', 'auth down', 'auth down', 'expired', 'expired']
+    const h = harness(async (n) => {
+      if (n <= reasons.length) throw new MemidError('ERR_AUTH_UNREACHABLE', reasons[n - 1] as string)
+    })
+    void h.loop.trigger()
+    await until(() => h.runs.length > reasons.length, 5_000)
+    h.loop.stop()
+    const lines = h.logs.filter((l) => l.msg === 'renewal failed; retrying')
+    assert.deepEqual(lines.filter((l) => l.level === 40).map((l) => l.reason), ['auth down', 'expired'])
+    assert.equal(lines.filter((l) => l.level === 20).length, 3)
+  })
+
   it('without an interval it runs only when triggered', async () => {
     const h = harness(async () => {})
     h.loop.start()
