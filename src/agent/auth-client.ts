@@ -1,7 +1,13 @@
 import https from 'node:https'
+import type { z } from 'zod'
 import type tls from 'node:tls'
 import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
+import { issueText } from '../core/validate.ts'
+import {
+  casResponseSchema, dbCertResponseSchema, heartbeatResponseSchema, identityResponseSchema, kubeCertResponseSchema, sshCertResponseSchema,
+} from '../api/schemas.ts'
+import { parseAuthServer, type AuthServerAddress } from '../config/agent.ts'
 import {
   AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse,
   type JoinRequest, type KubeCertRequest, type KubeCertResponse, type RenewRequest, type SshCertRequest, type SshCertResponse,
@@ -10,8 +16,8 @@ import {
 const MAX_RESPONSE_BYTES = 1024 * 1024
 
 export interface AuthClientOptions {
-  /** `host:port` of the auth service. */
-  server: string
+  /** The auth service: `host:port`, or the address config already parsed. */
+  server: string | AuthServerAddress
   /** Accepted `sha256:<hex>` pins of the auth service's TLS CA. */
   caPins: string[]
   /** Per request: connect, TLS and answer together. */
@@ -37,16 +43,15 @@ export class AuthClient {
   #anonAgent: https.Agent | undefined
 
   constructor(opts: AuthClientOptions) {
-    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(opts.server)
-    if (!m) throw new MemidError('ERR_CONFIG', `auth_server: must be HOST:PORT, got "${opts.server}"`)
-    this.#host = m[1] as string
-    this.#port = Number(m[2])
+    const addr = typeof opts.server === 'string' ? parseAuthServer(opts.server) : opts.server
+    this.#host = addr.host
+    this.#port = addr.port
     this.#pins = opts.caPins
     this.#timeoutMs = opts.timeoutMs ?? 10_000
   }
 
   get server(): string {
-    return `${this.#host}:${this.#port}`
+    return this.#host.includes(':') ? `[${this.#host}]:${this.#port}` : `${this.#host}:${this.#port}`
   }
 
   /** The pinned CA bundle (after bootstrap). */
@@ -55,28 +60,48 @@ export class AuthClient {
     return this.#cas
   }
 
-  /** Fetches the CA bundle and checks it against the pins. */
+  /**
+   * Fetches the CA bundle over a connection verified against a pinned CA. The first,
+   * unverified connection only tells which certificate claims to be the TLS CA; nothing
+   * else it says is kept, because a man-in-the-middle could have written it. The bundle
+   * kept is the one read again over a connection that verified the server against that
+   * (pinned) CA and the name `memid-auth`.
+   */
   async bootstrap(): Promise<CasResponse> {
     const probe = new https.Agent({ rejectUnauthorized: false, keepAlive: false })
+    let claimedCa: string
     try {
-      const cas = await this.#request<CasResponse>('GET', '/v1/cas', undefined, probe, 'bootstrap')
-      if (typeof cas?.tls !== 'string' || typeof cas.sshHost !== 'string') throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a malformed CA bundle')
-      let pin: string
-      try {
-        pin = spkiPin(cas.tls)
-      } catch {
-        throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a TLS CA that is not a certificate')
-      }
-      if (!this.#pins.includes(pin)) {
-        throw new MemidError('ERR_CA_PIN_MISMATCH', `the auth server at ${this.server} presented CA ${pin}, which matches no --ca-pin; refusing to trust it`)
-      }
-      this.#cas = cas
-      this.#anonAgent?.destroy()
-      this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
-      return cas
+      claimedCa = this.#pinnedTlsCa(await this.#request('GET', '/v1/cas', undefined, probe, 'bootstrap', casResponseSchema))
     } finally {
       probe.destroy()
     }
+    const verified = new https.Agent({ keepAlive: false, ca: claimedCa, servername: AUTH_SERVER_NAME })
+    let cas: CasResponse
+    try {
+      cas = await this.#request('GET', '/v1/cas', undefined, verified, 'bootstrap', casResponseSchema)
+      this.#pinnedTlsCa(cas)
+    } finally {
+      verified.destroy()
+    }
+    this.#cas = cas
+    this.#anonAgent?.destroy()
+    this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
+    return cas
+  }
+
+  /** The bundle's TLS CA, if the bundle is well formed and that CA matches a pin. */
+  #pinnedTlsCa(cas: CasResponse | undefined): string {
+    if (typeof cas?.tls !== 'string' || typeof cas.sshHost !== 'string') throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a malformed CA bundle')
+    let pin: string
+    try {
+      pin = spkiPin(cas.tls)
+    } catch {
+      throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a TLS CA that is not a certificate')
+    }
+    if (!this.#pins.includes(pin)) {
+      throw new MemidError('ERR_CA_PIN_MISMATCH', `the auth server at ${this.server} presented CA ${pin}, which matches no --ca-pin; refusing to trust it`)
+    }
+    return cas.tls
   }
 
   /** An https.Agent presenting the bot identity, for authenticated calls. */
@@ -85,27 +110,27 @@ export class AuthClient {
   }
 
   join(req: JoinRequest): Promise<IdentityResponse> {
-    return this.#request('POST', '/v1/join', req, this.#anon(), 'join')
+    return this.#request('POST', '/v1/join', req, this.#anon(), 'join', identityResponseSchema)
   }
 
   renew(id: CallerIdentity, req: RenewRequest): Promise<IdentityResponse> {
-    return this.#request('POST', '/v1/renew', req, id.agent, 'renew')
+    return this.#request('POST', '/v1/renew', req, id.agent, 'renew', identityResponseSchema)
   }
 
   heartbeat(id: CallerIdentity, req: HeartbeatRequest): Promise<{ generation: number }> {
-    return this.#request('POST', '/v1/heartbeat', req, id.agent, 'heartbeat')
+    return this.#request('POST', '/v1/heartbeat', req, id.agent, 'heartbeat', heartbeatResponseSchema)
   }
 
   issueSsh(id: CallerIdentity, req: SshCertRequest): Promise<SshCertResponse> {
-    return this.#request('POST', '/v1/certs/ssh', req, id.agent, 'ssh certificate')
+    return this.#request('POST', '/v1/certs/ssh', req, id.agent, 'ssh certificate', sshCertResponseSchema)
   }
 
   issueKube(id: CallerIdentity, req: KubeCertRequest): Promise<KubeCertResponse> {
-    return this.#request('POST', '/v1/certs/kube', req, id.agent, 'kube certificate')
+    return this.#request('POST', '/v1/certs/kube', req, id.agent, 'kube certificate', kubeCertResponseSchema)
   }
 
   issueDb(id: CallerIdentity, req: DbCertRequest): Promise<DbCertResponse> {
-    return this.#request('POST', '/v1/certs/db', req, id.agent, 'database certificate')
+    return this.#request('POST', '/v1/certs/db', req, id.agent, 'database certificate', dbCertResponseSchema)
   }
 
   close(): void {
@@ -117,16 +142,19 @@ export class AuthClient {
     return this.#anonAgent
   }
 
-  #request<T>(method: string, path: string, body: unknown, agent: https.Agent, what: string): Promise<T> {
+  #request<T>(method: string, path: string, body: unknown, agent: https.Agent, what: string, schema: z.ZodType<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const payload = body === undefined ? undefined : JSON.stringify(body)
       let settled = false
-      const done = (err: Error | undefined, value?: T) => {
+      const done = (err: Error | undefined, value?: unknown) => {
         if (settled) return
         settled = true
         clearTimeout(timer)
-        if (err) reject(err)
-        else resolve(value as T)
+        if (err) return reject(err)
+        // Checked with the contract's schema: inner code trusts these types.
+        const r = schema.safeParse(value)
+        if (r.success) resolve(r.data)
+        else reject(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server sent a malformed answer: ${issueText(r.error)}`))
       }
       const req = https.request({
         host: this.#host, port: this.#port, method, path, agent,
@@ -152,7 +180,7 @@ export class AuthClient {
             return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server answered ${res.statusCode} with something that is not JSON`))
           }
           const status = res.statusCode ?? 0
-          if (status >= 200 && status < 300) return done(undefined, parsed as T)
+          if (status >= 200 && status < 300) return done(undefined, parsed)
           const e = (parsed as { error?: { code?: unknown; message?: unknown } } | null)?.error
           const code = typeof e?.code === 'string' && e.code in ERROR_STATUS ? (e.code as ErrorCode) : 'ERR_AUTH_BAD_RESPONSE'
           const message = typeof e?.message === 'string' ? e.message.slice(0, 500) : `the auth server answered ${status}`

@@ -47,3 +47,31 @@ export const dbCertSchema = z.strictObject({
   database: principalSchema.optional(),
   ttl: durationSchema.optional(),
 })
+
+// Answers, as the agent's client checks them. Not strict: a newer server may add fields,
+// which are dropped; a missing or mistyped field is an ERR_AUTH_BAD_RESPONSE.
+const answerPem = z.string().min(1).max(65_536)
+const time = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an ISO-8601 time')
+const text = z.string().max(1024)
+
+export const casResponseSchema = z.object({ clusterName: text, tls: answerPem, sshHost: z.string().max(8192), sshUser: z.string().max(8192) })
+
+export const identityResponseSchema = z.object({
+  certificate: answerPem, bot: text, instanceId: text, generation: z.number().int().nonnegative(), serial: text, notBefore: time, notAfter: time,
+})
+
+export const heartbeatResponseSchema = z.object({ generation: z.number().int().nonnegative() })
+
+export const sshCertResponseSchema = z.object({
+  certificate: answerPem, serial: text, keyId: text, principals: z.array(text).max(256), notBefore: time, notAfter: time,
+})
+
+const upstreamInfoSchema = z.object({ name: text, uri: text, caPem: answerPem.optional() })
+
+export const kubeCertResponseSchema = z.object({
+  certificate: answerPem, serial: text, user: text, groups: z.array(text).max(256), notBefore: time, notAfter: time, upstream: upstreamInfoSchema,
+})
+
+export const dbCertResponseSchema = z.object({
+  certificate: answerPem, serial: text, user: text, notBefore: time, notAfter: time, upstream: upstreamInfoSchema,
+})

@@ -36,8 +36,8 @@ export function adminRouter(admin: AdminService): Router {
   for (const [path, kind] of [['kube', 'kube'], ['dbs', 'db']] as [string, ResourceKind][]) {
     r.on('GET', `/v1/${path}`, async (_q, res) => sendJson(res, 200, await admin.listResources(kind)))
     r.on('POST', `/v1/${path}`, async (q, res) => sendJson(res, 201, await admin.addResource(kind, await readJsonBody(q))))
-    r.on('DELETE', `/v1/${path}/:name`, async (_q, res, p) => {
-      await admin.removeResource(kind, p.name as string)
+    r.on('DELETE', `/v1/${path}/:name`, async (_q, res, p, query) => {
+      await admin.removeResource(kind, p.name as string, query.get('keepCa') === 'true')
       sendJson(res, 200, ok)
     })
   }
@@ -55,11 +55,14 @@ export function adminRouter(admin: AdminService): Router {
     sendJson(res, 200, ok)
   })
 
-  r.on('GET', '/v1/cas/:kind', async (_q, res, p) => {
-    const text = await admin.exportCa(p.kind as string)
-    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) })
-    res.end(text)
-  })
+  // The client CAs are per resource: /v1/cas/kube-client/NAME, /v1/cas/db-client/NAME.
+  for (const pattern of ['/v1/cas/:kind', '/v1/cas/:kind/:name']) {
+    r.on('GET', pattern, async (_q, res, p) => {
+      const text = await admin.exportCa(p.kind as string, p.name)
+      res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+      res.end(text)
+    })
+  }
 
   r.on('POST', '/v1/sign-host', async (q, res) => sendJson(res, 200, await admin.signHost(await readJsonBody(q))))
 

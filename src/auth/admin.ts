@@ -4,9 +4,10 @@ import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import { durationSchema, nameSchema, parseWith, principalSchema } from '../core/validate.ts'
 import type { Clock } from '../core/clock.ts'
-import { CA_KINDS, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
+import { CA_KINDS, RESOURCE_CA_KIND, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
 import { generateToken } from './tokens.ts'
 import { signHostCertificate } from './sign-host.ts'
+import { createResourceCa } from './cas.ts'
 import type { KeyObject } from 'node:crypto'
 import { X509Certificate } from 'node:crypto'
 
@@ -73,6 +74,9 @@ export interface CreatedToken {
 }
 
 export type PublicToken = Omit<JoinToken, 'secretHash'>
+
+/** A registered cluster or database, and whether it reuses a client CA kept by `rm --keep-ca`. */
+export type AddedResource = Resource & { keptCa: boolean }
 
 const URI_RULES: Record<ResourceKind, { schemes: string[]; example: string }> = {
   kube: { schemes: ['https:'], example: 'https://HOST:PORT' },
@@ -166,7 +170,8 @@ export class AdminService {
     await this.#changed('token.deleted', { tokenName: name })
   }
 
-  async addResource(kind: ResourceKind, body: unknown): Promise<Resource> {
+  /** Registers a cluster or database with a client CA of its own (new, or the one `rm --keep-ca` kept). */
+  async addResource(kind: ResourceKind, body: unknown): Promise<AddedResource> {
     const input = parseWith(resourceInput, body)
     const rule = URI_RULES[kind]
     let url: URL
@@ -186,18 +191,28 @@ export class AdminService {
       }
     }
     const res: Resource = { kind, name: input.name, uri: `${url.protocol}//${url.host}`, createdAt: this.#now(), ...(input.caPem ? { caPem: input.caPem } : {}) }
-    await this.#store.putResource(res)
-    await this.#changed(`${kind}.created`, { name: res.name, uri: res.uri })
-    return res
+    const ca = await createResourceCa(kind, res.name)
+    let keptCa: boolean
+    try {
+      ({ keptCa } = await this.#store.putResource(res, ca))
+    } finally {
+      ca.privateKeyDer.fill(0)
+    }
+    await this.#changed(`${kind}.created`, { name: res.name, uri: res.uri, clientCa: keptCa ? 'kept' : 'new' })
+    return { ...res, keptCa }
   }
 
   listResources(kind: ResourceKind): Promise<Resource[]> {
     return this.#store.listResources(kind)
   }
 
-  async removeResource(kind: ResourceKind, name: string): Promise<void> {
-    if (!(await this.#store.deleteResource(kind, name))) throw new MemidError('ERR_NOT_FOUND', `${kind === 'kube' ? 'kube cluster' : 'database'} "${name}" does not exist`)
-    await this.#changed(`${kind}.deleted`, { name })
+  /**
+   * Unregisters it; its client CA goes too unless `keepCa` (for a later add of the same
+   * name). Without `keepCa`, a CA an earlier `rm --keep-ca` kept is dropped as well.
+   */
+  async removeResource(kind: ResourceKind, name: string, keepCa = false): Promise<void> {
+    if (!(await this.#store.deleteResource(kind, name, { keepCa }))) throw new MemidError('ERR_NOT_FOUND', `${kind === 'kube' ? 'kube cluster' : 'database'} "${name}" does not exist`)
+    await this.#changed(`${kind}.deleted`, { name, keepCa })
   }
 
   listInstances(bot?: string): Promise<BotInstance[]> {
@@ -229,11 +244,26 @@ export class AdminService {
     await this.#changed('lock.deleted', { lock: id })
   }
 
-  /** The public half of a CA (PEM certificate or OpenSSH line); the key never leaves the store. */
-  async exportCa(kind: string): Promise<string> {
-    if (!(CA_KINDS as readonly string[]).includes(kind)) throw new MemidError('ERR_BAD_REQUEST', `kind: must be one of ${CA_KINDS.join(', ')}`)
-    const ca = await this.#store.getCa(kind as CaKind)
-    if (ca === undefined) throw new MemidError('ERR_NOT_FOUND', `the ${kind} CA does not exist yet`)
+  /**
+   * The public half of a CA (PEM certificate or OpenSSH line); the key never leaves the
+   * store. Client CAs (`kube-client`, `db-client`) are per resource: `name` says whose.
+   */
+  async exportCa(kind: string, name?: string): Promise<string> {
+    const resource = (Object.keys(RESOURCE_CA_KIND) as ResourceKind[]).find((k) => RESOURCE_CA_KIND[k] === kind)
+    let ca
+    if (resource !== undefined) {
+      const noun = resource === 'kube' ? 'kube cluster' : 'database'
+      if (name === undefined) throw new MemidError('ERR_BAD_REQUEST', `name: the ${kind} CA is per ${noun}: name one`)
+      ca = await this.#store.getResourceCa(resource, name)
+      if (ca === undefined) throw new MemidError('ERR_NOT_FOUND', `${noun} "${name}" is not registered (memid ${resource === 'kube' ? 'kube' : 'dbs'} add ${name})`)
+    } else {
+      const kinds = [...CA_KINDS, ...Object.values(RESOURCE_CA_KIND)]
+      if (!(CA_KINDS as readonly string[]).includes(kind)) throw new MemidError('ERR_BAD_REQUEST', `kind: must be one of ${kinds.join(', ')}`)
+      if (name !== undefined) throw new MemidError('ERR_BAD_REQUEST', `name: the ${kind} CA is one for the whole cluster, not per resource`)
+      ca = await this.#store.getCa(kind as CaKind)
+      if (ca === undefined) throw new MemidError('ERR_NOT_FOUND', `the ${kind} CA does not exist yet`)
+    }
+    ca.privateKeyDer.fill(0)
     return ca.publicMaterial.endsWith('\n') ? ca.publicMaterial : `${ca.publicMaterial}\n`
   }
 

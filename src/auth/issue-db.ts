@@ -3,8 +3,13 @@ import { issueLeaf } from '../pki/x509.ts'
 import { MemidError } from '../core/errors.ts'
 import { allows, allowsDbUser, denied } from './rbac.ts'
 import type { IssueContext } from './issuer.ts'
+import { resourceAuthority } from './cas.ts'
 
-/** A client certificate from the `db-client` CA with CN = the database user, as the roles allow. */
+/**
+ * A client certificate from the database's own client CA with CN = the database user, as
+ * the roles allow. The database name is not in the certificate: PostgreSQL's `cert`
+ * authentication checks only the user (README: what a role's database names enforce).
+ */
 export async function issueDbCertificate(ctx: IssueContext, req: DbCertRequest): Promise<DbCertResponse> {
   const db = await ctx.store.getResource('db', req.service)
   if (db === undefined) throw new MemidError('ERR_NOT_FOUND', `database "${req.service}" is not registered (memid dbs add)`)
@@ -18,7 +23,7 @@ export async function issueDbCertificate(ctx: IssueContext, req: DbCertRequest):
     throw denied(`bot "${ctx.bot.name}" is not allowed to connect to "${req.service}" as ${what}`)
   }
   const cert = await issueLeaf({
-    ca: ctx.cas.dbClient, publicKey: ctx.publicKey, commonName: req.username,
+    ca: await resourceAuthority(ctx.store, 'db', db.name), publicKey: ctx.publicKey, commonName: req.username,
     ttlMs: ctx.ttlMs, usage: 'client', now: ctx.now,
   })
   return {

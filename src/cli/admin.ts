@@ -6,7 +6,7 @@ import { MemidError } from '../core/errors.ts'
 import { formatDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
 import type { AuditEvent, Bot, BotInstance, Lock, Resource, Role } from '../storage/store.ts'
-import type { CreatedToken, PublicToken } from '../auth/admin.ts'
+import type { AddedResource, CreatedToken, PublicToken } from '../auth/admin.ts'
 import { emit, list, parseFormat, table, type Format } from './output.ts'
 import { socketRequest } from './socket-client.ts'
 
@@ -104,19 +104,28 @@ export function registerAdminCommands(program: Command): void {
     (t) => [t.name, t.bot, t.joinMethod, t.expiresAt, t.usedByInstance])
   rmCommand(tokens, 'name', 'delete a join token', '/v1/tokens', (n) => `token "${n}" deleted`)
 
-  for (const [group, kind, flag, example] of [['kube', 'kube cluster', '--server', 'https://HOST:PORT'], ['dbs', 'database', '--uri', 'postgres://HOST:PORT']] as const) {
+  for (const [group, kind, flag, example, caKind, nameFlag] of [
+    ['kube', 'kube cluster', '--server', 'https://HOST:PORT', 'kube-client', '--cluster'],
+    ['dbs', 'database', '--uri', 'postgres://HOST:PORT', 'db-client', '--database'],
+  ] as const) {
     const g = program.command(group).description(`${kind}s the bots may reach`)
-    common(g.command('add <name>').description(`register a ${kind}`))
+    common(g.command('add <name>').description(`register a ${kind}; it gets a client CA of its own for its server to trust`))
       .requiredOption(`${flag} <uri>`, example)
       .option('--ca-file <pem>', `the CA that signed the ${kind}'s server certificate`)
       .action(async (name: string, o: Common & { server?: string; uri?: string; caFile?: string }) => {
         const f = parseFormat(o.format)
         const caPem = readCaFile(o.caFile)
-        const res = await adminCall<Resource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
-        emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n`)
+        const res = await adminCall<AddedResource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
+        emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n` +
+          `${res.keptCa ? 'it keeps the client CA kept by rm --keep-ca' : 'its server must trust its new client CA'}: memid auth export --kind ${caKind} ${nameFlag} ${res.name}\n`)
       })
     lsCommand<Resource>(g, `${kind}s`, `/v1/${group}`, ['Name', group === 'kube' ? 'Server' : 'URI', 'CA', 'Created'], (r) => [r.name, r.uri, r.caPem ? 'custom' : 'system roots', r.createdAt])
-    rmCommand(g, 'name', `remove a ${kind}`, `/v1/${group}`, (n) => `${kind} "${n}" removed`)
+    common(g.command('rm <name>').description(`remove a ${kind} and its client CA`))
+      .option('--keep-ca', `keep its client CA for a later "${group} add" of the same name (its server need not change)`)
+      .action(async (name: string, o: Common & { keepCa?: boolean }) => {
+        await adminCall(o, 'DELETE', `/v1/${group}/${encodeURIComponent(name)}${o.keepCa ? '?keepCa=true' : ''}`)
+        emit(parseFormat(o.format), { ok: true }, () => `${kind} "${name}" removed${o.keepCa ? '; its client CA is kept' : ''}\n`)
+      })
   }
 
   common(program.command('get <resource>').description('show bot_instance, bot_instance/BOT or bot_instance/BOT/ID'))

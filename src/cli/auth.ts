@@ -2,15 +2,18 @@ import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import path from 'node:path'
 import type { Command } from 'commander'
 import { MemidError } from '../core/errors.ts'
+import { hardenProcess } from '../core/harden.ts'
 import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
 
 const CA_KINDS = ['ssh-user', 'ssh-host', 'tls', 'bot', 'kube-client', 'db-client'] as const
 type CaKind = (typeof CA_KINDS)[number]
+/** The client CAs are per resource: the option that names it. */
+const NAME_OPTION: Partial<Record<CaKind, 'cluster' | 'database'>> = { 'kube-client': 'cluster', 'db-client': 'database' }
 
 /** What the offline CA commands need, from a local store or from the running server. */
 interface CaAccess {
-  exportCa(kind: string): Promise<string>
+  exportCa(kind: string, name?: string): Promise<string>
   signHost(body: { hosts: string[]; publicKey: string; ttl: string }): Promise<{ certificate: string }>
   close(): Promise<void>
 }
@@ -33,7 +36,7 @@ async function caAccess(dataDir?: string): Promise<CaAccess> {
       if (!(await store.getCa('ssh-host'))) throw new MemidError('ERR_NOT_FOUND', `the CAs in ${dir} do not exist yet: run "memid auth start --data-dir ${dir}" first`)
       const cas = await loadOrCreateCas(store, 'memid')
       const admin = new AdminService({ store, clock: { now: () => Date.now() }, audit: async (ev) => void (await store.appendAudit(ev)), sshHostCa: cas.sshHost.key })
-      return { exportCa: (k) => admin.exportCa(k), signHost: (b) => admin.signHost(b), close: () => store.close() }
+      return { exportCa: (k, n) => admin.exportCa(k, n), signHost: (b) => admin.signHost(b), close: () => store.close() }
     } catch (err) {
       await store.close()
       throw err
@@ -43,7 +46,7 @@ async function caAccess(dataDir?: string): Promise<CaAccess> {
     const { socketRequest } = await import('./socket-client.ts')
     const call = <T>(method: string, p: string, body?: unknown) => socketRequest<T>(sock, method, p, body, 'the auth service admin socket', `is "memid auth start --data-dir ${dir}" running?`)
     return {
-      exportCa: (k) => call<string>('GET', `/v1/cas/${encodeURIComponent(k)}`),
+      exportCa: (k, n) => call<string>('GET', `/v1/cas/${encodeURIComponent(k)}${n === undefined ? '' : `/${encodeURIComponent(n)}`}`),
       signHost: (b) => call<{ certificate: string }>('POST', '/v1/sign-host', b),
       close: async () => undefined,
     }
@@ -63,6 +66,7 @@ export function registerAuthCommands(program: Command): void {
     .option('--cluster-name <name>', 'cluster name (default memid)')
     .option('--log-format <format>', 'json or text', undefined)
     .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string }) => {
+      hardenProcess()
       const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }] = await Promise.all([
         import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'),
       ])
@@ -109,14 +113,24 @@ export function registerAuthCommands(program: Command): void {
     })
 
   auth.command('export')
-    .description('print a CA: ssh-user, ssh-host (OpenSSH line) or tls, bot, kube-client, db-client (PEM)')
+    .description('print a CA: ssh-user, ssh-host (OpenSSH line) or tls, bot, kube-client --cluster NAME, db-client --database NAME (PEM)')
     .requiredOption('--kind <kind>', CA_KINDS.join(' | '))
+    .option('--cluster <name>', 'the kube cluster whose client CA to print (--kind kube-client)')
+    .option('--database <name>', 'the database whose client CA to print (--kind db-client)')
     .option('--data-dir <dir>', 'data directory')
-    .action(async (opts: { kind: string; dataDir?: string }) => {
+    .action(async (opts: { kind: string; cluster?: string; database?: string; dataDir?: string }) => {
       if (!CA_KINDS.includes(opts.kind as CaKind)) throw new MemidError('ERR_USAGE', `--kind: must be one of ${CA_KINDS.join(', ')}`)
+      const want = NAME_OPTION[opts.kind as CaKind]
+      for (const o of ['cluster', 'database'] as const) {
+        if (opts[o] !== undefined && o !== want) throw new MemidError('ERR_USAGE', `--${o}: only with --kind ${o === 'cluster' ? 'kube-client' : 'db-client'}`)
+      }
+      const name = want && opts[want]
+      if (want !== undefined && name === undefined) {
+        throw new MemidError('ERR_USAGE', `--${want}: required with --kind ${opts.kind} (each ${want === 'cluster' ? 'kube cluster' : 'database'} has its own client CA)`)
+      }
       const access = await caAccess(opts.dataDir)
       try {
-        process.stdout.write(await access.exportCa(opts.kind))
+        process.stdout.write(await access.exportCa(opts.kind, name))
       } finally {
         await access.close()
       }

@@ -32,6 +32,15 @@ export function parseListenAddress(text: string): ListenAddress {
   return { kind: 'tcp', host, port }
 }
 
+/** `parseListenAddress` for a config value: the error is a ConfigError naming the key (`listen: …`). */
+export function parseListenAt(text: string, key: string): ListenAddress {
+  try {
+    return parseListenAddress(text)
+  } catch (err) {
+    throw new ConfigError(`${key}: ${err instanceof Error ? err.message : String(err)}`)
+  }
+}
+
 /**
  * True for addresses only reachable from this machine: a unix socket, `localhost`, an
  * IPv4 address in 127.0.0.0/8 or `::1`. A host name that merely starts with `127.` is

@@ -39,6 +39,12 @@ export function migrations(d: Dialect): string[] {
    CREATE TABLE audit_events (id ${d.autoId}, time TEXT NOT NULL, type TEXT NOT NULL, success INTEGER NOT NULL,
      code TEXT, message TEXT, bot TEXT, instance TEXT, remote_addr TEXT, fields TEXT NOT NULL);
    CREATE INDEX audit_events_time ON audit_events (time);`,
+    // A client CA per kube cluster and database: one shared CA let a certificate for one
+    // resource work on every other. The old shared keys sign nothing any more, so they go;
+    // existing registrations get their own CA at the next start (cas.ts: a key cannot be made in SQL).
+    `CREATE TABLE resource_cas (kind TEXT NOT NULL, name TEXT NOT NULL, private_key ${d.bytes} NOT NULL, public_material TEXT NOT NULL,
+     created_at TEXT NOT NULL, PRIMARY KEY (kind, name));
+   DELETE FROM cas WHERE kind IN ('kube-client', 'db-client');`,
   ]
 }
 

@@ -3,7 +3,7 @@ import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
   roleSpec, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -156,12 +156,7 @@ export class PostgresStore implements Store {
   }
 
   async #insert(what: string, sql: string, ...args: Arg[]): Promise<void> {
-    try {
-      await this.#run(sql, ...args)
-    } catch (err) {
-      if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `${what} already exists`)
-      throw err
-    }
+    await this.#withClient((c) => insertOnce(c, what, sql, args))
   }
 
   async close(): Promise<void> {
@@ -296,9 +291,14 @@ export class PostgresStore implements Store {
     return (await this.#all('SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at', bot, instance)).map(lockFromRow)
   }
 
-  async putResource(res: Resource): Promise<void> {
-    await this.#insert(resourceLabel(res), 'INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES ($1, $2, $3, $4, $5)',
-      res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt)
+  async putResource(res: Resource, ca: StoredCa): Promise<{ keptCa: boolean }> {
+    return this.#tx(async (c) => {
+      await insertOnce(c, resourceLabel(res), 'INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES ($1, $2, $3, $4, $5)',
+        [res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt])
+      // A CA kept by `rm --keep-ca` is the conflict: it stays, the new one is dropped.
+      const ins = await c.query(`${INSERT_RESOURCE_CA} ON CONFLICT (kind, name) DO NOTHING`, [res.kind, res.name, ca.privateKeyDer, ca.publicMaterial, ca.createdAt])
+      return { keptCa: ins.rowCount === 0 }
+    })
   }
 
   async getResource(kind: ResourceKind, name: string): Promise<Resource | undefined> {
@@ -310,8 +310,26 @@ export class PostgresStore implements Store {
     return (await this.#all('SELECT * FROM resources WHERE kind = $1 ORDER BY name COLLATE "C"', kind)).map(resourceFromRow)
   }
 
-  async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
-    return (await this.#run('DELETE FROM resources WHERE kind = $1 AND name = $2', kind, name)) > 0
+  async deleteResource(kind: ResourceKind, name: string, opts: { keepCa?: boolean } = {}): Promise<boolean> {
+    return this.#tx(async (c) => {
+      const existed = ((await c.query('DELETE FROM resources WHERE kind = $1 AND name = $2', [kind, name])).rowCount ?? 0) > 0
+      const dropped = opts.keepCa !== true && ((await c.query('DELETE FROM resource_cas WHERE kind = $1 AND name = $2', [kind, name])).rowCount ?? 0) > 0
+      return existed || dropped
+    })
+  }
+
+  async getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined> {
+    const r = await this.#get('SELECT * FROM resource_cas WHERE kind = $1 AND name = $2', kind, name)
+    return r && resourceCaFromRow(r)
+  }
+
+  async putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa> {
+    return this.#tx(async (c) => {
+      const ins = await c.query(`${INSERT_RESOURCE_CA} ON CONFLICT (kind, name) DO NOTHING`, [kind, name, ca.privateKeyDer, ca.publicMaterial, ca.createdAt])
+      if (ins.rowCount === 1) return ca
+      const { rows } = await c.query<Row>('SELECT * FROM resource_cas WHERE kind = $1 AND name = $2 FOR UPDATE', [kind, name])
+      return resourceCaFromRow(rows[0] as Row)
+    })
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
@@ -337,6 +355,18 @@ async function writeInstance(c: PoolClient, i: BotInstance, create: boolean): Pr
   } else {
     await c.query('UPDATE bot_instances SET generation = $1, pending_generation = $2, pending_retries = $3, data = $4 WHERE id = $5',
       [i.generation, i.pendingGeneration, i.pendingRetries, data, i.id])
+  }
+}
+
+const INSERT_RESOURCE_CA = 'INSERT INTO resource_cas (kind, name, private_key, public_material, created_at) VALUES ($1, $2, $3, $4, $5)'
+
+/** An INSERT whose unique violation means the named thing exists already. */
+async function insertOnce(c: PoolClient, what: string, sql: string, args: Arg[]): Promise<void> {
+  try {
+    await c.query(sql, args)
+  } catch (err) {
+    if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `${what} already exists`)
+    throw err
   }
 }
 

@@ -3,7 +3,7 @@ import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
   roleSpec, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -234,10 +234,20 @@ export class SqliteStore implements Store {
     return this.#all('SELECT * FROM locks WHERE bot = ? OR instance = ? ORDER BY created_at', bot, instance).map(lockFromRow)
   }
 
-  async putResource(res: Resource): Promise<void> {
-    this.#insert(resourceLabel(res), () =>
-      this.#run('INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES (?, ?, ?, ?, ?)',
-        res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt))
+  async putResource(res: Resource, ca: StoredCa): Promise<{ keptCa: boolean }> {
+    return this.#tx(() => {
+      this.#insert(resourceLabel(res), () =>
+        this.#run('INSERT INTO resources (kind, name, uri, ca_pem, created_at) VALUES (?, ?, ?, ?, ?)',
+          res.kind, res.name, res.uri, res.caPem ?? null, res.createdAt))
+      // A CA kept by `rm --keep-ca` is the conflict: it stays, the new one is dropped.
+      return { keptCa: !this.#insertResourceCa(res.kind, res.name, ca) }
+    })
+  }
+
+  /** False when the resource has a CA already. */
+  #insertResourceCa(kind: ResourceKind, name: string, ca: StoredCa): boolean {
+    return this.#run('INSERT INTO resource_cas (kind, name, private_key, public_material, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO NOTHING',
+      kind, name, ca.privateKeyDer, ca.publicMaterial, ca.createdAt) > 0
   }
 
   async getResource(kind: ResourceKind, name: string): Promise<Resource | undefined> {
@@ -249,8 +259,24 @@ export class SqliteStore implements Store {
     return this.#all('SELECT * FROM resources WHERE kind = ? ORDER BY name', kind).map(resourceFromRow)
   }
 
-  async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
-    return this.#run('DELETE FROM resources WHERE kind = ? AND name = ?', kind, name) > 0
+  async deleteResource(kind: ResourceKind, name: string, opts: { keepCa?: boolean } = {}): Promise<boolean> {
+    return this.#tx(() => {
+      const existed = this.#run('DELETE FROM resources WHERE kind = ? AND name = ?', kind, name) > 0
+      const dropped = opts.keepCa !== true && this.#run('DELETE FROM resource_cas WHERE kind = ? AND name = ?', kind, name) > 0
+      return existed || dropped
+    })
+  }
+
+  async getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined> {
+    const r = this.#get('SELECT * FROM resource_cas WHERE kind = ? AND name = ?', kind, name)
+    return r && resourceCaFromRow(r)
+  }
+
+  async putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa> {
+    return this.#tx(() => {
+      if (this.#insertResourceCa(kind, name, ca)) return ca
+      return resourceCaFromRow(this.#get('SELECT * FROM resource_cas WHERE kind = ? AND name = ?', kind, name) as Row)
+    })
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {

@@ -8,7 +8,10 @@ import type { Heartbeat } from '../api/types.ts'
  */
 
 export type CaKind = 'ssh-user' | 'ssh-host' | 'tls' | 'bot' | 'kube-client' | 'db-client'
-export const CA_KINDS: readonly CaKind[] = ['ssh-user', 'ssh-host', 'tls', 'bot', 'kube-client', 'db-client']
+/** The cluster-wide CAs. Client CAs are per resource (`RESOURCE_CA_KIND`), never shared. */
+export const CA_KINDS: readonly CaKind[] = ['ssh-user', 'ssh-host', 'tls', 'bot']
+/** The kind of the client CA each registered kube cluster or database has of its own. */
+export const RESOURCE_CA_KIND = { kube: 'kube-client', db: 'db-client' } as const satisfies Record<ResourceKind, CaKind>
 
 export interface StoredCa {
   kind: CaKind
@@ -163,10 +166,23 @@ export interface Store {
   /** Locks that apply to this bot or this instance. */
   locksFor(bot: string, instance: string): Promise<Lock[]>
 
-  putResource(resource: Resource): Promise<void>
+  /**
+   * Registers the resource with its own client CA, in one transaction: the CA kept by an
+   * earlier `deleteResource(…, { keepCa: true })` of the same name if there is one
+   * (`keptCa: true`), otherwise `ca`, replacing nothing else.
+   */
+  putResource(resource: Resource, ca: StoredCa): Promise<{ keptCa: boolean }>
   getResource(kind: ResourceKind, name: string): Promise<Resource | undefined>
   listResources(kind: ResourceKind): Promise<Resource[]>
-  deleteResource(kind: ResourceKind, name: string): Promise<boolean>
+  /**
+   * Removes the resource and, unless `keepCa`, its client CA (same transaction); without
+   * `keepCa` it also drops a CA kept by an earlier removal. False when neither existed.
+   */
+  deleteResource(kind: ResourceKind, name: string, opts?: { keepCa?: boolean }): Promise<boolean>
+  /** The client CA of a registered resource (or one kept after its removal). */
+  getResourceCa(kind: ResourceKind, name: string): Promise<StoredCa | undefined>
+  /** Gives a resource `ca` unless it has one (stores from before per-resource CAs); returns whichever is stored. */
+  putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa>
 
   appendAudit(event: NewAuditEvent): Promise<AuditEvent>
   queryAudit(query: AuditQuery): Promise<AuditEvent[]>

@@ -1,7 +1,7 @@
 import { afterEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { generateKeyPairSync, randomUUID } from 'node:crypto'
-import { INSTANCE_HISTORY, type Authentication, type BotInstance, type Heartbeat, type JoinToken, type Role, type Store } from '../../src/storage/store.ts'
+import { INSTANCE_HISTORY, type Authentication, type BotInstance, type Heartbeat, type JoinToken, type Role, type Store, type StoredCa } from '../../src/storage/store.ts'
 import { MemidError } from '../../src/core/errors.ts'
 
 /**
@@ -16,6 +16,11 @@ export interface StoreBackend {
 }
 
 export const T0 = '2030-01-01T00:00:00.000Z'
+
+/** A resource's client CA as the store sees it (key bytes and PEM are opaque to it). */
+export function clientCa(kind: 'kube-client' | 'db-client', n: number): StoredCa {
+  return { kind, privateKeyDer: Buffer.from([n, 0, n]), publicMaterial: `PEM-${kind}-${n}`, createdAt: T0 }
+}
 
 export function role(name: string, over: Partial<Role> = {}): Role {
   return {
@@ -89,8 +94,8 @@ export function storeContract(name: string, backend: StoreBackend): void {
         await s.createBot({ name: 'ci', roles: ['b-role'], maxTtlMs: 3_600_000, createdAt: T0 })
         assert.deepEqual(await s.getBot('ci'), { name: 'ci', roles: ['b-role'], maxTtlMs: 3_600_000, createdAt: T0 })
 
-        await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://10.0.0.1:6443', caPem: 'PEM', createdAt: T0 })
-        await s.putResource({ kind: 'db', name: 'prod', uri: 'postgres://10.0.0.2:5432', createdAt: T0 })
+        await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://10.0.0.1:6443', caPem: 'PEM', createdAt: T0 }, clientCa('kube-client', 1))
+        await s.putResource({ kind: 'db', name: 'prod', uri: 'postgres://10.0.0.2:5432', createdAt: T0 }, clientCa('db-client', 2))
         assert.deepEqual(await s.getResource('kube', 'prod'), { kind: 'kube', name: 'prod', uri: 'https://10.0.0.1:6443', caPem: 'PEM', createdAt: T0 })
         assert.deepEqual(await s.getResource('db', 'prod'), { kind: 'db', name: 'prod', uri: 'postgres://10.0.0.2:5432', createdAt: T0 })
         assert.equal((await s.listResources('db')).length, 1)
@@ -145,9 +150,10 @@ export function storeContract(name: string, backend: StoreBackend): void {
         await s.createToken(token('tok-000000000001'))
         await rejectsWith(s.createToken(token('tok-000000000001')), 'ERR_ALREADY_EXISTS')
 
-        await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://a:1', createdAt: T0 })
-        await rejectsWith(s.putResource({ kind: 'kube', name: 'prod', uri: 'https://b:1', createdAt: T0 }), 'ERR_ALREADY_EXISTS')
+        await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://a:1', createdAt: T0 }, clientCa('kube-client', 1))
+        await rejectsWith(s.putResource({ kind: 'kube', name: 'prod', uri: 'https://b:1', createdAt: T0 }, clientCa('kube-client', 2)), 'ERR_ALREADY_EXISTS')
         assert.equal((await s.getResource('kube', 'prod'))?.uri, 'https://a:1')
+        assert.equal((await s.getResourceCa('kube', 'prod'))?.publicMaterial, 'PEM-kube-client-1', 'the refused add left the CA alone')
 
         await s.createLock({ id: 'l', bot: 'ci', reason: 'r', createdAt: T0 })
         await rejectsWith(s.createLock({ id: 'l', bot: 'ci', reason: 'r', createdAt: T0 }), 'ERR_ALREADY_EXISTS')
@@ -163,6 +169,44 @@ export function storeContract(name: string, backend: StoreBackend): void {
         const read = await s.getCa('tls')
         assert.deepEqual([...read!.privateKeyDer], [1, 2, 3])
         assert.equal(await s.getCa('ssh-user'), undefined)
+      })
+
+      it('each resource has its own client CA; rm drops it unless keepCa, and a re-add reuses only a kept one', async () => {
+        const s = await store()
+        const kube = (name: string) => ({ kind: 'kube' as const, name, uri: 'https://a:1', createdAt: T0 })
+        assert.deepEqual(await s.putResource(kube('dev'), clientCa('kube-client', 1)), { keptCa: false })
+        assert.deepEqual(await s.putResource(kube('prod'), clientCa('kube-client', 2)), { keptCa: false })
+        await s.putResource({ kind: 'db', name: 'prod', uri: 'postgres://a:1', createdAt: T0 }, clientCa('db-client', 3))
+        assert.deepEqual(await s.getResourceCa('kube', 'dev'), clientCa('kube-client', 1))
+        assert.deepEqual(await s.getResourceCa('kube', 'prod'), clientCa('kube-client', 2))
+        assert.deepEqual(await s.getResourceCa('db', 'prod'), clientCa('db-client', 3), 'same name, other kind: its own CA')
+        assert.equal(await s.getResourceCa('kube', 'nope'), undefined)
+
+        assert.equal(await s.deleteResource('kube', 'prod'), true)
+        assert.equal(await s.getResourceCa('kube', 'prod'), undefined, 'rm drops the CA')
+        assert.deepEqual(await s.putResource(kube('prod'), clientCa('kube-client', 4)), { keptCa: false })
+        assert.equal((await s.getResourceCa('kube', 'prod'))?.publicMaterial, 'PEM-kube-client-4', 'a re-added resource gets the new CA')
+
+        assert.equal(await s.deleteResource('kube', 'prod', { keepCa: true }), true)
+        assert.equal(await s.getResource('kube', 'prod'), undefined)
+        assert.deepEqual(await s.putResource(kube('prod'), clientCa('kube-client', 5)), { keptCa: true })
+        assert.equal((await s.getResourceCa('kube', 'prod'))?.publicMaterial, 'PEM-kube-client-4', 'the kept CA, not the new one')
+
+        assert.equal(await s.deleteResource('kube', 'prod', { keepCa: true }), true)
+        assert.equal(await s.deleteResource('kube', 'prod', { keepCa: true }), false, 'nothing left to remove but the kept CA')
+        assert.equal(await s.deleteResource('kube', 'prod'), true, 'rm without keepCa drops a kept CA')
+        assert.equal(await s.getResourceCa('kube', 'prod'), undefined)
+        assert.equal(await s.deleteResource('kube', 'prod'), false)
+        assert.equal(await s.deleteResource('db', 'nope', { keepCa: true }), false)
+        assert.deepEqual(await s.getResourceCa('db', 'prod'), clientCa('db-client', 3), 'other resources untouched')
+      })
+
+      it('putResourceCaIfAbsent gives a CA only to a resource without one, once across servers', async () => {
+        const [a, b] = await pair()
+        const got = await Promise.all([1, 2, 3, 4].map((n) => (n % 2 ? a : b).putResourceCaIfAbsent('db', 'orders', clientCa('db-client', n))))
+        const winner = (await a.getResourceCa('db', 'orders'))!.publicMaterial
+        assert.deepEqual(got.map((c) => c.publicMaterial), [winner, winner, winner, winner])
+        assert.equal((await b.putResourceCaIfAbsent('db', 'orders', clientCa('db-client', 9))).publicMaterial, winner)
       })
 
       it('two servers creating the CAs at once end up with one CA of each kind', async () => {

@@ -63,7 +63,7 @@ describe('auth service', () => {
       assert.equal(r.code, 0, r.stderr)
       assert.match(r.stdout, /^ssh-ed25519 AAAA\S+ /)
     }
-    for (const kind of ['tls', 'bot', 'kube-client', 'db-client']) {
+    for (const kind of ['tls', 'bot']) {
       const r = await auth.cli(['auth', 'export', '--kind', kind])
       const cert = new X509Certificate(r.stdout)
       assert.equal(cert.ca, true, `${kind} is a CA certificate`)

@@ -1,6 +1,6 @@
 /**
  * Issue 5, end to end: a real PostgreSQL 15 that accepts only client certificates from
- * memid's db-client CA (`hostssl all all 127.0.0.1/32 cert`), a real `memid auth start`
+ * the db-client CA memid made for it (`hostssl all all 127.0.0.1/32 cert`), a real `memid auth start`
  * with the database registered by `memid dbs add`, a real `memid start --db-tunnel`, and
  * the real psql and pgbench. No certificate or key exists as a file on the client side.
  */
@@ -32,11 +32,13 @@ describe('psql through the memid agent, end to end', () => {
 
   before(async () => {
     auth = await startAuth()
-    const exported = await auth.cli(['auth', 'export', '--kind', 'db-client'])
-    assert.equal(exported.code, 0, exported.stderr)
-    pg = await startPostgres({ clientCaPem: exported.stdout, roles: ['app', 'admin'] })
+    pg = await startPostgres({ roles: ['app', 'admin'] })
     const added = await auth.cli(['dbs', 'add', 'orders', '--uri', `postgres://127.0.0.1:${pg.port}`, '--ca-file', pg.serverCaFile])
     assert.equal(added.code, 0, added.stderr)
+    // The server trusts the client CA of "orders" alone, which `dbs add` created.
+    const exported = await auth.cli(['auth', 'export', '--kind', 'db-client', '--database', 'orders'])
+    assert.equal(exported.code, 0, exported.stderr)
+    await pg.setClientCa(exported.stdout)
     const token = await auth.bot('dbot', ['--databases', 'orders', '--db-users', 'app', '--db-names', 'orders'])
     tmp = tempDir('memid-db-e2e-')
     sockDir = path.join(tmp.dir, 'pg')

@@ -28,13 +28,15 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
     tmp = tempDir('memid-kube-strace-')
     trace = path.join(tmp.dir, 'strace.txt')
     auth = await startAuth()
-    const exported = await auth.cli(['auth', 'export', '--kind', 'kube-client'])
-    assert.equal(exported.code, 0, exported.stderr)
-    srv = await startKubeApiServer({ clientCaPem: exported.stdout })
+    srv = await startKubeApiServer({})
     srv.addPod('web-1')
     const caFile = path.join(tmp.dir, 'apiserver-ca.pem')
     writeFileSync(caFile, srv.caPem)
     assert.equal((await auth.cli(['kube', 'add', 'prod', '--server', srv.url, '--ca-file', caFile])).code, 0)
+    // The API server trusts prod's own client CA, which `kube add` created.
+    const exported = await auth.cli(['auth', 'export', '--kind', 'kube-client', '--cluster', 'prod'])
+    assert.equal(exported.code, 0, exported.stderr)
+    srv.setClientCa(exported.stdout)
     const token = await auth.bot('kbot', ['--kube-clusters', 'prod', '--kube-users', 'ci', '--kube-groups', 'deployers'])
     agent = startAgent({
       auth, token, dir: path.join(tmp.dir, 'agent'),

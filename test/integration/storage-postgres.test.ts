@@ -8,6 +8,7 @@ import { runMemid, startAgent, startAuth, tempDir, type AuthFixture } from '../f
 import { PostgresStore } from '../../src/storage/postgres.ts'
 import { openStore } from '../../src/storage/open.ts'
 import { MemidError } from '../../src/core/errors.ts'
+import { POSTGRES, migrations } from '../../src/storage/migrations.ts'
 import type { Store } from '../../src/storage/store.ts'
 import { acceptUnused, instance, role, storeContract, token } from '../helpers/store-contract.ts'
 
@@ -124,7 +125,8 @@ describe('PostgresStore connection', () => {
     const name = db.slice(db.lastIndexOf('/') + 1)
     const stores = await Promise.all(Array.from({ length: 4 }, () => PostgresStore.open(db, { max: 2 })))
     opened.push(...stores)
-    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), '1\n')
+    const versions = migrations(POSTGRES).map((_m, i) => i + 1).join(',')
+    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), `${versions}\n`)
     const types = await server.sql(`SELECT column_name || ':' || data_type || ':' || is_identity FROM information_schema.columns
       WHERE (table_name, column_name) IN (('audit_events', 'id'), ('cas', 'private_key'), ('bots', 'max_ttl_ms')) ORDER BY column_name`, name)
     assert.deepEqual(types.trim().split('\n'), ['id:bigint:YES', 'max_ttl_ms:bigint:NO', 'private_key:bytea:NO'])
@@ -178,7 +180,7 @@ describe('memid auth start --storage postgres://… (end to end)', () => {
     a = await startAuth({ storage: `postgres://memid@127.0.0.1:${server.port}/e2e?sslmode=verify-full&sslrootcert=${server.serverCaFile}`, env: { PGPASSWORD: PASSWORD } })
     b = await startAuth({ storage: url('e2e') })
     assert.equal(b.caPin, a.caPin, 'the second server found the CAs the first created')
-    assert.equal(await server.sql('SELECT count(*) FROM cas', 'e2e'), '6\n')
+    assert.equal(await server.sql('SELECT count(*) FROM cas', 'e2e'), '4\n', 'the cluster-wide CAs; client CAs are per resource')
     const warned = b.process.stderr.split('\n').find((l) => l.includes('--storage carries a password'))
     assert.ok(warned, 'a password in argv is warned about')
     assert.ok(!a.process.stderr.includes(PASSWORD) && !b.process.stderr.includes(PASSWORD) && !b.process.stderr.includes(ENCODED), 'no password in logs')

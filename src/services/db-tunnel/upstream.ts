@@ -197,7 +197,7 @@ export function classify(err: unknown, where: string): TunnelRefusal {
     const alert = CLIENT_CERT_REJECTED.exec(text)?.[1]?.toLowerCase().replaceAll('_', ' ') ?? 'rejected'
     return refusal('client_cert_rejected', SqlState.invalidAuthorization,
       `the database server at ${where} did not accept memid's client certificate (TLS alert: ${alert})`,
-      'the server\'s ssl_ca_file must contain memid\'s db-client CA (`memid auth export --kind db-client`)')
+      'the server\'s ssl_ca_file must contain this database\'s client CA (`memid auth export --kind db-client --database NAME`)')
   }
   if (code.startsWith('ERR_SSL') || /SSL routines|wrong version number|handshake/i.test(text)) {
     return refusal('upstream_tls_failed', SqlState.connectionFailure,

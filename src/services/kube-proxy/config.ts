@@ -1,5 +1,5 @@
-import { ConfigError, MemidError } from '../../core/errors.ts'
-import { parseListenAddress, resolveExposure, type ListenAddress, type LocalExposureConfig, type ResolvedExposure } from '../../core/listener.ts'
+import { ConfigError } from '../../core/errors.ts'
+import { parseListenAt, resolveExposure, type ListenAddress, type LocalExposureConfig, type ResolvedExposure } from '../../core/listener.ts'
 
 /**
  * What the agent passes to build a kube proxy (one per cluster). The listen address must be
@@ -32,12 +32,7 @@ export interface ResolvedKubeProxyConfig {
 
 /** Validates the config once, at the edge; messages name the key. */
 export function resolveKubeProxyConfig(cfg: KubeProxyConfig): ResolvedKubeProxyConfig {
-  let listen: ListenAddress
-  try {
-    listen = parseListenAddress(cfg.listen)
-  } catch (err) {
-    throw new ConfigError(`listen: ${err instanceof MemidError ? err.message : String(err)}`)
-  }
+  const listen = parseListenAt(cfg.listen, 'listen')
   const exposure = resolveExposure(cfg, listen)
   if (typeof cfg.cluster !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(cfg.cluster)) {
     throw new ConfigError(`cluster: "${String(cfg.cluster).slice(0, 64)}" is not a valid cluster name`)
