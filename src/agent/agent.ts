@@ -189,13 +189,13 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
           kubeconfig: () => this.kubeconfig(),
           knownHosts: () => this.knownHosts(),
         })
-        await this.#supervisor.start({ name: 'control-socket', start: () => control.start(), stop: () => control.stop() })
         this.#control = control
+        await this.#supervisor.start(control)
       }
       if (this.#cfg.diagnostics !== undefined) {
-        const diag = new DiagnosticsServer(formatAddress(this.#cfg.diagnostics), this.#registry, () => readiness(this.#view()))
-        await this.#supervisor.start({ name: 'diagnostics', start: () => diag.start(), stop: () => diag.stop() })
+        const diag = new DiagnosticsServer(this.#cfg.diagnostics, this.#registry, () => readiness(this.#view()))
         this.#diag = diag
+        await this.#supervisor.start(diag)
       }
       this.#identity.start()
       const id = this.#identity.source.current()
@@ -224,6 +224,8 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       identity: this.#identity.source,
       renewal: this.#identity.status(),
       heartbeatFailures: this.#identity.heartbeatFailures,
+      ...(this.#identity.joinMethod !== undefined ? { joinMethod: this.#identity.joinMethod } : {}),
+      joins: this.#identity.joins,
       startedAt: this.#startedAt,
       servicesUp: this.#servicesUp,
       ...(this.#control ? { controlSocket: this.#control.path } : {}),

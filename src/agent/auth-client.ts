@@ -5,11 +5,11 @@ import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
 import { issueText } from '../core/validate.ts'
 import {
-  casResponseSchema, dbCertResponseSchema, heartbeatResponseSchema, identityResponseSchema, kubeCertResponseSchema, sshCertResponseSchema,
+  casResponseSchema, dbCertResponseSchema, heartbeatResponseSchema, joinTokenInfoSchema, identityResponseSchema, kubeCertResponseSchema, sshCertResponseSchema,
 } from '../api/schemas.ts'
 import { parseAuthServer, type AuthServerAddress } from '../config/agent.ts'
 import {
-  AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse,
+  AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse, type JoinTokenInfo,
   type JoinRequest, type KubeCertRequest, type KubeCertResponse, type RenewRequest, type SshCertRequest, type SshCertResponse,
 } from '../api/types.ts'
 
@@ -111,6 +111,11 @@ export class AuthClient {
 
   join(req: JoinRequest): Promise<IdentityResponse> {
     return this.#request('POST', '/v1/join', req, this.#anon(), 'join', identityResponseSchema)
+  }
+
+  /** The audience the auth service expects in a platform join token's JWTs (asked before each platform join). */
+  joinTokenInfo(name: string): Promise<JoinTokenInfo> {
+    return this.#request('GET', `/v1/join-tokens/${encodeURIComponent(name)}`, undefined, this.#anon(), `join token ${name}`, joinTokenInfoSchema)
   }
 
   renew(id: CallerIdentity, req: RenewRequest): Promise<IdentityResponse> {

@@ -1,6 +1,7 @@
 import http from 'node:http'
 import { MemidError } from '../core/errors.ts'
 import { Router, sendJson } from '../core/http.ts'
+import { type Health, Lifecycle } from '../core/lifecycle.ts'
 import { closeServer, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
 export interface ControlHandlers {
@@ -14,8 +15,10 @@ export interface ControlHandlers {
  * known-hosts for the CLI. It serves only public material.
  */
 export class ControlSocket {
+  readonly name = 'control-socket'
   readonly #server: http.Server
   readonly #path: string
+  readonly #life = new Lifecycle('control-socket')
   #bound: ListenAddress | undefined
 
   constructor(path: string, h: ControlHandlers) {
@@ -34,16 +37,29 @@ export class ControlSocket {
     return this.#path
   }
 
+  get address(): string {
+    return this.#path
+  }
+
   async start(): Promise<void> {
+    this.#life.beginStart()
     const addr = parseListenAddress(this.#path)
     if (addr.kind !== 'unix') throw new MemidError('ERR_CONFIG', 'control_socket: must be an absolute socket path')
     this.#bound = await listen(this.#server, addr)
+    this.#life.listening()
   }
 
-  async stop(): Promise<void> {
+  /** Requests here are short: open ones are cut rather than drained. */
+  async stop(_deadlineMs = 0): Promise<void> {
+    if (this.#life.beginStop() === undefined) return
     this.#server.closeAllConnections()
     await closeServer(this.#server)
     if (this.#bound) removeSocketFile(this.#bound)
+    this.#life.stopped()
+  }
+
+  health(): Health {
+    return this.#life.health() ?? { status: 'ok' }
   }
 }
 

@@ -1,7 +1,8 @@
 import http from 'node:http'
 import type { Registry } from 'prom-client'
 import { sendJson } from '../core/http.ts'
-import { closeServer, formatAddress, isLoopback, isLoopbackHost, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
+import { type Health, Lifecycle } from '../core/lifecycle.ts'
+import { closeServer, formatAddress, isLoopback, isLoopbackHost, listen, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
 export interface Readiness {
   status: 'ok' | 'unavailable'
@@ -28,13 +29,15 @@ function hostOf(header: string | undefined): string | undefined {
  * address (Prometheus scraping a pod IP), any `Host` is answered.
  */
 export class DiagnosticsServer {
+  readonly name = 'diagnostics'
   readonly #server: http.Server
-  readonly #listen: string
+  readonly #listen: ListenAddress
+  readonly #life = new Lifecycle('diagnostics')
   #bound: ListenAddress | undefined
   /** Set once bound to a loopback TCP address. */
   #loopbackHostsOnly = false
 
-  constructor(listenAddr: string, registry: Registry, readiness: () => Readiness) {
+  constructor(listenAddr: ListenAddress, registry: Registry, readiness: () => Readiness) {
     this.#listen = listenAddr
     this.#server = http.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0]
@@ -65,17 +68,26 @@ export class DiagnosticsServer {
   }
 
   get address(): string {
-    return this.#bound ? formatAddress(this.#bound) : this.#listen
+    return formatAddress(this.#bound ?? this.#listen)
   }
 
   async start(): Promise<void> {
-    this.#bound = await listen(this.#server, parseListenAddress(this.#listen))
+    this.#life.beginStart()
+    this.#bound = await listen(this.#server, this.#listen)
     this.#loopbackHostsOnly = this.#bound.kind === 'tcp' && isLoopback(this.#bound)
+    this.#life.listening()
   }
 
-  async stop(): Promise<void> {
+  /** Requests here are short: open ones are cut rather than drained. */
+  async stop(_deadlineMs = 0): Promise<void> {
+    if (this.#life.beginStop() === undefined) return
     this.#server.closeAllConnections()
     await closeServer(this.#server)
     if (this.#bound) removeSocketFile(this.#bound)
+    this.#life.stopped()
+  }
+
+  health(): Health {
+    return this.#life.health() ?? { status: 'ok' }
   }
 }

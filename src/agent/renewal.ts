@@ -4,8 +4,12 @@ import { FATAL_IDENTITY_CODES, MemidError, describeError } from '../core/errors.
 
 export interface RenewalOptions {
   name: string
-  /** Run periodically at this interval (± jitter); when omitted, only on `trigger()` and retries. */
-  intervalMs?: number
+  /**
+   * Run periodically at this interval (± jitter), or at what the function returns, asked
+   * afresh each time a run is scheduled (e.g. from the lifetime of the credential just
+   * issued); when omitted, only on `trigger()` and retries.
+   */
+  intervalMs?: number | (() => number)
   /** Fraction of the interval used as random jitter either way. */
   jitter?: number
   backoffMinMs?: number
@@ -49,7 +53,7 @@ export class RenewalLoop {
 
   /** Schedules the first periodic run (the first credential is obtained by the caller). */
   start(): void {
-    if (this.#o.intervalMs !== undefined) this.#schedule(this.#jittered(this.#o.intervalMs))
+    this.#schedulePeriodic()
   }
 
   /** Runs now; a trigger during a run queues exactly one more run after it. */
@@ -87,8 +91,9 @@ export class RenewalLoop {
       this.#status.succeeded++
       delete this.#status.lastError
       this.#o.renewals?.inc({ credential: this.#o.name, result: 'success' })
-      if (this.#o.intervalMs !== undefined) this.#schedule(this.#jittered(this.#o.intervalMs))
+      this.#schedulePeriodic()
     } catch (err) {
+      const previous = this.#status.lastError
       this.#status.lastFailure = new Date().toISOString()
       this.#status.lastError = describeError(err)
       this.#status.consecutiveFailures++
@@ -104,9 +109,16 @@ export class RenewalLoop {
       const n = this.#status.consecutiveFailures
       const backoff = Math.min(this.#o.backoffMaxMs, this.#o.backoffMinMs * 2 ** (n - 1))
       const delay = this.#jittered(backoff)
-      this.#o.logger.warn({ credential: this.#o.name, failures: n, retryInMs: delay, reason: describeError(err) }, 'renewal failed; retrying')
+      // One line per change of state: the same failure again is not news.
+      const level = this.#status.lastError === previous ? 'debug' : 'warn'
+      this.#o.logger[level]({ credential: this.#o.name, failures: n, retryInMs: delay, reason: this.#status.lastError }, 'renewal failed; retrying')
       this.#schedule(delay)
     }
+  }
+
+  #schedulePeriodic(): void {
+    const every = this.#o.intervalMs
+    if (every !== undefined) this.#schedule(this.#jittered(typeof every === 'function' ? every() : every))
   }
 
   #jittered(ms: number): number {

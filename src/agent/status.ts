@@ -26,6 +26,9 @@ export interface AgentStatus {
   bot?: string
   instanceId?: string
   generation?: number
+  /** How the agent joined, and how many joins this process made (platform joins rejoin). */
+  joinMethod?: string
+  joins: number
   identity: CredentialState & { expiresInSeconds?: number }
   renewal: RenewalStatus
   heartbeatFailures: number
@@ -48,6 +51,8 @@ export interface AgentView {
   identity: CredentialSource<BotIdentity>
   renewal: RenewalStatus
   heartbeatFailures: number
+  joinMethod?: string
+  joins: number
   startedAt: string
   servicesUp: boolean
   controlSocket?: string
@@ -96,6 +101,8 @@ export function agentStatus(view: AgentView): AgentStatus {
     version: VERSION,
     authServer: view.authServer,
     ...(id ? { bot: id.bot, instanceId: id.instanceId, generation: id.generation } : {}),
+    ...(view.joinMethod !== undefined ? { joinMethod: view.joinMethod } : {}),
+    joins: view.joins,
     identity: id ? { ...state, expiresInSeconds: Math.round((id.notAfter.getTime() - view.clock.now()) / 1000) } : state,
     renewal: view.renewal,
     heartbeatFailures: view.heartbeatFailures,

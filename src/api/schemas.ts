@@ -4,12 +4,21 @@ import { durationSchema, nameSchema, principalSchema } from '../core/validate.ts
 const pem = z.string().min(1).max(8192)
 
 /** Edge schemas for the agent-facing API. `strict`: unknown fields are refused. */
-export const joinSchema = z.strictObject({
-  joinMethod: z.literal('token'),
-  token: z.string().min(1).max(512),
-  publicKey: pem,
-  ttl: durationSchema.optional(),
-})
+export const joinSchema = z.discriminatedUnion('joinMethod', [
+  z.strictObject({
+    joinMethod: z.literal('token'),
+    token: z.string().min(1).max(512),
+    publicKey: pem,
+    ttl: durationSchema.optional(),
+  }),
+  z.strictObject({
+    joinMethod: z.enum(['github', 'gitlab', 'kubernetes', 'oidc']),
+    tokenName: nameSchema,
+    idToken: z.string().min(1).max(16_384),
+    publicKey: pem,
+    ttl: durationSchema.optional(),
+  }),
+])
 
 export const renewSchema = z.strictObject({
   publicKey: pem,
@@ -61,6 +70,8 @@ export const identityResponseSchema = z.object({
 })
 
 export const heartbeatResponseSchema = z.object({ generation: z.number().int().nonnegative() })
+
+export const joinTokenInfoSchema = z.object({ name: text, joinMethod: text, audience: text })
 
 export const sshCertResponseSchema = z.object({
   certificate: answerPem, serial: text, keyId: text, principals: z.array(text).max(256), notBefore: time, notAfter: time,

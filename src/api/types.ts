@@ -23,13 +23,33 @@ export interface ApiErrorBody {
   error: { code: string; message: string }
 }
 
-export interface JoinRequest {
+export type JoinRequest = TokenJoinRequest | PlatformJoinRequest
+
+export interface TokenJoinRequest {
   joinMethod: 'token'
   token: string
   /** The agent's new bot-identity public key (ECDSA P-256, SPKI PEM). */
   publicKey: string
   /** Requested certificate TTL like `1h`; clamped to the bot's max TTL. */
   ttl?: string
+}
+
+/** A join with the JWT the agent's platform issued (GitHub Actions, GitLab CI, Kubernetes, any OIDC issuer). */
+export interface PlatformJoinRequest {
+  joinMethod: 'github' | 'gitlab' | 'kubernetes' | 'oidc'
+  /** The platform join token's public name (`--join-token`). */
+  tokenName: string
+  /** The platform's JWT; checked and forgotten (only its replay key is kept). */
+  idToken: string
+  publicKey: string
+  ttl?: string
+}
+
+/** `GET /v1/join-tokens/NAME`: what an agent needs to ask its platform for a JWT. Public: tokens of these methods are rules, not secrets. */
+export interface JoinTokenInfo {
+  name: string
+  joinMethod: string
+  audience: string
 }
 
 export interface RenewRequest {

@@ -1,11 +1,12 @@
-import { randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { z } from 'zod'
 import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import { durationSchema, nameSchema, parseWith, principalSchema } from '../core/validate.ts'
 import type { Clock } from '../core/clock.ts'
-import { CA_KINDS, RESOURCE_CA_KIND, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
+import { CA_KINDS, PLATFORM_JOIN_METHODS, RESOURCE_CA_KIND, type JoinMethod, type PlatformJoinMethod, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
 import { generateToken } from './tokens.ts'
+import { platformSpec } from './join/platform.ts'
 import { signHostCertificate } from './sign-host.ts'
 import { createResourceCa } from './cas.ts'
 import type { KeyObject } from 'node:crypto'
@@ -36,8 +37,13 @@ const botInput = z.strictObject({
 
 const tokenInput = z.strictObject({
   bot: nameSchema,
-  ttl: durationSchema.optional(),
-  joinMethod: z.literal('token').default('token'),
+  ttl: z.union([z.literal('0'), durationSchema]).optional(),
+  joinMethod: z.enum(['token', ...PLATFORM_JOIN_METHODS]).default('token'),
+  name: nameSchema.optional(),
+  allow: z.array(z.string().max(4096)).max(64).optional(),
+  issuer: z.string().max(512).optional(),
+  audience: z.string().max(256).optional(),
+  jwks: z.string().max(65_536).optional(),
 })
 
 const resourceInput = z.strictObject({
@@ -73,6 +79,14 @@ export interface CreatedToken {
   expiresAt: string
 }
 
+/** A platform join token: nothing secret, only its name is printed. */
+export interface CreatedPlatformToken {
+  name: string
+  bot: string
+  joinMethod: JoinMethod
+  expiresAt?: string
+}
+
 export type PublicToken = Omit<JoinToken, 'secretHash'>
 
 /** A registered cluster or database, and whether it reuses a client CA kept by `rm --keep-ca`. */
@@ -92,12 +106,14 @@ export class AdminService {
   readonly #clock: Clock
   readonly #audit: (ev: NewAuditEvent) => Promise<void>
   readonly #sshHostCa: KeyObject | undefined
+  readonly #clusterName: string
 
-  constructor(deps: { store: Store; clock: Clock; audit: (ev: NewAuditEvent) => Promise<void>; sshHostCa?: KeyObject }) {
+  constructor(deps: { store: Store; clock: Clock; audit: (ev: NewAuditEvent) => Promise<void>; sshHostCa?: KeyObject; clusterName?: string }) {
     this.#store = deps.store
     this.#clock = deps.clock
     this.#audit = deps.audit
     this.#sshHostCa = deps.sshHostCa
+    this.#clusterName = deps.clusterName ?? 'memid'
   }
 
   #now(): string {
@@ -132,10 +148,10 @@ export class AdminService {
     for (const r of input.roles) {
       if ((await this.#store.getRole(r)) === undefined) throw new MemidError('ERR_NOT_FOUND', `role "${r}" does not exist (memid roles add ${r})`)
     }
-    const bot: Bot = { name: input.name, roles: input.roles, maxTtlMs: input.maxTtl ? (parseDuration(input.maxTtl) as number) : DEFAULT_BOT_MAX_TTL_MS, createdAt: this.#now() }
+    const bot: Bot = { id: randomUUID(), name: input.name, roles: input.roles, maxTtlMs: input.maxTtl ? (parseDuration(input.maxTtl) as number) : DEFAULT_BOT_MAX_TTL_MS, createdAt: this.#now() }
     await this.#store.createBot(bot)
-    await this.#changed('bot.created', { roles: bot.roles, maxTtlSeconds: bot.maxTtlMs / 1000 }, bot.name)
-    const token = await this.addToken({ bot: bot.name })
+    await this.#changed('bot.created', { botId: bot.id, roles: bot.roles, maxTtlSeconds: bot.maxTtlMs / 1000 }, bot.name)
+    const token = await this.addToken({ bot: bot.name }) as CreatedToken
     return { bot, token }
   }
 
@@ -143,15 +159,22 @@ export class AdminService {
     return this.#store.listBots()
   }
 
+  /** Deletes the bot and ends its instances, in one transaction: their identities are refused from then on. */
   async removeBot(name: string): Promise<void> {
-    if (!(await this.#store.deleteBot(name))) throw new MemidError('ERR_NOT_FOUND', `bot "${name}" does not exist`)
-    await this.#changed('bot.deleted', {}, name)
+    const bot = await this.#store.getBot(name)
+    const deleted = await this.#store.deleteBot(name, this.#now())
+    if (deleted === undefined) throw new MemidError('ERR_NOT_FOUND', `bot "${name}" does not exist`)
+    await this.#changed('bot.deleted', { ...(bot ? { botId: bot.id } : {}), endedInstances: deleted.endedInstances }, name)
   }
 
-  async addToken(body: unknown): Promise<CreatedToken> {
+  async addToken(body: unknown): Promise<CreatedToken | CreatedPlatformToken> {
     const input = parseWith(tokenInput, body)
     if ((await this.#store.getBot(input.bot)) === undefined) throw new MemidError('ERR_NOT_FOUND', `bot "${input.bot}" does not exist`)
-    const ttlMs = input.ttl ? (parseDuration(input.ttl) as number) : DEFAULT_TOKEN_TTL_MS
+    if (input.joinMethod !== 'token') return this.#addPlatformToken({ ...input, joinMethod: input.joinMethod })
+    for (const k of ['name', 'allow', 'issuer', 'audience', 'jwks'] as const) {
+      if (input[k] !== undefined) throw new MemidError('ERR_BAD_REQUEST', `${k}: only for the github, gitlab, kubernetes and oidc join methods`)
+    }
+    const ttlMs = input.ttl ? (parseDuration(input.ttl) ?? 0) : DEFAULT_TOKEN_TTL_MS
     if (ttlMs < 1000) throw new MemidError('ERR_BAD_REQUEST', 'ttl: must be at least 1s')
     const t = generateToken()
     const now = this.#clock.now()
@@ -159,6 +182,20 @@ export class AdminService {
     await this.#store.createToken({ name: t.name, bot: input.bot, joinMethod: 'token', secretHash: t.secretHash, createdAt: new Date(now).toISOString(), expiresAt })
     await this.#changed('token.created', { tokenName: t.name, expiresAt }, input.bot)
     return { name: t.name, bot: input.bot, token: t.value, expiresAt }
+  }
+
+  /** A platform token: rules, not a secret; usable by many joins until it expires (`ttl: 0`: never). */
+  async #addPlatformToken(input: z.infer<typeof tokenInput> & { joinMethod: PlatformJoinMethod }): Promise<CreatedPlatformToken> {
+    const spec = platformSpec(input.joinMethod, { allow: input.allow ?? [], issuer: input.issuer, audience: input.audience, jwks: input.jwks }, this.#clusterName)
+    const ttlMs = input.ttl === undefined ? DEFAULT_TOKEN_TTL_MS : (parseDuration(input.ttl) ?? 0)
+    if (input.ttl !== undefined && input.ttl !== '0' && ttlMs < 1000) throw new MemidError('ERR_BAD_REQUEST', 'ttl: must be at least 1s, or 0 for no expiry')
+    const now = this.#clock.now()
+    const name = input.name ?? `${input.joinMethod}-${randomBytes(6).toString('hex')}`
+    const token: JoinToken = { name, bot: input.bot, joinMethod: input.joinMethod, secretHash: '', createdAt: new Date(now).toISOString(), platform: spec, joinCount: 0 }
+    if (input.ttl !== '0') token.expiresAt = new Date(now + ttlMs).toISOString()
+    await this.#store.createToken(token)
+    await this.#changed('token.created', { tokenName: name, joinMethod: input.joinMethod, rules: spec.rules, issuer: spec.issuer, audience: spec.audience, expiresAt: token.expiresAt ?? 'never' }, input.bot)
+    return { name, bot: input.bot, joinMethod: input.joinMethod, ...(token.expiresAt ? { expiresAt: token.expiresAt } : {}) }
   }
 
   async listTokens(): Promise<PublicToken[]> {

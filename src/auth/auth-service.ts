@@ -1,16 +1,19 @@
-import { createPublicKey, randomUUID, type KeyObject } from 'node:crypto'
+import { createHash, createPublicKey, randomUUID, type KeyObject } from 'node:crypto'
 import type { Logger } from '../core/log.ts'
 import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import type { Clock } from '../core/clock.ts'
-import type { Authentication, Bot, BotInstance, NewAuditEvent, Role, Store } from '../storage/store.ts'
+import type { Authentication, Bot, BotInstance, InstanceChange, Lock, NewAuditEvent, Role, Store } from '../storage/store.ts'
 import { INSTANCE_HISTORY } from '../storage/store.ts'
 import type {
-  CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, KubeCertRequest,
-  KubeCertResponse, RenewRequest, SshCertRequest, SshCertResponse,
+  CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, JoinTokenInfo, KubeCertRequest,
+  KubeCertResponse, PlatformJoinRequest, RenewRequest, SshCertRequest, SshCertResponse,
 } from '../api/types.ts'
+import { PlatformJoins, platformJoin } from './join/platform.ts'
+import { JoinRefused } from './join/refused.ts'
 import { issueBotIdentity, readBotClaims, type BotClaims } from './bot-identity.ts'
 import type { CaSet } from './cas.ts'
+import { decideRenewal, decideRequest, type Decision } from './generation.ts'
 import { secretMatches, splitToken } from './tokens.ts'
 import type { IssueContext } from './issuer.ts'
 import { issueKubeCertificate } from './issue-kube.ts'
@@ -34,15 +37,20 @@ interface Authenticated {
   instance: BotInstance
 }
 
-/** Thrown inside a store transaction when a stale generation is presented. */
-class StaleGeneration extends Error {
-  readonly expected: string
+/** Thrown inside a renewal's transaction when the instance moved since the certificate was signed. */
+class Replan extends Error {
+  readonly instance: BotInstance
 
-  constructor(expected: string) {
-    super('stale generation')
-    this.expected = expected
+  constructor(instance: BotInstance) {
+    super('the instance changed; sign again')
+    this.instance = instance
   }
 }
+
+type Granted = Exclude<Decision, { kind: 'copy' }>
+
+/** Signing a certificate races with other requests of the same instance at most this often. */
+const MAX_REPLANS = 3
 
 /**
  * The auth service's agent-facing operations, independent of HTTP: join, renew (with the
@@ -53,12 +61,21 @@ export class AuthService {
   readonly #cas: CaSet
   readonly #clock: Clock
   readonly #log: Logger
+  readonly #platform: PlatformJoins
 
-  constructor(deps: { store: Store; cas: CaSet; clock: Clock; logger: Logger }) {
+  constructor(deps: { store: Store; cas: CaSet; clock: Clock; logger: Logger; platform?: PlatformJoins }) {
     this.#store = deps.store
     this.#cas = deps.cas
     this.#clock = deps.clock
     this.#log = deps.logger
+    this.#platform = deps.platform ?? new PlatformJoins({ clock: deps.clock, log: deps.logger })
+  }
+
+  /** What an agent asks before a platform join: the audience to request from its platform. */
+  async joinTokenInfo(name: string): Promise<JoinTokenInfo> {
+    const t = await this.#store.getToken(name)
+    if (t?.platform === undefined) throw new MemidError('ERR_NOT_FOUND', `join token ${name} does not exist or is not a platform join token`)
+    return { name: t.name, joinMethod: t.joinMethod, audience: t.platform.audience }
   }
 
   async audit(ev: NewAuditEvent): Promise<void> {
@@ -79,6 +96,7 @@ export class AuthService {
   }
 
   async join(req: JoinRequest, peer: Peer): Promise<IdentityResponse> {
+    if (req.joinMethod !== 'token') return this.#platformJoin(req, peer)
     const now = this.#clock.now()
     const parts = splitToken(req.token)
     const tokenName = parts?.name
@@ -89,53 +107,79 @@ export class AuthService {
       const bot = token && (await this.#store.getBot(token.bot))
       const instanceId = randomUUID()
       const instance = await this.#store.consumeToken(parts.name, (t) => {
-        if (t === undefined || !secretMatches(parts.secret, t.secretHash)) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
+        if (t === undefined || t.joinMethod !== 'token' || !secretMatches(parts.secret, t.secretHash)) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
         if (t.usedAt !== undefined) throw new MemidError('ERR_TOKEN_USED', `join token ${t.name} was already used`)
-        if (Date.parse(t.expiresAt) <= now) throw new MemidError('ERR_TOKEN_EXPIRED', `join token ${t.name} expired at ${t.expiresAt}`)
+        if (t.expiresAt === undefined || Date.parse(t.expiresAt) <= now) throw new MemidError('ERR_TOKEN_EXPIRED', `join token ${t.name} expired at ${t.expiresAt}`)
         if (bot === undefined || bot.name !== t.bot) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${t.bot}" no longer exists`)
         const auth: Authentication = { time: new Date(now).toISOString(), joinMethod: 'token', remoteAddr: peer.remoteAddr, generation: 1 }
         return {
-          id: instanceId, bot: t.bot, joinMethod: 'token', tokenName: t.name, createdAt: auth.time,
+          id: instanceId, bot: t.bot, botId: bot.id, joinMethod: 'token', tokenName: t.name, createdAt: auth.time,
           generation: 1, pendingGeneration: null, pendingRetries: 0,
           initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
         }
       })
-      const realBot = bot as Bot
-      const locks = await this.#store.locksFor(realBot.name, instance.id)
-      if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${realBot.name}" is locked: ${locks[0]?.reason}`)
-      const ttlMs = clampTtl(req.ttl, realBot)
-      const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: realBot.name, instanceId: instance.id, generation: 1 }, ttlMs, now)
-      await this.audit({ type: 'join', success: true, bot: realBot.name, instance: instance.id, remoteAddr: peer.remoteAddr, fields: { joinMethod: 'token', tokenName: instance.tokenName } })
-      await this.#auditIssued('bot', realBot.name, instance.id, peer, cert.serial, ttlMs, { generation: 1 })
-      this.#log.info({ bot: realBot.name, instance: instance.id, remoteAddr: peer.remoteAddr }, 'bot joined')
-      return identityResponse(realBot.name, instance.id, 1, cert)
+      return await this.#admitted(bot as Bot, instance, req, peer, publicKey, now)
     } catch (err) {
-      const e = asMemidError(err)
-      await this.audit({
-        type: 'join.failed', success: false, code: e.code, message: e.message, remoteAddr: peer.remoteAddr,
-        fields: { joinMethod: req.joinMethod, ...(tokenName !== undefined ? { tokenName } : {}) },
-      })
-      throw e
+      throw await this.#joinFailed(err, req, peer, tokenName)
     }
   }
 
-  /** Verifies the caller's bot identity, that the bot and instance exist and that nothing locks them. */
+  /** Platform joins (join/): the JWT is verified and the instance created there. */
+  async #platformJoin(req: PlatformJoinRequest, peer: Peer): Promise<IdentityResponse> {
+    const now = this.#clock.now()
+    try {
+      const publicKey = parseAgentKey(req.publicKey, 'ec')
+      const { bot, instance } = await platformJoin(this.#store, this.#platform, req, peer.remoteAddr, now)
+      return await this.#admitted(bot, instance, req, peer, publicKey, now)
+    } catch (err) {
+      throw await this.#joinFailed(err, req, peer, req.tokenName)
+    }
+  }
+
+  /** The common end of every join: locks, the first bot identity, the audit. */
+  async #admitted(bot: Bot, instance: BotInstance, req: JoinRequest, peer: Peer, publicKey: KeyObject, now: number): Promise<IdentityResponse> {
+    const locks = await this.#store.locksFor(bot.name, instance.id)
+    if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${bot.name}" is locked: ${locks[0]?.reason}`)
+    const ttlMs = clampTtl(req.ttl, bot)
+    const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: bot.name, botId: bot.id, instanceId: instance.id, generation: 1 }, ttlMs, now)
+    await this.audit({ type: 'join', success: true, bot: bot.name, instance: instance.id, remoteAddr: peer.remoteAddr, fields: { joinMethod: instance.joinMethod, tokenName: instance.tokenName, ...(instance.claims ? { claims: instance.claims } : {}) } })
+    await this.audit(this.#issuedEvent('bot', { bot, instance }, peer, cert.serial, ttlMs, { generation: 1 }))
+    this.#log.info({ bot: bot.name, instance: instance.id, joinMethod: instance.joinMethod, remoteAddr: peer.remoteAddr }, 'bot joined')
+    return identityResponse(bot.name, instance.id, 1, cert)
+  }
+
+  /** Audits a refused join (naming the token and, for platform joins, the first claim that did not match). */
+  async #joinFailed(err: unknown, req: JoinRequest, peer: Peer, tokenName: string | undefined): Promise<MemidError> {
+    const e = asMemidError(err)
+    await this.audit({
+      type: 'join.failed', success: false, code: e.code, message: e.message, remoteAddr: peer.remoteAddr,
+      fields: { joinMethod: req.joinMethod, ...(tokenName !== undefined ? { tokenName } : {}), ...(e instanceof JoinRefused ? e.auditFields() : {}) },
+    })
+    return e
+  }
+
+  /**
+   * Verifies the caller's bot identity: valid now by the service's clock (the TLS layer
+   * checked it only at the handshake), and its bot and instance alive. Locks and the
+   * generation are decided later, inside the transaction that acts on them (#move).
+   */
   async #authenticate(peer: Peer, op: string): Promise<Authenticated> {
     const claims = peer.certificate && readBotClaims(peer.certificate)
     if (claims === undefined) throw new MemidError('ERR_UNAUTHENTICATED', `${op} needs a valid bot identity (client certificate from the bot CA)`)
     try {
+      const now = this.#clock.now()
+      if (now >= claims.notAfter.getTime()) throw new MemidError('ERR_CERT_EXPIRED', `the bot identity (generation ${claims.generation}) expired at ${claims.notAfter.toISOString()}`)
+      if (now < claims.notBefore.getTime()) throw new MemidError('ERR_CERT_EXPIRED', `the bot identity (generation ${claims.generation}) is not valid before ${claims.notBefore.toISOString()}`)
       const bot = await this.#store.getBot(claims.bot)
       if (bot === undefined) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${claims.bot}" was deleted`)
+      if (claims.botId !== undefined && claims.botId !== bot.id) throw deletedBot(claims.bot)
       const instance = await this.#store.getInstance(claims.instanceId)
       if (instance === undefined || instance.bot !== claims.bot) {
         throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${claims.instanceId} does not exist`)
       }
-      const locks = await this.#store.locksFor(bot.name, instance.id)
-      if (locks.length > 0) {
-        const l = locks[0] as (typeof locks)[number]
-        throw new MemidError('ERR_LOCKED', `${l.instance ? `bot instance ${l.instance}` : `bot "${l.bot}"`} is locked: ${l.reason}`)
-      }
-      return { claims, bot, instance }
+      const a = { claims, bot, instance }
+      checkAlive(a, instance)
+      return a
     } catch (err) {
       const e = asMemidError(err)
       await this.audit({ type: `${op}.failed`, success: false, code: e.code, message: e.message, bot: claims.bot, instance: claims.instanceId, remoteAddr: peer.remoteAddr, fields: { generation: claims.generation } })
@@ -144,94 +188,105 @@ export class AuthService {
   }
 
   /**
-   * A stale generation means the identity was copied: lock the instance, audit, refuse.
-   * The lock is what makes every later request of either copy fail.
+   * Decides a request in the store's transaction on the instance: the instance must still
+   * be alive and unlocked as of that transaction (a lock or a bot deletion committed while
+   * the request was on its way stops it), then `decide` moves the generation. What it
+   * grants commits with `audit(granted)`; a copy commits its lock and audit events instead,
+   * and is refused. One durable commit either way.
    */
-  async #onStale(a: Authenticated, peer: Peer, op: string, expected: string): Promise<never> {
-    const reason = `generation mismatch on ${op}: presented ${a.claims.generation}, expected ${expected} (identity copied?)`
-    await this.#store.createLock({ id: randomUUID(), instance: a.instance.id, reason, createdAt: new Date(this.#clock.now()).toISOString() })
-    await this.audit({ type: 'generation.mismatch', success: false, code: 'ERR_STALE_GENERATION', message: reason, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { presented: a.claims.generation, expected } })
-    await this.audit({ type: 'lock.created', success: true, bot: a.bot.name, instance: a.instance.id, message: reason, fields: { by: 'auth-service' } })
-    this.#log.warn({ bot: a.bot.name, instance: a.instance.id, presented: a.claims.generation, expected }, 'stale generation: instance locked')
-    throw new MemidError('ERR_STALE_GENERATION', `bot instance ${a.instance.id} presented a stale identity (generation ${a.claims.generation}, expected ${expected}); it is now locked`)
+  async #move(a: Authenticated, peer: Peer, op: string, decide: (inst: BotInstance) => Decision, audit: (granted: Granted) => NewAuditEvent[] = () => []): Promise<Granted> {
+    let granted: Granted | undefined
+    let stale: string | undefined
+    try {
+      await this.#store.updateInstance(a.instance.id, (cur, locks): InstanceChange => {
+        if (cur === undefined) throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${a.instance.id} does not exist`)
+        checkAlive(a, cur)
+        refuseLocked(locks)
+        const d = decide(cur)
+        if (d.kind === 'copy') {
+          stale = d.expected
+          return this.#copyDetected(a, peer, op, d.expected)
+        }
+        granted = d
+        return { ...(d.instance !== cur ? { instance: d.instance } : {}), audit: audit(d) }
+      })
+    } catch (err) {
+      if (err instanceof Replan) throw err
+      const e = asMemidError(err)
+      await this.audit({ type: `${op}.failed`, success: false, code: e.code, message: e.message, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { generation: a.claims.generation } })
+      throw e
+    }
+    if (stale !== undefined) {
+      this.#log.warn({ bot: a.bot.name, instance: a.instance.id, presented: a.claims.generation, expected: stale }, 'stale generation: instance locked')
+      throw new MemidError('ERR_STALE_GENERATION', `bot instance ${a.instance.id} presented a stale identity (generation ${a.claims.generation}, expected ${stale}); it is now locked`)
+    }
+    return granted as Granted
   }
 
   /**
-   * Renewal. With no renewal outstanding the caller must present the current generation
-   * and moves to a pending next one. A pending generation becomes current when the agent
-   * first uses it (this renewal, a heartbeat or a certificate request). Until then the
-   * previous generation may retry once — the response may have been lost — and gets a
-   * fresh pending generation; anything else is a copied identity.
+   * A stale generation means the identity was copied: the lock (which makes every later
+   * request of either copy fail) and its audit events, to commit together.
+   */
+  #copyDetected(a: Authenticated, peer: Peer, op: string, expected: string): InstanceChange {
+    const reason = `generation mismatch on ${op}: presented ${a.claims.generation}, expected ${expected} (identity copied?)`
+    const lock: Lock = { id: randomUUID(), instance: a.instance.id, reason, createdAt: new Date(this.#clock.now()).toISOString() }
+    return {
+      locks: [lock],
+      audit: [
+        { type: 'generation.mismatch', success: false, code: 'ERR_STALE_GENERATION', message: reason, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { presented: a.claims.generation, expected } },
+        { type: 'lock.created', success: true, bot: a.bot.name, instance: a.instance.id, message: reason, fields: { by: 'auth-service', lock: lock.id } },
+      ],
+    }
+  }
+
+  /**
+   * Renewal (the table in the README): the confirmed generation moves to a pending next
+   * one bound to the new key; the same request again (its answer lost) gets the same
+   * pending generation; another key or an older generation is a copy. The certificate is
+   * signed before the transaction so that its audit rows commit with the generation move;
+   * if the instance moved meanwhile it is signed again.
    */
   async renew(req: RenewRequest, peer: Peer): Promise<IdentityResponse> {
     const a = await this.#authenticate(peer, 'renew')
     const now = this.#clock.now()
     const publicKey = parseAgentKey(req.publicKey, 'ec')
+    const keyId = createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex')
     const g = a.claims.generation
-    let next = 0
-    let retried = false
-    await this.#updateGeneration(a, peer, 'renew', (inst) => {
-      if (inst.pendingGeneration === null) {
-        if (g !== inst.generation) throw new StaleGeneration(String(inst.generation))
-        next = inst.generation + 1
-        inst.pendingRetries = 0
-      } else {
-        if (g !== inst.generation || inst.pendingRetries >= 1) {
-          throw new StaleGeneration(inst.pendingRetries >= 1 ? String(inst.pendingGeneration) : `${inst.generation} or ${inst.pendingGeneration}`)
-        }
-        next = inst.pendingGeneration + 1
-        inst.pendingRetries += 1
-        retried = true
-      }
-      inst.pendingGeneration = next
-      inst.latestAuthentications = [...inst.latestAuthentications, { time: new Date(now).toISOString(), joinMethod: 'bot-certificate', remoteAddr: peer.remoteAddr, generation: next }].slice(-INSTANCE_HISTORY)
-    })
     const ttlMs = clampTtl(req.ttl, a.bot)
-    const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: a.bot.name, instanceId: a.instance.id, generation: next }, ttlMs, now)
-    await this.audit({ type: 'renew', success: true, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { from: g, generation: next, retry: retried } })
-    await this.#auditIssued('bot', a.bot.name, a.instance.id, peer, cert.serial, ttlMs, { generation: next })
-    return identityResponse(a.bot.name, a.instance.id, next, cert)
-  }
-
-  /**
-   * Runs `decide` on the instance inside the store's transaction, after confirming a
-   * pending generation the caller presents. A StaleGeneration thrown by `decide` locks.
-   */
-  async #updateGeneration(a: Authenticated, peer: Peer, op: string, decide: (inst: BotInstance) => void): Promise<void> {
-    const g = a.claims.generation
-    try {
-      await this.#store.updateInstance(a.instance.id, (cur) => {
-        if (cur === undefined) throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${a.instance.id} does not exist`)
-        const inst = { ...cur }
-        if (inst.pendingGeneration !== null && g === inst.pendingGeneration) {
-          inst.generation = g
-          inst.pendingGeneration = null
-          inst.pendingRetries = 0
+    let seen = a.instance
+    for (let attempt = 0; ; attempt++) {
+      const plan = decideRenewal(seen, g, keyId)
+      const generation = plan.kind === 'renew' ? plan.generation : 0
+      const cert = generation > 0 ? await issueBotIdentity(this.#cas.bot, publicKey, { bot: a.bot.name, botId: a.bot.id, instanceId: a.instance.id, generation }, ttlMs, now) : undefined
+      const auth: Authentication = { time: new Date(now).toISOString(), joinMethod: 'bot-certificate', remoteAddr: peer.remoteAddr, generation }
+      try {
+        await this.#move(a, peer, 'renew', (cur) => {
+          const d = decideRenewal(cur, g, keyId)
+          if (d.kind !== 'renew') return d
+          if (d.generation !== generation || cert === undefined) throw new Replan(cur)
+          return { ...d, instance: { ...d.instance, latestAuthentications: [...d.instance.latestAuthentications, auth].slice(-INSTANCE_HISTORY) } }
+        }, (d) => [
+          { type: 'renew', success: true, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { from: g, generation, retry: d.kind === 'renew' && d.retry } },
+          this.#issuedEvent('bot', a, peer, (cert as IssuedCert).serial, ttlMs, { generation }),
+        ])
+      } catch (err) {
+        if (err instanceof Replan && attempt < MAX_REPLANS) {
+          seen = err.instance
+          continue
         }
-        decide(inst)
-        return inst
-      })
-    } catch (err) {
-      if (err instanceof StaleGeneration) return this.#onStale(a, peer, op, err.expected)
-      throw err
-    }
-  }
-
-  /** Accepts the current or the pending generation (confirming the pending one). */
-  #checkGeneration(a: Authenticated, peer: Peer, op: string, record?: (i: BotInstance) => void): Promise<void> {
-    return this.#updateGeneration(a, peer, op, (inst) => {
-      if (a.claims.generation !== inst.generation) {
-        throw new StaleGeneration(inst.pendingGeneration === null ? String(inst.generation) : `${inst.generation} or ${inst.pendingGeneration}`)
+        if (err instanceof Replan) throw new MemidError('ERR_INTERNAL', 'the bot instance kept changing during the renewal; retry')
+        throw err
       }
-      record?.(inst)
-    })
+      return identityResponse(a.bot.name, a.instance.id, generation, cert as IssuedCert)
+    }
   }
 
   async heartbeat(req: HeartbeatRequest, peer: Peer): Promise<{ generation: number }> {
     const a = await this.#authenticate(peer, 'heartbeat')
     const time = new Date(this.#clock.now()).toISOString()
-    await this.#checkGeneration(a, peer, 'heartbeat', (inst) => {
-      inst.heartbeats = [...inst.heartbeats, { time, ...req }].slice(-INSTANCE_HISTORY)
+    await this.#move(a, peer, 'heartbeat', (cur) => {
+      const d = decideRequest(cur, a.claims.generation)
+      return d.kind === 'accept' ? { ...d, instance: { ...d.instance, heartbeats: [...d.instance.heartbeats, { time, ...req }].slice(-INSTANCE_HISTORY) } } : d
     })
     return { generation: a.claims.generation }
   }
@@ -241,7 +296,7 @@ export class AuthService {
     fn: (ctx: IssueContext, req: Req) => Promise<Res>, describe: (res: Res) => Record<string, unknown>,
   ): Promise<Res> {
     const a = await this.#authenticate(peer, `cert.${kind}`)
-    await this.#checkGeneration(a, peer, `cert.${kind}`)
+    await this.#move(a, peer, `cert.${kind}`, (cur) => decideRequest(cur, a.claims.generation))
     const now = this.#clock.now()
     const { publicKey: _pk, ...asked } = req
     try {
@@ -250,7 +305,7 @@ export class AuthService {
       if (ttlMs < 1000) throw new MemidError('ERR_IDENTITY_EXPIRED', 'the bot identity expires too soon to issue certificates; renew first')
       const ctx: IssueContext = { bot: a.bot, instance: a.instance, roles, cas: this.#cas, store: this.#store, publicKey: parseAgentKey(req.publicKey, keyType), ttlMs, now }
       const res = await fn(ctx, req)
-      await this.#auditIssued(kind, a.bot.name, a.instance.id, peer, res.serial, ttlMs, describe(res))
+      await this.audit(this.#issuedEvent(kind, a, peer, res.serial, ttlMs, describe(res)))
       return res
     } catch (err) {
       const e = asMemidError(err)
@@ -280,12 +335,28 @@ export class AuthService {
     return roles
   }
 
-  async #auditIssued(kind: string, bot: string, instance: string, peer: Peer, serial: string, ttlMs: number, fields: Record<string, unknown>): Promise<void> {
-    await this.audit({ type: 'cert.issued', success: true, bot, instance, remoteAddr: peer.remoteAddr, fields: { kind, serial, ttlSeconds: Math.round(ttlMs / 1000), ...fields } })
+  #issuedEvent(kind: string, a: Pick<Authenticated, 'bot' | 'instance'>, peer: Peer, serial: string, ttlMs: number, fields: Record<string, unknown>): NewAuditEvent {
+    return { type: 'cert.issued', success: true, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { kind, serial, ttlSeconds: Math.round(ttlMs / 1000), ...fields } }
   }
 }
 
-function identityResponse(bot: string, instanceId: string, generation: number, cert: { pem: string; serial: string; notBefore: Date; notAfter: Date }): IdentityResponse {
+interface IssuedCert { pem: string; serial: string; notBefore: Date; notAfter: Date }
+
+/** The instance must belong to the bot the certificate names, as it is now, and not have been ended with an earlier bot of that name. */
+function checkAlive(a: Authenticated, inst: BotInstance): void {
+  if (inst.endedAt !== undefined || inst.botId !== a.bot.id) throw deletedBot(a.bot.name)
+}
+
+function deletedBot(name: string): MemidError {
+  return new MemidError('ERR_BOT_NOT_FOUND', `the bot "${name}" this identity belongs to was deleted`)
+}
+
+function refuseLocked(locks: Lock[]): void {
+  const l = locks[0]
+  if (l !== undefined) throw new MemidError('ERR_LOCKED', `${l.instance ? `bot instance ${l.instance}` : `bot "${l.bot}"`} is locked: ${l.reason}`)
+}
+
+function identityResponse(bot: string, instanceId: string, generation: number, cert: IssuedCert): IdentityResponse {
   return {
     certificate: cert.pem, bot, instanceId, generation, serial: cert.serial,
     notBefore: cert.notBefore.toISOString(), notAfter: cert.notAfter.toISOString(),

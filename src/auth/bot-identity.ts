@@ -4,9 +4,15 @@ import { issueLeaf, type IssuedX509, type X509Authority } from '../pki/x509.ts'
 /** Who a bot identity certificate says its holder is. */
 export interface BotClaims {
   bot: string
+  /**
+   * The bot's immutable id. Absent only in certificates issued before bots had ids; those
+   * are judged by their instance's bot id alone.
+   */
+  botId?: string
   instanceId: string
   generation: number
   serial: string
+  notBefore: Date
   notAfter: Date
 }
 
@@ -16,13 +22,13 @@ const URI_PREFIX = 'memid://bot/'
  * Issues the bot identity: an X.509 client certificate from the `bot` CA whose subject
  * names the bot and whose URI SAN carries the instance id and generation.
  */
-export function issueBotIdentity(ca: X509Authority, publicKey: KeyObject, claims: Omit<BotClaims, 'serial' | 'notAfter'>, ttlMs: number, now: number): Promise<IssuedX509> {
+export function issueBotIdentity(ca: X509Authority, publicKey: KeyObject, claims: Omit<BotClaims, 'serial' | 'notBefore' | 'notAfter'> & { botId: string }, ttlMs: number, now: number): Promise<IssuedX509> {
   return issueLeaf({
     ca,
     publicKey,
     commonName: claims.bot,
     organizations: ['memid-bot'],
-    uris: [`${URI_PREFIX}${encodeURIComponent(claims.bot)}?instance=${claims.instanceId}&generation=${claims.generation}`],
+    uris: [`${URI_PREFIX}${encodeURIComponent(claims.bot)}?id=${claims.botId}&instance=${claims.instanceId}&generation=${claims.generation}`],
     ttlMs,
     usage: 'client',
     now,
@@ -37,14 +43,26 @@ export function readBotClaims(der: Buffer): BotClaims | undefined {
   } catch {
     return undefined
   }
-  const san = cert.subjectAltName ?? ''
-  const m = /URI:memid:\/\/bot\/([^?,\s]+)\?instance=([0-9a-f-]{36})&generation=(\d{1,15})/.exec(san)
+  const m = /URI:memid:\/\/bot\/([^?,\s]+)\?([^,\s]+)/.exec(cert.subjectAltName ?? '')
   if (!m) return undefined
+  const q = new URLSearchParams(m[2])
+  const instanceId = q.get('instance') ?? ''
+  const generation = q.get('generation') ?? ''
+  const botId = q.get('id')
+  if (!/^[0-9a-f-]{36}$/.test(instanceId) || !/^\d{1,15}$/.test(generation) || (botId !== null && !/^[0-9a-f-]{32,36}$/.test(botId))) return undefined
+  let bot: string
+  try {
+    bot = decodeURIComponent(m[1] as string)
+  } catch {
+    return undefined
+  }
   return {
-    bot: decodeURIComponent(m[1] as string),
-    instanceId: m[2] as string,
-    generation: Number(m[3]),
+    bot,
+    ...(botId !== null ? { botId } : {}),
+    instanceId,
+    generation: Number(generation),
     serial: cert.serialNumber.toLowerCase(),
+    notBefore: new Date(cert.validFrom),
     notAfter: new Date(cert.validTo),
   }
 }

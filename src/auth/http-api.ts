@@ -27,6 +27,11 @@ export function agentApiRouter(auth: AuthService, joinLimiter: RateLimiter): Rou
     const body = parseWith(joinSchema, await readJsonBody(req))
     sendJson(res, 200, await auth.join(body, peer))
   })
+  // Public by design: platform tokens are rules, not secrets. Limited like joins so it is no oracle to hammer.
+  router.on('GET', '/v1/join-tokens/:name', async (req, res, p) => {
+    if (!joinLimiter.take(peerOf(req).remoteAddr)) throw new MemidError('ERR_RATE_LIMITED', 'too many join attempts from this address; slow down')
+    sendJson(res, 200, await auth.joinTokenInfo(p.name as string))
+  })
   const post = <T>(path: string, schema: z.ZodType<T>, handle: (body: T, peer: Peer) => Promise<unknown>) =>
     router.on('POST', path, async (req, res) => sendJson(res, 200, await handle(parseWith(schema, await readJsonBody(req)), peerOf(req))))
   post('/v1/renew', renewSchema, (b, p) => auth.renew(b, p))

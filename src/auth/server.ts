@@ -1,4 +1,4 @@
-import { generateKeyPairSync, createPublicKey } from 'node:crypto'
+import { constants as cryptoConstants, generateKeyPairSync, createPublicKey } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
@@ -53,7 +53,7 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
   if (addr.kind !== 'tcp') throw new MemidError('ERR_CONFIG', 'listen: the auth service listens on host:port')
   const cas = await loadOrCreateCas(opts.store, opts.clusterName)
   const auth = new AuthService({ store: opts.store, cas, clock, logger: log })
-  const admin = new AdminService({ store: opts.store, clock, audit: (ev) => auth.audit(ev), sshHostCa: cas.sshHost.key })
+  const admin = new AdminService({ store: opts.store, clock, audit: (ev) => auth.audit(ev), sshHostCa: cas.sshHost.key, clusterName: cas.clusterName })
 
   const serverKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
   const ips = new Set(['127.0.0.1', '::1'])
@@ -73,6 +73,10 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: 'TLSv1.2',
+    // No session resumption: a resumed session skips verifying the client certificate
+    // (its expiry included) and carries over `authorized` from a handshake long past.
+    // Without tickets and without a session cache every connection is a full handshake.
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
   }, (req, res) => void api.handle(req, res)))
   hardenServer(server, log)
 

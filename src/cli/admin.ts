@@ -6,7 +6,7 @@ import { MemidError } from '../core/errors.ts'
 import { formatDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
 import type { AuditEvent, Bot, BotInstance, Lock, Resource, Role } from '../storage/store.ts'
-import type { AddedResource, CreatedToken, PublicToken } from '../auth/admin.ts'
+import type { AddedResource, CreatedPlatformToken, CreatedToken, PublicToken } from '../auth/admin.ts'
 import { emit, list, parseFormat, table, type Format } from './output.ts'
 import { socketRequest } from './socket-client.ts'
 
@@ -27,12 +27,12 @@ function common(cmd: Command, formats: Format[] = ['text', 'json', 'yaml']): Com
   return cmd.option('--data-dir <dir>', 'the auth service data directory').option('--format <format>', formats.join(' | '), 'text')
 }
 
-function readCaFile(file: string | undefined): string | undefined {
+function readTextFile(flag: string, file: string | undefined): string | undefined {
   if (file === undefined) return undefined
   try {
     return readFileSync(file, 'utf8')
   } catch (err) {
-    throw new MemidError('ERR_NOT_FOUND', `--ca-file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
+    throw new MemidError('ERR_NOT_FOUND', `${flag}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
   }
 }
 
@@ -88,20 +88,30 @@ export function registerAdminCommands(program: Command): void {
         `join token ${out.token.name}, single use, expires ${out.token.expiresAt}:\n${out.token.token}\n`)
     })
   lsCommand<Bot>(bots, 'bots', '/v1/bots', ['Name', 'Roles', 'Max TTL', 'Created'], (b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])
-  rmCommand(bots, 'name', 'delete a bot; its instances can no longer renew', '/v1/bots', (n) => `bot "${n}" deleted`)
+  rmCommand(bots, 'name', 'delete a bot and end its instances (final: a bot added later under the name is a new bot)', '/v1/bots', (n) => `bot "${n}" deleted`)
 
-  const tokens = program.command('tokens').description('join tokens (single use, expiring)')
-  common(tokens.command('add').description('create a join token; prints only the token'))
+  const tokens = program.command('tokens').description('join tokens: single-use secrets, or platform join rules (github, gitlab, kubernetes, oidc)')
+  common(tokens.command('add').description('create a join token; prints only the token (platform methods: only its name)'))
     .requiredOption('--bot <name>', 'the bot the token joins as')
-    .option('--ttl <duration>', 'validity (default 30m)')
-    .option('--join-method <method>', 'join method', 'token')
-    .action(async (o: Common & { bot: string; ttl?: string; joinMethod: string }) => {
+    .option('--ttl <duration>', 'validity (default 30m; 0: never expires, platform methods only)')
+    .option('--join-method <method>', 'token | github | gitlab | kubernetes | oidc', 'token')
+    .option('--allow <rule>', 'platform methods: KEY=VALUE[,KEY=VALUE…] claims a JWT must carry; repeat for alternatives', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--name <name>', 'platform methods: the public name agents give with --join-token (default generated)')
+    .option('--issuer <url>', "platform methods: the JWT's expected issuer (https://…)")
+    .option('--jwks-file <file>', "platform methods: the issuer's public JWKS (no discovery), e.g. from kubectl get --raw /openid/v1/jwks")
+    .option('--audience <aud>', "platform methods: the JWT's expected audience (default: the cluster name)")
+    .action(async (o: Common & { bot: string; ttl?: string; joinMethod: string; allow?: string[]; name?: string; issuer?: string; jwksFile?: string; audience?: string }) => {
       const f = parseFormat(o.format)
-      const t = await adminCall<CreatedToken>(o, 'POST', '/v1/tokens', { bot: o.bot, joinMethod: o.joinMethod, ...(o.ttl ? { ttl: o.ttl } : {}) })
-      emit(f, t, () => `${t.token}\n`)
+      const jwks = readTextFile('--jwks-file', o.jwksFile)
+      const t = await adminCall<CreatedToken | CreatedPlatformToken>(o, 'POST', '/v1/tokens', {
+        bot: o.bot, joinMethod: o.joinMethod, ...(o.ttl ? { ttl: o.ttl } : {}), ...(o.allow ? { allow: o.allow } : {}), ...(o.name ? { name: o.name } : {}),
+        ...(o.issuer ? { issuer: o.issuer } : {}), ...(jwks !== undefined ? { jwks } : {}), ...(o.audience ? { audience: o.audience } : {}),
+      })
+      emit(f, t, () => `${'token' in t ? t.token : t.name}\n`)
     })
-  lsCommand<PublicToken>(tokens, 'join tokens (names only, never secrets)', '/v1/tokens', ['Name', 'Bot', 'Join Method', 'Expires', 'Used By'],
-    (t) => [t.name, t.bot, t.joinMethod, t.expiresAt, t.usedByInstance])
+  lsCommand<PublicToken>(tokens, 'join tokens (names and rules, never secrets)', '/v1/tokens', ['Name', 'Bot', 'Join Method', 'Rules', 'Expires', 'Used By / Joins'],
+    (t) => [t.name, t.bot, t.joinMethod, t.platform?.rules.map((r) => Object.entries(r).map(([k, v]) => `${k}=${v}`).join(',')).join(' | '),
+      t.expiresAt ?? 'never', t.platform ? `${t.joinCount ?? 0} joins` : t.usedByInstance])
   rmCommand(tokens, 'name', 'delete a join token', '/v1/tokens', (n) => `token "${n}" deleted`)
 
   for (const [group, kind, flag, example, caKind, nameFlag] of [
@@ -114,7 +124,7 @@ export function registerAdminCommands(program: Command): void {
       .option('--ca-file <pem>', `the CA that signed the ${kind}'s server certificate`)
       .action(async (name: string, o: Common & { server?: string; uri?: string; caFile?: string }) => {
         const f = parseFormat(o.format)
-        const caPem = readCaFile(o.caFile)
+        const caPem = readTextFile('--ca-file', o.caFile)
         const res = await adminCall<AddedResource>(o, 'POST', `/v1/${group}`, { name, uri: o.server ?? o.uri, ...(caPem ? { caPem } : {}) })
         emit(f, res, () => `${kind} "${res.name}" registered at ${res.uri}\n` +
           `${res.keptCa ? 'it keeps the client CA kept by rm --keep-ca' : 'its server must trust its new client CA'}: memid auth export --kind ${caKind} ${nameFlag} ${res.name}\n`)
@@ -145,7 +155,7 @@ export function registerAdminCommands(program: Command): void {
       emit(f, rows, () => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
         const hb = i.heartbeats.at(-1)
         const last = [hb?.time, i.latestAuthentications.at(-1)?.time].filter(Boolean).sort().at(-1)
-        return [i.bot, i.id, i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
+        return [i.bot, i.id, i.endedAt !== undefined ? `${i.generation} (ended)` : i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
       })))
     })
 
@@ -180,7 +190,9 @@ export function registerAdminCommands(program: Command): void {
 function instanceText(i: BotInstance): string {
   const doc = {
     bot: i.bot, instance: i.id, joinMethod: i.joinMethod, token: i.tokenName, created: i.createdAt,
+    ...(i.claims ? { claims: i.claims } : {}),
     generation: i.generation, pendingGeneration: i.pendingGeneration,
+    ...(i.endedAt !== undefined ? { ended: i.endedAt } : {}),
     initialAuthentication: i.initialAuthentication,
     latestAuthentications: i.latestAuthentications,
     heartbeats: i.heartbeats,

@@ -21,6 +21,7 @@ function statusText(s: AgentStatus): string {
     `Instance:       ${s.instanceId ?? '-'}`,
     `Generation:     ${s.generation ?? '-'}`,
     `Auth server:    ${s.authServer}`,
+    `Join method:    ${s.joinMethod ?? '-'} (${s.joins} join${s.joins === 1 ? '' : 's'} by this process)`,
     `Identity:       ${id.status}${'serial' in id && id.serial ? ` (serial ${id.serial}, expires ${id.notAfter}${id.expiresInSeconds !== undefined ? `, in ${id.expiresInSeconds}s` : ''})` : ''}`,
     `Last renewal:   ${s.renewal.lastSuccess ?? '-'}`,
     `Next renewal:   ${s.renewal.nextRunAt ?? '-'}`,
@@ -38,7 +39,9 @@ export function registerAgentCommands(program: Command): void {
     .option('--config <file>', 'agent.yaml')
     .option('--auth-server <host:port>', 'auth service address')
     .option('--ca-pin <pin>', 'sha256:<hex> of the auth TLS CA (repeatable)', collect)
-    .option('--join-method <method>', 'join method (token)')
+    .option('--join-method <method>', 'join method: token | github | gitlab | kubernetes | oidc (default token)')
+    .option('--join-token <name>', 'platform join methods: the join token\'s name (memid tokens add --join-method … prints it)')
+    .option('--id-token-file <path>', 'gitlab, oidc: file holding the JWT (else $MEMID_ID_TOKEN); kubernetes: the projected token (default /var/run/secrets/tokens/memid)')
     .option('--token-file <path>', "file holding the join token, or '-' for stdin ($MEMID_TOKEN also works)")
     .option('--token <value>', 'the join token itself (discouraged: argv is world-readable)')
     .option('--certificate-ttl <duration>', 'certificate lifetime (default 1h)')

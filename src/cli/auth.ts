@@ -5,6 +5,7 @@ import { MemidError } from '../core/errors.ts'
 import { hardenProcess } from '../core/harden.ts'
 import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
+import { EXIT_ERROR, EXIT_OK } from './exit.ts'
 
 const CA_KINDS = ['ssh-user', 'ssh-host', 'tls', 'bot', 'kube-client', 'db-client'] as const
 type CaKind = (typeof CA_KINDS)[number]
@@ -67,8 +68,8 @@ export function registerAuthCommands(program: Command): void {
     .option('--log-format <format>', 'json or text', undefined)
     .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string }) => {
       hardenProcess()
-      const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }] = await Promise.all([
-        import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'),
+      const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }, { runUntilSignal }] = await Promise.all([
+        import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'), import('./run.ts'),
       ])
       const cfg = loadAuthConfig(opts)
       const log = createLogger({ format: cfg.logFormat, base: { component: 'auth' } })
@@ -82,21 +83,18 @@ export function registerAuthCommands(program: Command): void {
         store, listen: cfg.listen, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock'), logger: log,
       })
       log.info({ listen: server.address, caPin: server.caPin, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock') }, 'auth service ready')
-      let stopping = false
-      const stop = (signal: string) => {
-        if (stopping) return
-        stopping = true
-        log.info({ signal }, 'auth service stopping')
-        server.stop(10_000).then(() => {
+      let closed!: (exit: { code: number }) => void
+      await runUntilSignal({
+        ready: Promise.resolve(),
+        closed: new Promise((resolve) => (closed = resolve)),
+        stop: () => server.stop(10_000).then(() => {
           log.info('auth service stopped')
-          process.exit(0)
+          closed({ code: EXIT_OK })
         }, (err: unknown) => {
           log.error({ err: (err as Error).message }, 'stop failed')
-          process.exit(1)
-        })
-      }
-      process.on('SIGTERM', () => stop('SIGTERM'))
-      process.on('SIGINT', () => stop('SIGINT'))
+          closed({ code: EXIT_ERROR })
+        }),
+      }, log, { stopping: 'auth service stopping' })
     })
 
   auth.command('ca-pin')

@@ -94,7 +94,6 @@ export async function runDev(f: DevFlags): Promise<void> {
   const agent = createAgent({
     ...planned, authServer: parseAuthServer(auth.address), caPins: [auth.caPin], onboarding: { method: 'token', token: { kind: 'value', value: token.token } },
   }, { logger: log.child({ component: 'agent' }) })
-  agent.closed.then(() => auth.stop(2_000)).catch(() => undefined)
   agent.ready.then(() => {
     const s = agent.status()
     const svc = (type: string) => s.services.find((x) => x.type === type)
@@ -117,5 +116,10 @@ export async function runDev(f: DevFlags): Promise<void> {
     ]
     process.stdout.write(lines.join('\n') + '\n')
   }, () => undefined)
-  await runAgentProcess(agent, log)
+  // The auth service stops after the agent, before the process exits (its admin socket goes too).
+  const closed = agent.closed.then(async (exit) => {
+    await auth.stop(2_000).catch(() => undefined)
+    return exit
+  })
+  await runAgentProcess(agent, log, closed)
 }

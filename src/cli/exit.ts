@@ -15,8 +15,13 @@ export function exitCodeFor(err: unknown): number {
   return EXIT_ERROR
 }
 
+/** Ends the process: the one call of process.exit in memid. */
+export function exitProcess(code: number): never {
+  process.exit(code)
+}
+
 /** Prints one line (never a stack) and exits with the mapped code. */
 export function exitWithError(err: unknown): never {
   process.stderr.write(`memid: ${describeError(err)}\n`)
-  process.exit(exitCodeFor(err))
+  return exitProcess(exitCodeFor(err))
 }

@@ -1,5 +1,5 @@
 import { Command, CommanderError } from 'commander'
-import { EXIT_USAGE, exitWithError } from './exit.ts'
+import { EXIT_OK, EXIT_USAGE, exitProcess, exitWithError } from './exit.ts'
 import { registerAuthCommands } from './auth.ts'
 import { registerAdminCommands } from './admin.ts'
 import { registerAgentCommands } from './agent.ts'
@@ -31,8 +31,8 @@ export async function main(argv: string[]): Promise<void> {
     await program.parseAsync(argv)
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') process.exit(0)
-      process.exit(EXIT_USAGE)
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') exitProcess(EXIT_OK)
+      exitProcess(EXIT_USAGE)
     }
     exitWithError(err)
   }

@@ -1,30 +1,16 @@
-import { MemidError } from '../core/errors.ts'
 import { createLogger, type Logger } from '../core/log.ts'
 import { loadAgentConfig, type AgentFlags } from '../config/agent.ts'
-import { createAgent, type AgentHandle } from '../agent/agent.ts'
-import { EXIT_IDENTITY_LOST, exitCodeFor } from './exit.ts'
+import { createAgent, type AgentExit, type AgentHandle } from '../agent/agent.ts'
+import { runUntilSignal } from './run.ts'
 
-/** Runs an agent until a signal or a fatal answer, then exits with the contract's code. */
-export async function runAgentProcess(agent: AgentHandle, log: Logger): Promise<void> {
-  const onSignal = (sig: NodeJS.Signals) => {
-    log.info({ signal: sig }, 'stopping: draining open connections (up to 10s)')
-    void agent.stop()
-  }
-  process.on('SIGTERM', onSignal)
-  process.on('SIGINT', onSignal)
-  process.on('SIGHUP', () => {
-    log.info('SIGHUP: renewing now')
-    agent.renew().catch(() => undefined)
+/**
+ * Runs an agent until a signal or a fatal answer, then exits with the contract's code.
+ * `closed` may add work after the agent stopped (memid dev stops its auth service).
+ */
+export function runAgentProcess(agent: AgentHandle, log: Logger, closed: Promise<AgentExit> = agent.closed): Promise<never> {
+  return runUntilSignal({ ready: agent.ready, closed, stop: () => agent.stop(), reload: () => agent.renew() }, log, {
+    stopping: 'stopping: draining open connections (up to 10s)', reload: 'SIGHUP: renewing now',
   })
-  try {
-    await agent.ready
-  } catch (err) {
-    process.stderr.write(`memid: ${err instanceof MemidError ? err.message : String((err as Error)?.message ?? err).split('\n')[0]}\n`)
-    process.exit(exitCodeFor(err))
-  }
-  const exit = await agent.closed
-  if (exit.code === EXIT_IDENTITY_LOST) process.stderr.write(`memid: ${exit.reason ?? 'the identity can no longer be renewed'}\n`)
-  process.exit(exit.code)
 }
 
 /** `memid start`: the whole config resolved first, then the agent (which reads the token and joins). */

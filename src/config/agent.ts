@@ -1,7 +1,8 @@
 import { z } from 'zod'
-import { ConfigError } from '../core/errors.ts'
+import { ConfigError, MemidError } from '../core/errors.ts'
 import { formatDuration, parseDuration } from '../core/duration.ts'
-import { durationSchema, issueText } from '../core/validate.ts'
+import { NAME_RE, durationSchema, issueText } from '../core/validate.ts'
+import type { PlatformJoinRequest } from '../api/types.ts'
 import { formatAddress, parseListenAddress, type ListenAddress } from '../core/listener.ts'
 import type { ResolvedService } from '../services/definition.ts'
 import { serviceFromFile, serviceFromOptions, serviceTypes, type ServiceOptions } from '../services/registry.ts'
@@ -17,8 +18,22 @@ export type ServiceConfig = ServiceOptions
 /** Where the join token comes from. The value itself is read at join time, never stored in config. */
 export type TokenSource = { kind: 'file'; path: string } | { kind: 'stdin' } | { kind: 'env' } | { kind: 'value'; value: string }
 
+export type PlatformJoinMethod = PlatformJoinRequest['joinMethod']
+export const JOIN_METHODS = ['token', 'github', 'gitlab', 'kubernetes', 'oidc'] as const
+
+/**
+ * Where a platform join's JWT comes from, fetched or read again at every join: the GitHub
+ * Actions token endpoint, a file (the kubelet rotates projected tokens), or `$MEMID_ID_TOKEN`.
+ */
+export type IdTokenSource = { kind: 'github' } | { kind: 'file'; path: string } | { kind: 'env' }
+
+/** Where the kubelet mounts the projected service-account token by default (`path: memid`). */
+export const DEFAULT_KUBE_TOKEN_FILE = '/var/run/secrets/tokens/memid'
+
 /** How the agent proves itself the first time. One member per join method. */
-export type Onboarding = { method: 'token'; token: TokenSource }
+export type Onboarding =
+  | { method: 'token'; token: TokenSource }
+  | { method: PlatformJoinMethod; tokenName: string; idToken: IdTokenSource }
 
 /** The auth service's address, parsed once. */
 export interface AuthServerAddress {
@@ -76,6 +91,8 @@ export interface AgentFlags {
   authServer?: string
   caPin?: string[]
   joinMethod?: string
+  joinToken?: string
+  idTokenFile?: string
   tokenFile?: string
   token?: string
   certificateTtl?: string
@@ -229,8 +246,10 @@ const fileSchema = z.strictObject({
   auth_server: z.string().optional(),
   ca_pins: z.array(z.string()).min(1).optional(),
   onboarding: z.strictObject({
-    join_method: z.literal('token').optional(),
+    join_method: z.enum(JOIN_METHODS, { error: `must be one of ${JOIN_METHODS.join(', ')}` }).optional(),
     token_file: z.string().min(1).optional(),
+    join_token: z.string().min(1).optional(),
+    id_token_file: z.string().min(1).optional(),
   }).optional(),
   certificate_ttl: durationSchema.optional(),
   renewal_interval: durationSchema.optional(),
@@ -277,14 +296,23 @@ export function serviceFlags(): ServiceFlagSpec[] {
 export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
   const file = flags.config !== undefined ? checkFile(readYamlFile(flags.config)) : undefined
   const joinMethod = flags.joinMethod ?? file?.onboarding?.join_method ?? 'token'
-  if (joinMethod !== 'token') fail('--join-method', `"${joinMethod}" is not supported; use token`)
+  if (!(JOIN_METHODS as readonly string[]).includes(joinMethod)) fail(flags.joinMethod !== undefined ? '--join-method' : 'onboarding.join_method', `"${joinMethod.slice(0, 40)}" is not one of ${JOIN_METHODS.join(', ')}`)
 
-  let token: TokenSource | undefined
-  if (flags.tokenFile === '-') token = { kind: 'stdin' }
-  else if (flags.tokenFile !== undefined) token = { kind: 'file', path: flags.tokenFile }
-  else if (flags.token !== undefined) token = { kind: 'value', value: flags.token }
-  else if (env.MEMID_TOKEN) token = { kind: 'env' }
-  else if (file?.onboarding?.token_file !== undefined) token = { kind: 'file', path: file.onboarding.token_file }
+  let onboarding: Onboarding | undefined
+  if (joinMethod === 'token') {
+    const stray = flags.joinToken !== undefined ? '--join-token' : flags.idTokenFile !== undefined ? '--id-token-file'
+      : file?.onboarding?.join_token !== undefined ? 'onboarding.join_token' : file?.onboarding?.id_token_file !== undefined ? 'onboarding.id_token_file' : undefined
+    if (stray !== undefined) fail(stray, 'is for the github, gitlab, kubernetes and oidc join methods (add --join-method)')
+    let token: TokenSource | undefined
+    if (flags.tokenFile === '-') token = { kind: 'stdin' }
+    else if (flags.tokenFile !== undefined) token = { kind: 'file', path: flags.tokenFile }
+    else if (flags.token !== undefined) token = { kind: 'value', value: flags.token }
+    else if (env.MEMID_TOKEN) token = { kind: 'env' }
+    else if (file?.onboarding?.token_file !== undefined) token = { kind: 'file', path: file.onboarding.token_file }
+    if (token !== undefined) onboarding = { method: 'token', token }
+  } else {
+    onboarding = platformOnboarding(joinMethod as PlatformJoinMethod, flags, file, env)
+  }
 
   // File services first, then flags, in the order given; each named where it was written.
   const services: (() => ResolvedService)[] = (file?.services ?? []).map((raw, i) => () => serviceFromFile(raw, `services[${i}]`))
@@ -302,7 +330,7 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
       at: 'ca_pins', hint: ' (--ca-pin sha256:…; memid auth ca-pin prints it)',
     },
     onboarding: {
-      value: token !== undefined ? { method: 'token', token } : undefined, at: 'onboarding.token_file',
+      value: onboarding, at: 'onboarding.token_file',
       hint: ': use --token-file PATH, --token-file - (stdin) or $MEMID_TOKEN',
     },
     certificateTtl: pick(flags.certificateTtl, '--certificate-ttl', file?.certificate_ttl, 'certificate_ttl'),
@@ -318,6 +346,58 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
 }
 
 /**
+ * A platform join from flags and file: the token's name, and where each join's JWT will
+ * come from. A job missing what its platform must provide (GitHub without
+ * `permissions: id-token: write`, GitLab without `id_tokens:`) is told so here, before
+ * anything is contacted.
+ */
+function platformOnboarding(method: PlatformJoinMethod, flags: AgentFlags, file: AgentFile | undefined, env: NodeJS.ProcessEnv): Onboarding {
+  for (const [given, at] of [[flags.tokenFile, '--token-file'], [flags.token, '--token'], [file?.onboarding?.token_file, 'onboarding.token_file']] as const) {
+    if (given !== undefined) fail(at, `is for --join-method token; the ${method} join method takes --join-token NAME`)
+  }
+  const name = pick(flags.joinToken, '--join-token', file?.onboarding?.join_token, 'onboarding.join_token')
+  if (name.value === undefined) fail('--join-token', `the ${method} join method needs the token's name (memid tokens add --join-method ${method} prints it)`)
+  if (typeof name.value !== 'string' || !NAME_RE.test(name.value)) fail(name.at, 'must be a token name (letters, digits, ".", "_", "@", "-")')
+  const file_ = pick(flags.idTokenFile, '--id-token-file', file?.onboarding?.id_token_file, 'onboarding.id_token_file')
+  const path = file_.value as string | undefined
+  if (path !== undefined && !path.startsWith('/')) fail(file_.at, 'must be an absolute path')
+  let idToken: IdTokenSource
+  if (method === 'github') {
+    if (path !== undefined) fail(file_.at, 'is not used by the github join method: the job\'s JWT comes from ACTIONS_ID_TOKEN_REQUEST_URL')
+    missingGithubEnv(env)
+    idToken = { kind: 'github' }
+  } else if (method === 'kubernetes') {
+    idToken = { kind: 'file', path: path ?? DEFAULT_KUBE_TOKEN_FILE }
+  } else if (path !== undefined) {
+    idToken = { kind: 'file', path }
+  } else if (env.MEMID_ID_TOKEN) {
+    idToken = { kind: 'env' }
+  } else {
+    throw new MemidError('ERR_JOIN_ENV_MISSING', `--join-method ${method}: no ID token: set $MEMID_ID_TOKEN${method === 'gitlab' ? " (an id_tokens: entry of the job in .gitlab-ci.yml)" : ''} or give --id-token-file PATH`)
+  }
+  return { method, tokenName: name.value, idToken }
+}
+
+/** The `onboarding` option of `startAgent()`, checked like the flags would be. */
+function checkOnboarding(o: Onboarding): void {
+  if (typeof o !== 'object' || o === null || !(JOIN_METHODS as readonly string[]).includes(o.method)) fail('onboarding.method', `must be one of ${JOIN_METHODS.join(', ')}`)
+  if (o.method === 'token') return
+  if (typeof o.tokenName !== 'string' || !NAME_RE.test(o.tokenName)) fail('onboarding.tokenName', 'must be a token name (letters, digits, ".", "_", "@", "-")')
+  const src = o.idToken
+  const ok = src?.kind === 'github' ? o.method === 'github' : src?.kind === 'env' ? o.method !== 'github' && o.method !== 'kubernetes'
+    : src?.kind === 'file' && typeof src.path === 'string' && src.path.startsWith('/') && o.method !== 'github'
+  if (!ok) fail('onboarding.idToken', `does not fit the ${o.method} join method (github: { kind: 'github' }; kubernetes: { kind: 'file', path }; gitlab, oidc: file or env)`)
+}
+
+/** GitHub gives a job these two variables only when it has `permissions: id-token: write`. */
+export function missingGithubEnv(env: NodeJS.ProcessEnv): void {
+  const missing = ['ACTIONS_ID_TOKEN_REQUEST_URL', 'ACTIONS_ID_TOKEN_REQUEST_TOKEN'].filter((k) => !env[k])
+  if (missing.length > 0) {
+    throw new MemidError('ERR_JOIN_ENV_MISSING', `--join-method github: ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} not set: the job needs "permissions: id-token: write" (GitHub Actions sets them only then)`)
+  }
+}
+
+/**
  * Resolves the options a program passes to `startAgent()` with the same rules as
  * `memid start`; errors name the option (`services[1].listen: …`).
  */
@@ -327,6 +407,7 @@ export function resolveAgentOptions(o: AgentConfigOptions): AgentConfig {
   if (o.token !== undefined && o.onboarding !== undefined) fail('token', 'give either token or onboarding, not both')
   if (o.token !== undefined && (typeof o.token !== 'string' || o.token === '')) fail('token', 'must be a non-empty string')
   const onboarding: Onboarding | undefined = o.token !== undefined ? { method: 'token', token: { kind: 'value', value: o.token } } : o.onboarding
+  if (onboarding !== undefined) checkOnboarding(onboarding)
   if (o.services !== undefined && !Array.isArray(o.services)) fail('services', 'must be an array')
   if (o.caPins !== undefined && !Array.isArray(o.caPins)) fail('caPins', 'must be an array')
   return resolveAgentConfig({

@@ -5,6 +5,7 @@ import { Counter, type Registry } from 'prom-client'
 import type { Clock } from './clock.ts'
 import { ConfigError, MemidError } from './errors.ts'
 import type { Logger } from './log.ts'
+import { metricOnce } from './metrics.ts'
 import { sharedPeerOwners, type PeerOwner, type PeerOwnerLookup } from './peer-owner.ts'
 
 /** Where a local service listens: TCP on a host and port, or a unix socket path. */
@@ -281,20 +282,14 @@ export interface LocalRefusal {
   message: string
 }
 
-const refusedByRegistry = new WeakMap<Registry, Counter<'service'>>()
-
+/** One counter per registry, shared by every service that checks local users. */
 function refusedCounter(registry: Registry): Counter<'service'> {
-  let c = refusedByRegistry.get(registry)
-  if (c === undefined) {
-    c = new Counter({
-      name: 'memid_local_refused_total',
-      help: 'Local connections refused because the connecting process runs as a user not allowed to use the service.',
-      labelNames: ['service'],
-      registers: [registry],
-    })
-    refusedByRegistry.set(registry, c)
-  }
-  return c
+  return metricOnce(registry, 'memid_local_refused_total', () => new Counter({
+    name: 'memid_local_refused_total',
+    help: 'Local connections refused because the connecting process runs as a user not allowed to use the service.',
+    labelNames: ['service'],
+    registers: [registry],
+  }))
 }
 
 /** At most one refusal log line per service in this period; the next one counts the rest. */

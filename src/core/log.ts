@@ -11,13 +11,15 @@ export type LogFormat = 'json' | 'text'
 export const REDACTED_FIELDS = [
   'key', 'privateKey', 'private_key', 'keyPem', 'token', 'joinToken', 'secret', 'password',
   'certificate', 'cert', 'certPem', 'certificates', 'authorization', 'Authorization', 'cookie',
-  'signature', 'pem', 'der',
+  'signature', 'pem', 'der', 'idToken', 'id_token', 'jwt',
 ]
 
 const REDACT_PATHS = REDACTED_FIELDS.flatMap((f) => [f, `*.${f}`, `*.*.${f}`, `*.*.*.${f}`])
 const CENSOR = '[redacted]'
 const PEM_BLOCK = /-----BEGIN [A-Z0-9 ]+-----[\s\S]*?(-----END [A-Z0-9 ]+-----|$)/g
 const OPENSSH_CERT = /\b[a-z0-9-]+-cert-v01@openssh\.com [A-Za-z0-9+/=]{16,}/g
+/** A JWS compact serialization: its header always starts `{"` (base64url `eyJ`). */
+const JWT = /\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*/g
 
 /**
  * Second line of defence behind the path list: PEM blocks, OpenSSH certificate lines,
@@ -25,8 +27,8 @@ const OPENSSH_CERT = /\b[a-z0-9-]+-cert-v01@openssh\.com [A-Za-z0-9+/=]{16,}/g
  */
 function scrub(value: unknown, depth: number): unknown {
   if (typeof value === 'string') {
-    return value.includes('-----BEGIN') || value.includes('-cert-v01@openssh.com')
-      ? value.replace(PEM_BLOCK, CENSOR).replace(OPENSSH_CERT, CENSOR)
+    return value.includes('-----BEGIN') || value.includes('-cert-v01@openssh.com') || value.includes('eyJ')
+      ? value.replace(PEM_BLOCK, CENSOR).replace(OPENSSH_CERT, CENSOR).replace(JWT, CENSOR)
       : value
   }
   if (value === null || typeof value !== 'object') return value
@@ -51,9 +53,10 @@ const BUFFER_JSON = /\{"type":"Buffer","data":\[[0-9,]*\]\}/g
  * Join tokens keep their public name; their secret half is censored.
  */
 function scrubLine(line: string): string {
-  if (!line.includes('-----BEGIN') && !line.includes('tok-') && !line.includes('-cert-v01@') && !line.includes('"Buffer"')) return line
+  if (!line.includes('-----BEGIN') && !line.includes('tok-') && !line.includes('-cert-v01@') && !line.includes('"Buffer"') && !line.includes('eyJ')) return line
   return line
     .replace(PEM_IN_JSON, CENSOR)
+    .replace(JWT, CENSOR)
     .replace(OPENSSH_CERT, CENSOR)
     .replace(JOIN_TOKEN, `$1.${CENSOR}`)
     .replace(BUFFER_JSON, `"${CENSOR}"`)

@@ -38,6 +38,12 @@ export interface KubeconfigEntry {
  * To add a service type: write `services/<type>/definition.ts` with one of these and list
  * it in `services/registry.ts`; config, CLI flags, credential renewal, status, heartbeat
  * and shutdown follow from it.
+ *
+ * Room to grow: a per-service listener option (remote exposure, allowed peer users) is a
+ * key in `options`/`file` that `resolve` turns into a field of the settings next to the
+ * parsed address, checked there like any other; `build` receives settings that are plain
+ * data and loads its implementation with `import()`, so a data plane in a worker thread
+ * can be handed the same settings and build the service on its side.
  */
 export interface ServiceDefinition<T extends string, O extends { type: T }, F, R, C extends IssuedCredential> {
   readonly type: T

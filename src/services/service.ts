@@ -1,13 +1,11 @@
 import type { Registry } from 'prom-client'
 import type { Clock } from '../core/clock.ts'
+import { describeError } from '../core/errors.ts'
+import type { Health } from '../core/lifecycle.ts'
 import type { Logger } from '../core/log.ts'
 import type { CredentialSource, IssuedCredential } from '../credentials/credentials.ts'
 
-/** A service's own account of itself, surfaced by /readyz and `memid status`. */
-export interface Health {
-  status: 'starting' | 'ok' | 'degraded' | 'failed' | 'stopped'
-  reason?: string
-}
+export type { Health } from '../core/lifecycle.ts'
 
 /**
  * The one shape every local service has. `start` resolves once the listener is bound;
@@ -31,4 +29,19 @@ export interface ServiceDeps<C extends IssuedCredential> {
   logger: Logger
   clock: Clock
   metrics: Registry
+}
+
+/**
+ * The one account every service gives of the credential it serves with: undefined while it
+ * is valid; `degraded` before the first one arrives (renewal keeps trying); `failed` once
+ * the last one expired. `consequence` tells the reader what users get meanwhile.
+ */
+export function credentialHealth<C extends IssuedCredential>(credentials: CredentialSource<C>, consequence?: string): Health | undefined {
+  try {
+    credentials.current()
+    return undefined
+  } catch (err) {
+    const reason = consequence === undefined ? describeError(err) : `${describeError(err)}; ${consequence}`
+    return { status: credentials.peek() === undefined ? 'degraded' : 'failed', reason }
+  }
 }

@@ -11,10 +11,22 @@ export interface Dialect {
   int64: string
   /** The auto-numbered audit id; SQLite's must stay `INTEGER PRIMARY KEY` (the rowid alias). */
   autoId: string
+  /** An expression giving 32 random hex digits, evaluated per row. */
+  randomHex: string
+  /** An expression giving the current time as an ISO-8601 UTC string with milliseconds, as JS writes it. */
+  nowIso: string
 }
 
-export const SQLITE: Dialect = { bytes: 'BLOB', int64: 'INTEGER', autoId: 'INTEGER PRIMARY KEY' }
-export const POSTGRES: Dialect = { bytes: 'BYTEA', int64: 'BIGINT', autoId: 'BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY' }
+export const SQLITE: Dialect = {
+  bytes: 'BLOB', int64: 'INTEGER', autoId: 'INTEGER PRIMARY KEY',
+  randomHex: 'lower(hex(randomblob(16)))',
+  nowIso: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+}
+export const POSTGRES: Dialect = {
+  bytes: 'BYTEA', int64: 'BIGINT', autoId: 'BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY',
+  randomHex: 'md5(random()::text || clock_timestamp()::text)',
+  nowIso: `to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`,
+}
 
 /** Records which migrations a database has had; created before the first one runs. */
 export const SCHEMA_MIGRATIONS_DDL = 'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)'
@@ -45,6 +57,23 @@ export function migrations(d: Dialect): string[] {
     `CREATE TABLE resource_cas (kind TEXT NOT NULL, name TEXT NOT NULL, private_key ${d.bytes} NOT NULL, public_material TEXT NOT NULL,
      created_at TEXT NOT NULL, PRIMARY KEY (kind, name));
    DELETE FROM cas WHERE kind IN ('kube-client', 'db-client');`,
+    // Bot deletion is final: bots get an immutable id (carried in their certificates) and
+    // instances the id of the bot they were created for, when they were ended, and the key
+    // their pending generation is bound to. An instance older than the bot of its name
+    // belonged to a deleted bot: it gets no bot id and is ended.
+    `ALTER TABLE bots ADD COLUMN id TEXT;
+   UPDATE bots SET id = ${d.randomHex};
+   CREATE UNIQUE INDEX bots_id ON bots (id);
+   ALTER TABLE bot_instances ADD COLUMN bot_id TEXT;
+   ALTER TABLE bot_instances ADD COLUMN ended_at TEXT;
+   ALTER TABLE bot_instances ADD COLUMN pending_key TEXT;
+   UPDATE bot_instances SET bot_id = (SELECT b.id FROM bots b WHERE b.name = bot_instances.bot AND b.created_at <= bot_instances.created_at);
+   UPDATE bot_instances SET ended_at = ${d.nowIso} WHERE bot_id IS NULL;`,
+    // Platform joins (issue 12): the token's rules as JSON, its join count, and the replay cache.
+    `ALTER TABLE join_tokens ADD COLUMN platform TEXT;
+   ALTER TABLE join_tokens ADD COLUMN join_count ${d.int64} NOT NULL DEFAULT 0;
+   CREATE TABLE join_replays (key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at TEXT NOT NULL);
+   CREATE INDEX join_replays_expires ON join_replays (expires_at);`,
   ]
 }
 

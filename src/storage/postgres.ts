@@ -4,10 +4,10 @@ import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
   auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
-  roleSpec, tokenFromRow, type Row,
+  roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, ReplayKey, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
 const MIGRATIONS = migrations(POSTGRES)
@@ -200,8 +200,8 @@ export class PostgresStore implements Store {
   }
 
   async createBot(bot: Bot): Promise<void> {
-    await this.#insert(`bot "${bot.name}"`, 'INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES ($1, $2, $3, $4)',
-      bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt)
+    await this.#insert(`bot "${bot.name}"`, 'INSERT INTO bots (id, name, roles, max_ttl_ms, created_at) VALUES ($1, $2, $3, $4, $5)',
+      bot.id, bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt)
   }
 
   async getBot(name: string): Promise<Bot | undefined> {
@@ -213,19 +213,22 @@ export class PostgresStore implements Store {
     return (await this.#all('SELECT * FROM bots ORDER BY name COLLATE "C"')).map(botFromRow)
   }
 
-  async deleteBot(name: string): Promise<boolean> {
+  async deleteBot(name: string, endedAt: string): Promise<{ endedInstances: number } | undefined> {
     return this.#tx(async (c) => {
-      await c.query('SELECT name FROM bots WHERE name = $1 FOR UPDATE', [name])
+      if (((await c.query('DELETE FROM bots WHERE name = $1', [name])).rowCount ?? 0) === 0) return undefined
       // A token being consumed right now is row-locked: this waits, then skips it as used.
       await c.query('DELETE FROM join_tokens WHERE bot = $1 AND used_at IS NULL', [name])
-      return ((await c.query('DELETE FROM bots WHERE name = $1', [name])).rowCount ?? 0) > 0
+      // A statement of its own, after that wait: it sees the instance such a join created.
+      // Instances in a renewal's transaction are row-locked: this waits for it to commit.
+      const ended = await c.query('UPDATE bot_instances SET ended_at = $1 WHERE bot = $2 AND ended_at IS NULL', [endedAt, name])
+      return { endedInstances: ended.rowCount ?? 0 }
     })
   }
 
   async createToken(t: JoinToken): Promise<void> {
     await this.#insert(`token "${t.name}"`,
-      'INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)',
-      t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt)
+      'INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at, platform) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+      ...tokenColumns(t))
   }
 
   async getToken(name: string): Promise<JoinToken | undefined> {
@@ -253,6 +256,22 @@ export class PostgresStore implements Store {
     })
   }
 
+  async joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(async (c) => {
+      await c.query('DELETE FROM join_replays WHERE expires_at < $1', [replay.now])
+      // FOR SHARE: a concurrent tokens rm waits for this join, then the join has happened before it.
+      const { rows } = await c.query<Row>('SELECT * FROM join_tokens WHERE name = $1 FOR SHARE', [name])
+      const instance = decide(rows[0] && tokenFromRow(rows[0]))
+      // The primary key decides between replicas: a second insert of the key waits for the first
+      // transaction and then finds the conflict.
+      const ins = await c.query('INSERT INTO join_replays (key, token, expires_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING', [replay.key, name, replay.expiresAt])
+      if ((ins.rowCount ?? 0) === 0) throw new MemidError('ERR_JOIN_JWT_REPLAYED', `join token ${name}: this JWT was already used to join`)
+      await c.query('UPDATE join_tokens SET join_count = join_count + 1 WHERE name = $1', [name])
+      await writeInstance(c, instance, true)
+      return instance
+    })
+  }
+
   async getInstance(id: string): Promise<BotInstance | undefined> {
     const r = await this.#get('SELECT * FROM bot_instances WHERE id = $1', id)
     return r && instanceFromRow(r)
@@ -265,18 +284,22 @@ export class PostgresStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance> {
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
     return this.#tx(async (c) => {
       const { rows } = await c.query<Row>('SELECT * FROM bot_instances WHERE id = $1 FOR UPDATE', [id])
-      const next = decide(rows[0] && instanceFromRow(rows[0]))
-      await writeInstance(c, next, false)
-      return next
+      const cur = rows[0] && instanceFromRow(rows[0])
+      // Read after the row lock: a lock committed before it is seen here.
+      const locks = await c.query<Row>(LOCKS_FOR, [cur?.bot ?? null, id])
+      const change = decide(cur, locks.rows.map(lockFromRow))
+      if (change.instance) await writeInstance(c, change.instance, false)
+      for (const ev of change.audit ?? []) await insertAudit(c, ev)
+      for (const lock of change.locks ?? []) await c.query(INSERT_LOCK, lockArgs(lock))
+      return change
     })
   }
 
   async createLock(lock: Lock): Promise<void> {
-    await this.#insert(`lock "${lock.id}"`, 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)',
-      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+    await this.#insert(`lock "${lock.id}"`, INSERT_LOCK, ...lockArgs(lock))
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -288,7 +311,7 @@ export class PostgresStore implements Store {
   }
 
   async locksFor(bot: string, instance: string): Promise<Lock[]> {
-    return (await this.#all('SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at', bot, instance)).map(lockFromRow)
+    return (await this.#all(LOCKS_FOR, bot, instance)).map(lockFromRow)
   }
 
   async putResource(res: Resource, ca: StoredCa): Promise<{ keptCa: boolean }> {
@@ -333,12 +356,7 @@ export class PostgresStore implements Store {
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
-    const time = ev.time ?? new Date().toISOString()
-    const r = await this.#get(
-      'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id',
-      time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
-      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {}))
-    return { ...ev, id: Number(r?.id), time }
+    return this.#withClient((c) => insertAudit(c, ev))
   }
 
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
@@ -347,14 +365,30 @@ export class PostgresStore implements Store {
   }
 }
 
+const LOCKS_FOR = 'SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at'
+const INSERT_LOCK = 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)'
+
+function lockArgs(lock: Lock): Arg[] {
+  return [lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt]
+}
+
+async function insertAudit(c: PoolClient, ev: NewAuditEvent): Promise<AuditEvent> {
+  const time = ev.time ?? new Date().toISOString()
+  const { rows } = await c.query<Row>(
+    'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id',
+    [time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
+      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})])
+  return { ...ev, id: Number(rows[0]?.id), time }
+}
+
 async function writeInstance(c: PoolClient, i: BotInstance, create: boolean): Promise<void> {
   const data = instanceData(i)
   if (create) {
-    await c.query('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-      [i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data])
+    await c.query('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)',
+      [i.id, i.bot, i.botId, i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, i.createdAt, data])
   } else {
-    await c.query('UPDATE bot_instances SET generation = $1, pending_generation = $2, pending_retries = $3, data = $4 WHERE id = $5',
-      [i.generation, i.pendingGeneration, i.pendingRetries, data, i.id])
+    await c.query('UPDATE bot_instances SET generation = $1, pending_generation = $2, pending_retries = $3, pending_key = $4, ended_at = $5, data = $6 WHERE id = $7',
+      [i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, data, i.id])
   }
 }
 

@@ -51,13 +51,30 @@ export function roleFromRow(r: Row): Role {
 }
 
 export function botFromRow(r: Row): Bot {
-  return { name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
+  return { id: str(r.id), name: str(r.name), roles: JSON.parse(str(r.roles)) as string[], maxTtlMs: Number(r.max_ttl_ms), createdAt: str(r.created_at) }
+}
+
+/**
+ * `expires_at` is NOT NULL in the first schema; a token that never expires stores this
+ * instead, which sorts after every real time so a sweep of expired rows never takes it.
+ */
+export const NO_EXPIRY = '9999-12-31T23:59:59.999Z'
+
+/** The token's columns in insertion order: name, bot, join_method, secret_hash, created_at, expires_at, platform. */
+export function tokenColumns(t: JoinToken): (string | null)[] {
+  return [t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt ?? NO_EXPIRY, t.platform ? JSON.stringify(t.platform) : null]
 }
 
 export function tokenFromRow(r: Row): JoinToken {
   const t: JoinToken = {
-    name: str(r.name), bot: str(r.bot), joinMethod: 'token', secretHash: str(r.secret_hash),
-    createdAt: str(r.created_at), expiresAt: str(r.expires_at),
+    name: str(r.name), bot: str(r.bot), joinMethod: str(r.join_method) as JoinToken['joinMethod'], secretHash: str(r.secret_hash),
+    createdAt: str(r.created_at),
+  }
+  if (str(r.expires_at) !== NO_EXPIRY) t.expiresAt = str(r.expires_at)
+  const platform = optStr(r.platform)
+  if (platform !== undefined) {
+    t.platform = JSON.parse(platform) as NonNullable<JoinToken['platform']>
+    t.joinCount = Number(r.join_count ?? 0)
   }
   const usedAt = optStr(r.used_at)
   const usedBy = optStr(r.used_by_instance)
@@ -74,21 +91,29 @@ export function instanceData(i: BotInstance): string {
     initialAuthentication: i.initialAuthentication,
     latestAuthentications: i.latestAuthentications.slice(-INSTANCE_HISTORY),
     heartbeats: i.heartbeats.slice(-INSTANCE_HISTORY),
+    ...(i.claims !== undefined ? { claims: i.claims } : {}),
   })
 }
 
 export function instanceFromRow(r: Row): BotInstance {
-  const data = JSON.parse(str(r.data)) as Pick<BotInstance, 'joinMethod' | 'tokenName' | 'initialAuthentication' | 'latestAuthentications' | 'heartbeats'>
-  return {
+  const data = JSON.parse(str(r.data)) as Pick<BotInstance, 'joinMethod' | 'tokenName' | 'initialAuthentication' | 'latestAuthentications' | 'heartbeats' | 'claims'>
+  const i: BotInstance = {
     id: str(r.id),
     bot: str(r.bot),
+    botId: optStr(r.bot_id) ?? '',
     createdAt: str(r.created_at),
     generation: Number(r.generation),
     pendingGeneration: r.pending_generation === null ? null : Number(r.pending_generation),
     pendingRetries: Number(r.pending_retries),
     ...data,
   }
+  const pendingKey = optStr(r.pending_key)
+  const endedAt = optStr(r.ended_at)
+  if (pendingKey !== undefined) i.pendingKey = pendingKey
+  if (endedAt !== undefined) i.endedAt = endedAt
+  return i
 }
+
 
 export function lockFromRow(r: Row): Lock {
   const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }

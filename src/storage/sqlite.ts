@@ -4,10 +4,10 @@ import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
   auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
-  roleSpec, tokenFromRow, type Row,
+  roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, ReplayKey, Resource, ResourceKind, Role, Store, StoredCa,
 } from './store.ts'
 
 /** Versioned migrations, shared with the PostgreSQL backend (migrations.ts). */
@@ -134,8 +134,8 @@ export class SqliteStore implements Store {
 
   async createBot(bot: Bot): Promise<void> {
     this.#insert(`bot "${bot.name}"`, () =>
-      this.#run('INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES (?, ?, ?, ?)',
-        bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt))
+      this.#run('INSERT INTO bots (id, name, roles, max_ttl_ms, created_at) VALUES (?, ?, ?, ?, ?)',
+        bot.id, bot.name, JSON.stringify(bot.roles), bot.maxTtlMs, bot.createdAt))
   }
 
   async getBot(name: string): Promise<Bot | undefined> {
@@ -147,17 +147,18 @@ export class SqliteStore implements Store {
     return this.#all('SELECT * FROM bots ORDER BY name').map(botFromRow)
   }
 
-  async deleteBot(name: string): Promise<boolean> {
+  async deleteBot(name: string, endedAt: string): Promise<{ endedInstances: number } | undefined> {
     return this.#tx(() => {
+      if (this.#run('DELETE FROM bots WHERE name = ?', name) === 0) return undefined
       this.#run('DELETE FROM join_tokens WHERE bot = ? AND used_at IS NULL', name)
-      return this.#run('DELETE FROM bots WHERE name = ?', name) > 0
+      return { endedInstances: this.#run('UPDATE bot_instances SET ended_at = ? WHERE bot = ? AND ended_at IS NULL', endedAt, name) }
     })
   }
 
   async createToken(t: JoinToken): Promise<void> {
     this.#insert(`token "${t.name}"`, () =>
-      this.#run('INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)',
-        t.name, t.bot, t.joinMethod, t.secretHash, t.createdAt, t.expiresAt))
+      this.#run('INSERT INTO join_tokens (name, bot, join_method, secret_hash, created_at, expires_at, platform) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        ...tokenColumns(t)))
   }
 
   async getToken(name: string): Promise<JoinToken | undefined> {
@@ -184,14 +185,28 @@ export class SqliteStore implements Store {
     })
   }
 
+  async joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+    return this.#tx(() => {
+      this.#run('DELETE FROM join_replays WHERE expires_at < ?', replay.now)
+      const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)
+      const instance = decide(r && tokenFromRow(r))
+      if (this.#run('INSERT INTO join_replays (key, token, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING', replay.key, name, replay.expiresAt) === 0) {
+        throw new MemidError('ERR_JOIN_JWT_REPLAYED', `join token ${name}: this JWT was already used to join`)
+      }
+      this.#run('UPDATE join_tokens SET join_count = join_count + 1 WHERE name = ?', name)
+      this.#writeInstance(instance, true)
+      return instance
+    })
+  }
+
   #writeInstance(i: BotInstance, create: boolean): void {
     const data = instanceData(i)
     if (create) {
-      this.#run('INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        i.id, i.bot, i.generation, i.pendingGeneration, i.pendingRetries, i.createdAt, data)
+      this.#run('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        i.id, i.bot, i.botId, i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, i.createdAt, data)
     } else {
-      this.#run('UPDATE bot_instances SET generation = ?, pending_generation = ?, pending_retries = ?, data = ? WHERE id = ?',
-        i.generation, i.pendingGeneration, i.pendingRetries, data, i.id)
+      this.#run('UPDATE bot_instances SET generation = ?, pending_generation = ?, pending_retries = ?, pending_key = ?, ended_at = ?, data = ? WHERE id = ?',
+        i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, data, i.id)
     }
   }
 
@@ -207,19 +222,25 @@ export class SqliteStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance> {
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
     return this.#tx(() => {
       const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
-      const next = decide(r && instanceFromRow(r))
-      this.#writeInstance(next, false)
-      return next
+      const cur = r && instanceFromRow(r)
+      const change = decide(cur, this.#locksFor(cur?.bot ?? null, id))
+      if (change.instance) this.#writeInstance(change.instance, false)
+      for (const ev of change.audit ?? []) this.#insertAudit(ev)
+      for (const lock of change.locks ?? []) this.#insertLock(lock)
+      return change
     })
   }
 
+  #insertLock(lock: Lock): void {
+    this.#run('INSERT INTO locks (id, bot, instance, reason, created_at) VALUES (?, ?, ?, ?, ?)',
+      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+  }
+
   async createLock(lock: Lock): Promise<void> {
-    this.#insert(`lock "${lock.id}"`, () =>
-      this.#run('INSERT INTO locks (id, bot, instance, reason, created_at) VALUES (?, ?, ?, ?, ?)',
-        lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt))
+    this.#insert(`lock "${lock.id}"`, () => this.#insertLock(lock))
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -231,6 +252,10 @@ export class SqliteStore implements Store {
   }
 
   async locksFor(bot: string, instance: string): Promise<Lock[]> {
+    return this.#locksFor(bot, instance)
+  }
+
+  #locksFor(bot: string | null, instance: string): Lock[] {
     return this.#all('SELECT * FROM locks WHERE bot = ? OR instance = ? ORDER BY created_at', bot, instance).map(lockFromRow)
   }
 
@@ -280,6 +305,10 @@ export class SqliteStore implements Store {
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
+    return this.#insertAudit(ev)
+  }
+
+  #insertAudit(ev: NewAuditEvent): AuditEvent {
     const time = ev.time ?? new Date().toISOString()
     const res = this.#db.prepare(
       'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',

@@ -35,6 +35,11 @@ export interface Role {
 }
 
 export interface Bot {
+  /**
+   * Immutable and never reused: a bot deleted and created again under the same name is a
+   * new bot with a new id. Bot certificates carry it and every request compares it.
+   */
+  id: string
   name: string
   roles: string[]
   /** The longest certificate TTL this bot may be issued, in milliseconds. */
@@ -42,17 +47,45 @@ export interface Bot {
   createdAt: string
 }
 
+export type JoinMethod = 'token' | 'github' | 'gitlab' | 'kubernetes' | 'oidc'
+export const PLATFORM_JOIN_METHODS = ['github', 'gitlab', 'kubernetes', 'oidc'] as const
+export type PlatformJoinMethod = (typeof PLATFORM_JOIN_METHODS)[number]
+
+/** What a platform join token checks: the JWT's issuer, audience and claims. Rules, not secrets. */
+export interface PlatformJoinSpec {
+  /** A join is accepted when every pair of at least one rule matches the JWT's claims. */
+  rules: Record<string, string>[]
+  /** The exact `iss` expected; also where discovery starts unless `jwks` is given. */
+  issuer: string
+  /** The exact `aud` expected (the agent asks its platform for this audience). */
+  audience: string
+  /** A static JWKS (JSON text): no discovery is made. */
+  jwks?: string
+}
+
 export interface JoinToken {
   /** The public half of the token; shown by `tokens ls`, recorded on instances. */
   name: string
   bot: string
-  joinMethod: 'token'
-  /** sha256 (hex) of the secret half. The secret itself is never stored. */
+  joinMethod: JoinMethod
+  /** sha256 (hex) of the secret half. The secret itself is never stored. Empty for platform joins. */
   secretHash: string
   createdAt: string
-  expiresAt: string
+  /** Absent: never expires (platform tokens created with `--ttl 0`). */
+  expiresAt?: string
   usedAt?: string
   usedByInstance?: string
+  /** Platform joins only: the checks, and how many joins the token has accepted. */
+  platform?: PlatformJoinSpec
+  joinCount?: number
+}
+
+/** A platform JWT's replay key (its `jti` or hash), remembered until the JWT can no longer be accepted. */
+export interface ReplayKey {
+  key: string
+  expiresAt: string
+  /** Keys that expired before this time are pruned in the same transaction. */
+  now: string
 }
 
 export interface Authentication {
@@ -68,6 +101,8 @@ export type { Heartbeat }
 export interface BotInstance {
   id: string
   bot: string
+  /** The id of the bot this instance was created for. */
+  botId: string
   joinMethod: string
   tokenName: string
   createdAt: string
@@ -75,11 +110,20 @@ export interface BotInstance {
   generation: number
   /** A generation issued but not yet used by the agent (renewal response maybe lost). */
   pendingGeneration: number | null
-  /** How many times the previous generation was used to retry an unconfirmed renewal. */
+  /** How many times the previous generation retried the renewal to the pending one (lost answers). */
   pendingRetries: number
+  /**
+   * sha256 (hex) of the SPKI of the pending generation's key: a retry with this key gets
+   * the pending generation again, any other key is a copy.
+   */
+  pendingKey?: string
+  /** When the instance was ended (its bot deleted); an ended instance is refused everything. */
+  endedAt?: string
   initialAuthentication: Authentication
   latestAuthentications: Authentication[]
   heartbeats: Heartbeat[]
+  /** Platform joins: the identifying claims of the JWT that created the instance, values as in the JWT. */
+  claims?: Record<string, unknown>
 }
 
 export interface Lock {
@@ -124,6 +168,17 @@ export interface AuditQuery {
   limit?: number
 }
 
+/**
+ * What a transaction on one bot instance decided: the instance to write back (omitted when
+ * it does not change), locks to create and audit events to append. All of it commits
+ * together, or none of it does.
+ */
+export interface InstanceChange {
+  instance?: BotInstance
+  locks?: Lock[]
+  audit?: NewAuditEvent[]
+}
+
 /** Kept on every instance: the first authentication plus this many latest ones and heartbeats. */
 export const INSTANCE_HISTORY = 10
 
@@ -142,8 +197,11 @@ export interface Store {
   createBot(bot: Bot): Promise<void>
   getBot(name: string): Promise<Bot | undefined>
   listBots(): Promise<Bot[]>
-  /** Deletes the bot and its unused tokens; its instances stay for the record. */
-  deleteBot(name: string): Promise<boolean>
+  /**
+   * Deletes the bot and its unused tokens and ends its instances (they stay for the
+   * record, marked `endedAt`), in one transaction. Undefined when there is no such bot.
+   */
+  deleteBot(name: string, endedAt: string): Promise<{ endedInstances: number } | undefined>
 
   createToken(token: JoinToken): Promise<void>
   getToken(name: string): Promise<JoinToken | undefined>
@@ -154,11 +212,22 @@ export interface Store {
    * acceptance marks it used by `instanceId` and creates the instance, in one transaction.
    */
   consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
+  /**
+   * A platform join, in one transaction: `decide` accepts or refuses the token (by
+   * throwing); on acceptance the replay key is recorded — one already recorded refuses
+   * with ERR_JOIN_JWT_REPLAYED, across restarts and replicas — the token's join count goes
+   * up and the instance is created. Replay keys expired before `replay.now` are pruned.
+   */
+  joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
 
   getInstance(id: string): Promise<BotInstance | undefined>
   listInstances(bot?: string): Promise<BotInstance[]>
-  /** Read, `decide` (which may throw), write back, in one transaction. */
-  updateInstance(id: string, decide: (instance: BotInstance | undefined) => BotInstance): Promise<BotInstance>
+  /**
+   * In one transaction: reads the instance and the locks that apply to it (its bot's name
+   * or its id), lets `decide` (synchronous; it may throw, and then nothing is written) say
+   * what changes, and writes that. Locks committed before the instance was read are seen.
+   */
+  updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange>
 
   createLock(lock: Lock): Promise<void>
   listLocks(): Promise<Lock[]>

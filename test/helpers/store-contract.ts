@@ -1,7 +1,7 @@
 import { afterEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { generateKeyPairSync, randomUUID } from 'node:crypto'
-import { INSTANCE_HISTORY, type Authentication, type BotInstance, type Heartbeat, type JoinToken, type Role, type Store, type StoredCa } from '../../src/storage/store.ts'
+import { INSTANCE_HISTORY, type Authentication, type Bot, type BotInstance, type Heartbeat, type JoinToken, type Role, type Store, type StoredCa } from '../../src/storage/store.ts'
 import { MemidError } from '../../src/core/errors.ts'
 
 /**
@@ -29,6 +29,12 @@ export function role(name: string, over: Partial<Role> = {}): Role {
   }
 }
 
+/** A bot record; its id derives from the name so tests can compare whole records. */
+export function bot(name: string, over: Partial<Bot> = {}): Bot {
+  const hex = Buffer.from(name).toString('hex').padEnd(32, '0').slice(0, 32)
+  return { id: hex, name, roles: [], maxTtlMs: 1, createdAt: T0, ...over }
+}
+
 export function token(name: string, bot = 'ci', over: Partial<JoinToken> = {}): JoinToken {
   return { name, bot, joinMethod: 'token', secretHash: 'ab'.repeat(32), createdAt: T0, expiresAt: '2030-01-01T00:30:00.000Z', ...over }
 }
@@ -43,7 +49,7 @@ function heartbeat(i: number): Heartbeat {
 
 export function instance(tokenName: string, over: Partial<BotInstance> = {}): BotInstance {
   return {
-    id: randomUUID(), bot: 'ci', joinMethod: 'token', tokenName, createdAt: T0, generation: 1, pendingGeneration: null,
+    id: randomUUID(), bot: 'ci', botId: bot('ci').id, joinMethod: 'token', tokenName, createdAt: T0, generation: 1, pendingGeneration: null,
     pendingRetries: 0, initialAuthentication: auth(1), latestAuthentications: [auth(1)], heartbeats: [], ...over,
   }
 }
@@ -59,6 +65,46 @@ export function acceptUnused(inst: BotInstance) {
 
 export async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
   await assert.rejects(p, (err: unknown) => err instanceof MemidError && err.code === code)
+}
+
+const LEGACY_DATA = JSON.stringify({ joinMethod: 'token', tokenName: 'tok-1', initialAuthentication: auth(1), latestAuthentications: [auth(1)], heartbeats: [] })
+export const LEGACY_INSTANCES = {
+  /** Joined "ci" before it was deleted and created again: belongs to a deleted bot. */
+  revived: '00000000-0000-4000-8000-000000000001',
+  /** Joined the "ci" that exists now. */
+  current: '00000000-0000-4000-8000-000000000002',
+  /** Its bot "gone" was deleted. */
+  orphan: '00000000-0000-4000-8000-000000000003',
+}
+
+/**
+ * Rows as memid wrote them before bots had ids (schema version 1), for upgrade tests: bot
+ * "ci" deleted and created again at 00:10, an instance from each of its lives, and one of
+ * a bot deleted for good.
+ */
+export const LEGACY_V1_ROWS = `
+  INSERT INTO bots (name, roles, max_ttl_ms, created_at) VALUES ('ci', '[]', 1, '2030-01-01T00:10:00.000Z'), ('web', '[]', 1, '2030-01-01T00:00:00.000Z');
+  INSERT INTO bot_instances (id, bot, generation, pending_generation, pending_retries, created_at, data) VALUES
+    ('${LEGACY_INSTANCES.revived}', 'ci', 1, NULL, 0, '2030-01-01T00:05:00.000Z', '${LEGACY_DATA}'),
+    ('${LEGACY_INSTANCES.current}', 'ci', 3, 4, 1, '2030-01-01T00:15:00.000Z', '${LEGACY_DATA}'),
+    ('${LEGACY_INSTANCES.orphan}', 'gone', 1, NULL, 0, '2030-01-01T00:05:00.000Z', '${LEGACY_DATA}');`
+
+/** What the upgrade must make of LEGACY_V1_ROWS: ids for bots, instances of deleted bots ended. */
+export async function assertLegacyUpgraded(s: Store): Promise<void> {
+  const ci = await s.getBot('ci')
+  const web = await s.getBot('web')
+  assert.match(ci?.id ?? '', /^[0-9a-f]{32}$/)
+  assert.match(web?.id ?? '', /^[0-9a-f]{32}$/)
+  assert.notEqual(ci?.id, web?.id)
+  const current = await s.getInstance(LEGACY_INSTANCES.current)
+  assert.equal(current?.botId, ci?.id)
+  assert.equal(current?.endedAt, undefined)
+  assert.deepEqual([current?.generation, current?.pendingGeneration, current?.pendingKey], [3, 4, undefined])
+  for (const id of [LEGACY_INSTANCES.revived, LEGACY_INSTANCES.orphan]) {
+    const i = await s.getInstance(id)
+    assert.equal(i?.botId, '', `${id}: no bot`)
+    assert.ok(i?.endedAt && Math.abs(Date.parse(i.endedAt) - Date.now()) < 120_000, `${id}: ended by the upgrade, at ${i?.endedAt}`)
+  }
 }
 
 /** Registers the contract's tests under `describe(name)`. */
@@ -91,8 +137,8 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal(await s.deleteRole('a-role'), true)
         assert.equal(await s.deleteRole('a-role'), false)
 
-        await s.createBot({ name: 'ci', roles: ['b-role'], maxTtlMs: 3_600_000, createdAt: T0 })
-        assert.deepEqual(await s.getBot('ci'), { name: 'ci', roles: ['b-role'], maxTtlMs: 3_600_000, createdAt: T0 })
+        await s.createBot(bot('ci', { roles: ['b-role'], maxTtlMs: 3_600_000 }))
+        assert.deepEqual(await s.getBot('ci'), bot('ci', { roles: ['b-role'], maxTtlMs: 3_600_000 }))
 
         await s.putResource({ kind: 'kube', name: 'prod', uri: 'https://10.0.0.1:6443', caPem: 'PEM', createdAt: T0 }, clientCa('kube-client', 1))
         await s.putResource({ kind: 'db', name: 'prod', uri: 'postgres://10.0.0.2:5432', createdAt: T0 }, clientCa('db-client', 2))
@@ -119,7 +165,7 @@ export function storeContract(name: string, backend: StoreBackend): void {
         const s = await store()
         for (const n of ['a', 'B', '_x', 'ä']) {
           await s.createRole(role(n))
-          await s.createBot({ name: n, roles: [], maxTtlMs: 1, createdAt: T0 })
+          await s.createBot(bot(n))
         }
         const bytes = ['B', '_x', 'a', 'ä']
         assert.deepEqual((await s.listRoles()).map((r) => r.name), bytes)
@@ -128,8 +174,8 @@ export function storeContract(name: string, backend: StoreBackend): void {
 
       it('keeps large and awkward values exactly: 720h TTLs, quotes, unicode, NUL-bearing key bytes', async () => {
         const s = await store()
-        await s.createBot({ name: 'long', roles: ["it's", 'ünï'], maxTtlMs: 720 * 3_600_000, createdAt: T0 })
-        assert.deepEqual(await s.getBot('long'), { name: 'long', roles: ["it's", 'ünï'], maxTtlMs: 720 * 3_600_000, createdAt: T0 })
+        await s.createBot(bot('long', { roles: ["it's", 'ünï'], maxTtlMs: 720 * 3_600_000 }))
+        assert.deepEqual(await s.getBot('long'), bot('long', { roles: ["it's", 'ünï'], maxTtlMs: 720 * 3_600_000 }))
         await s.createLock({ id: 'q', bot: 'long', reason: `'; DROP TABLE locks; -- "quoted" \\ ✓`, createdAt: T0 })
         assert.equal((await s.listLocks())[0]?.reason, `'; DROP TABLE locks; -- "quoted" \\ ✓`)
         const der = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'der', type: 'pkcs8' })
@@ -144,8 +190,9 @@ export function storeContract(name: string, backend: StoreBackend): void {
         await rejectsWith(s.createRole(role('ops', { logins: ['root'] })), 'ERR_ALREADY_EXISTS')
         assert.deepEqual((await s.getRole('ops'))?.logins, ['deploy'])
 
-        await s.createBot({ name: 'ci', roles: [], maxTtlMs: 1, createdAt: T0 })
-        await rejectsWith(s.createBot({ name: 'ci', roles: ['x'], maxTtlMs: 2, createdAt: T0 }), 'ERR_ALREADY_EXISTS')
+        await s.createBot(bot('ci'))
+        await rejectsWith(s.createBot(bot('ci', { id: bot('other').id, roles: ['x'], maxTtlMs: 2 })), 'ERR_ALREADY_EXISTS')
+        await rejectsWith(s.createBot(bot('other', { id: bot('ci').id })), 'ERR_ALREADY_EXISTS')
 
         await s.createToken(token('tok-000000000001'))
         await rejectsWith(s.createToken(token('tok-000000000001')), 'ERR_ALREADY_EXISTS')
@@ -217,20 +264,29 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.deepEqual(got.map((c) => c.publicMaterial), [winner, winner, winner, winner])
       })
 
-      it('deleting a bot removes its unused tokens but keeps used ones and its instances', async () => {
+      it('deleting a bot removes its unused tokens and ends its instances, keeping both as records', async () => {
         const s = await store()
-        await s.createBot({ name: 'ci', roles: [], maxTtlMs: 1, createdAt: T0 })
+        await s.createBot(bot('ci'))
         await s.createToken(token('tok-00000000000a'))
         await s.createToken(token('tok-00000000000b'))
         await s.createToken(token('tok-00000000000c', 'other'))
+        await s.createToken(token('tok-00000000000d', 'other'))
         const inst = await s.consumeToken('tok-00000000000a', acceptUnused(instance('tok-00000000000a')))
-        assert.equal(await s.deleteBot('ci'), true)
+        const others = await s.consumeToken('tok-00000000000d', acceptUnused(instance('tok-00000000000d', { bot: 'other', botId: bot('other').id })))
+        const ended = '2030-01-02T00:00:00.000Z'
+        assert.deepEqual(await s.deleteBot('ci', ended), { endedInstances: 1 })
         assert.equal(await s.getBot('ci'), undefined)
         assert.ok(await s.getToken('tok-00000000000a'), 'the used token stays as a record')
         assert.equal(await s.getToken('tok-00000000000b'), undefined)
         assert.ok(await s.getToken('tok-00000000000c'), "another bot's token is untouched")
-        assert.ok(await s.getInstance(inst.id))
-        assert.equal(await s.deleteBot('ci'), false)
+        assert.equal((await s.getInstance(inst.id))?.endedAt, ended, 'the instance stays, ended')
+        assert.equal((await s.getInstance(others.id))?.endedAt, undefined, "another bot's instance is untouched")
+        assert.equal(await s.deleteBot('ci', ended), undefined)
+        // A bot created again under the name is a new bot; the old instance stays ended.
+        await s.createBot(bot('ci', { id: 'ab'.repeat(16) }))
+        assert.equal((await s.getBot('ci'))?.id, 'ab'.repeat(16))
+        assert.deepEqual(await s.deleteBot('ci', '2030-01-03T00:00:00.000Z'), { endedInstances: 0 })
+        assert.equal((await s.getInstance(inst.id))?.endedAt, ended)
       })
 
       it('a restarted server reads what the last one wrote; migrations apply once', async () => {
@@ -244,6 +300,61 @@ export function storeContract(name: string, backend: StoreBackend): void {
         const ev = await b.appendAudit({ type: 'second', success: true, fields: {} })
         assert.deepEqual((await b.queryAudit({})).map((e) => [e.type, typeof e.id]), [['first', 'number'], ['second', 'number']])
         assert.ok(ev.id > (await b.queryAudit({ type: 'first' }))[0]!.id)
+      })
+    })
+
+    describe('joinWithPlatformToken', () => {
+      const platform = (name: string, over: Partial<JoinToken> = {}) => token(name, 'ci', {
+        joinMethod: 'github', secretHash: '', platform: { rules: [{ repository: 'acme/app' }], issuer: 'https://issuer.example', audience: 'memid' }, ...over,
+      })
+      const accept = (inst: BotInstance) => (t: JoinToken | undefined): BotInstance => {
+        if (t === undefined) throw new MemidError('ERR_TOKEN_INVALID', 'no such token')
+        return inst
+      }
+      const replay = (key: string, expiresAt = '2030-01-01T00:10:00.000Z', now = T0) => ({ key, expiresAt, now })
+
+      it('round-trips the rules, a token that never expires, the join count and the instance claims', async () => {
+        const s = await store()
+        await s.createToken(platform('gh-1', { expiresAt: undefined }))
+        const t = await s.getToken('gh-1')
+        assert.equal(t?.joinMethod, 'github')
+        assert.deepEqual(t?.platform?.rules, [{ repository: 'acme/app' }])
+        assert.equal(t?.expiresAt, undefined)
+        assert.equal(t?.joinCount, 0)
+        const inst = instance('gh-1', { joinMethod: 'github', claims: { repository: 'acme/app', run_id: '1' } })
+        await s.joinWithPlatformToken('gh-1', replay('k1'), accept(inst))
+        await s.joinWithPlatformToken('gh-1', replay('k2'), accept(instance('gh-1')))
+        assert.equal((await s.getToken('gh-1'))?.joinCount, 2, 'usable many times, each join counted')
+        assert.deepEqual((await s.getInstance(inst.id))?.claims, { repository: 'acme/app', run_id: '1' })
+        assert.equal((await s.getToken('gh-1'))?.usedAt, undefined)
+      })
+
+      it('refuses a replay key already recorded, from another store on the same database too; prunes expired keys', async () => {
+        const [a, b] = await pair()
+        await a.createToken(platform('gh-2'))
+        await a.joinWithPlatformToken('gh-2', replay('same'), accept(instance('gh-2')))
+        await rejectsWith(b.joinWithPlatformToken('gh-2', replay('same'), accept(instance('gh-2'))), 'ERR_JOIN_JWT_REPLAYED')
+        assert.equal((await a.listInstances('ci')).length, 1, 'the replay created nothing')
+        assert.equal((await a.getToken('gh-2'))?.joinCount, 1)
+        // Once the key's JWT can no longer be accepted the key is pruned, so it no longer refuses.
+        await b.joinWithPlatformToken('gh-2', replay('same', '2030-01-01T01:00:00.000Z', '2030-01-01T00:20:00.000Z'), accept(instance('gh-2')))
+      })
+
+      it('concurrent joins with one JWT on two stores: exactly one wins', async () => {
+        const [a, b] = await pair()
+        await a.createToken(platform('gh-3'))
+        const results = await Promise.allSettled([a, b, a, b].map((s) => s.joinWithPlatformToken('gh-3', replay('race'), accept(instance('gh-3')))))
+        assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1)
+        for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as MemidError).code, 'ERR_JOIN_JWT_REPLAYED')
+      })
+
+      it('decide throwing records nothing: the key stays usable', async () => {
+        const s = await store()
+        await s.createToken(platform('gh-4'))
+        await rejectsWith(s.joinWithPlatformToken('gh-4', replay('k'), () => { throw new MemidError('ERR_BOT_NOT_FOUND', 'gone') }), 'ERR_BOT_NOT_FOUND')
+        await rejectsWith(s.joinWithPlatformToken('nope', replay('k'), accept(instance('nope'))), 'ERR_TOKEN_INVALID')
+        await s.joinWithPlatformToken('gh-4', replay('k'), accept(instance('gh-4')))
+        assert.equal((await s.getToken('gh-4'))?.joinCount, 1)
       })
     })
 
@@ -324,15 +435,19 @@ export function storeContract(name: string, backend: StoreBackend): void {
 
       it('a token consumed while its bot is deleted is either used or gone, never both', async () => {
         const [a, b] = await pair()
-        await a.createBot({ name: 'ci', roles: [], maxTtlMs: 1, createdAt: T0 })
+        await a.createBot(bot('ci'))
         await a.createToken(token('tok-000000000008'))
         const [join, del] = await Promise.allSettled([
-          a.consumeToken('tok-000000000008', acceptUnused(instance('tok-000000000008'))), b.deleteBot('ci'),
+          a.consumeToken('tok-000000000008', acceptUnused(instance('tok-000000000008'))), b.deleteBot('ci', T0),
         ])
         assert.equal(del.status, 'fulfilled')
         const t = await a.getToken('tok-000000000008')
-        if (join.status === 'fulfilled') assert.equal(t?.usedByInstance, join.value.id, 'a used token is kept as a record')
-        else assert.equal(t, undefined, 'the join lost: the unused token went with the bot')
+        if (join.status === 'fulfilled') {
+          assert.equal(t?.usedByInstance, join.value.id, 'a used token is kept as a record')
+          assert.equal((await a.getInstance(join.value.id))?.endedAt, T0, 'the instance the join created was ended with its bot')
+        } else {
+          assert.equal(t, undefined, 'the join lost: the unused token went with the bot')
+        }
       })
     })
 
@@ -345,10 +460,54 @@ export function storeContract(name: string, backend: StoreBackend): void {
       it('writes what decide returns', async () => {
         const s = await store()
         const inst = await withInstance(s)
-        const next = await s.updateInstance(inst.id, (cur) => ({ ...cur!, generation: 2, pendingGeneration: 3, pendingRetries: 1 }))
-        assert.equal(next.generation, 2)
+        const next = await s.updateInstance(inst.id, (cur) => ({ instance: { ...cur!, generation: 2, pendingGeneration: 3, pendingRetries: 1, pendingKey: 'ab'.repeat(32) } }))
+        assert.equal(next.instance?.generation, 2)
         const read = await s.getInstance(inst.id)
-        assert.deepEqual([read?.generation, read?.pendingGeneration, read?.pendingRetries], [2, 3, 1])
+        assert.deepEqual([read?.generation, read?.pendingGeneration, read?.pendingRetries, read?.pendingKey], [2, 3, 1, 'ab'.repeat(32)])
+        await s.updateInstance(inst.id, (cur) => {
+          const { pendingKey: _k, ...rest } = cur!
+          return { instance: { ...rest, pendingGeneration: null } }
+        })
+        assert.equal((await s.getInstance(inst.id))?.pendingKey, undefined)
+      })
+
+      it('decide sees the locks that apply, read in the transaction, and its locks and audit events commit with the instance', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        await s.createLock({ id: 'l-bot', bot: 'ci', reason: 'bot', createdAt: T0 })
+        await s.createLock({ id: 'l-inst', instance: inst.id, reason: 'instance', createdAt: T0 })
+        await s.createLock({ id: 'l-other', bot: 'other', reason: 'other', createdAt: T0 })
+        let seen: string[] = []
+        await s.updateInstance(inst.id, (cur, locks) => {
+          seen = locks.map((l) => l.id).sort()
+          return {
+            instance: { ...cur!, generation: 5 },
+            locks: [{ id: 'l-new', instance: cur!.id, reason: 'copied', createdAt: T0 }],
+            audit: [{ type: 'generation.mismatch', success: false, instance: cur!.id, fields: { presented: 1 } }, { type: 'lock.created', success: true, fields: {} }],
+          }
+        })
+        assert.deepEqual(seen, ['l-bot', 'l-inst'])
+        assert.equal((await s.getInstance(inst.id))?.generation, 5)
+        assert.ok((await s.listLocks()).some((l) => l.id === 'l-new'))
+        assert.deepEqual((await s.queryAudit({})).map((e) => e.type), ['generation.mismatch', 'lock.created'])
+        // Nothing to write but audit: the instance stays as it is.
+        await s.updateInstance(inst.id, () => ({ audit: [{ type: 'renew', success: true, fields: {} }] }))
+        assert.equal((await s.getInstance(inst.id))?.generation, 5)
+        assert.equal((await s.queryAudit({ type: 'renew' })).length, 1)
+      })
+
+      it('a write of the decision that fails keeps none of it: instance, audit events, locks', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        await s.createLock({ id: 'taken', bot: 'nobody', reason: 'x', createdAt: T0 })
+        await assert.rejects(s.updateInstance(inst.id, (cur) => ({
+          instance: { ...cur!, generation: 9 },
+          audit: [{ type: 'generation.mismatch', success: false, fields: {} }],
+          locks: [{ id: 'fresh', instance: cur!.id, reason: 'copied', createdAt: T0 }, { id: 'taken', instance: cur!.id, reason: 'copied', createdAt: T0 }],
+        })))
+        assert.equal((await s.getInstance(inst.id))?.generation, 1)
+        assert.deepEqual(await s.queryAudit({}), [])
+        assert.deepEqual((await s.listLocks()).map((l) => l.id), ['taken'])
       })
 
       it('decide throwing changes nothing', async () => {
@@ -356,15 +515,15 @@ export function storeContract(name: string, backend: StoreBackend): void {
         const inst = await withInstance(s)
         await rejectsWith(s.updateInstance(inst.id, (cur) => {
           cur!.generation = 99
-          throw new MemidError('ERR_STALE_GENERATION', 'stale')
-        }), 'ERR_STALE_GENERATION')
+          throw new MemidError('ERR_LOCKED', 'locked')
+        }), 'ERR_LOCKED')
         assert.deepEqual(await s.getInstance(inst.id), inst)
       })
 
       it('read-modify-write is atomic: concurrent increments are all kept', async () => {
         const s = await store()
         const inst = await withInstance(s)
-        await Promise.all(Array.from({ length: 25 }, () => s.updateInstance(inst.id, (cur) => ({ ...cur!, generation: cur!.generation + 1 }))))
+        await Promise.all(Array.from({ length: 25 }, () => s.updateInstance(inst.id, (cur) => ({ instance: { ...cur!, generation: cur!.generation + 1 } }))))
         assert.equal((await s.getInstance(inst.id))?.generation, 26)
       })
 
@@ -372,7 +531,7 @@ export function storeContract(name: string, backend: StoreBackend): void {
         const [a, b] = await pair()
         const inst = await withInstance(a)
         await Promise.all(Array.from({ length: 20 }, (_x, i) =>
-          (i % 2 ? a : b).updateInstance(inst.id, (cur) => ({ ...cur!, generation: cur!.generation + 1 }))))
+          (i % 2 ? a : b).updateInstance(inst.id, (cur) => ({ instance: { ...cur!, generation: cur!.generation + 1 } }))))
         assert.equal((await a.getInstance(inst.id))?.generation, 21)
       })
 
@@ -391,7 +550,7 @@ export function storeContract(name: string, backend: StoreBackend): void {
         const inst = await withInstance(s)
         for (let g = 2; g <= INSTANCE_HISTORY + 8; g++) {
           await s.updateInstance(inst.id, (cur) => ({
-            ...cur!, generation: g, latestAuthentications: [...cur!.latestAuthentications, auth(g)], heartbeats: [...cur!.heartbeats, heartbeat(g)],
+            instance: { ...cur!, generation: g, latestAuthentications: [...cur!.latestAuthentications, auth(g)], heartbeats: [...cur!.heartbeats, heartbeat(g)] },
           }))
         }
         const read = (await s.getInstance(inst.id))!

@@ -8,7 +8,7 @@ import { startAgent, type AgentHandle } from '../../src/agent/agent.ts'
 import { startAuthServer, type AuthServer } from '../../src/auth/server.ts'
 import { createLogger } from '../../src/core/log.ts'
 import { SqliteStore } from '../../src/storage/sqlite.ts'
-import { tempDir } from '../fixtures/memid.ts'
+import { eventually, tempDir } from '../fixtures/memid.ts'
 
 // The agent in-process against a real auth service on port 0: join, renewal, status and
 // /readyz as each service's own health, and stop.
@@ -78,28 +78,44 @@ describe('agent in-process against startAuthServer', () => {
   })
 
   it("a service's own degraded or failed health shows through status and /readyz, not overridden", async () => {
-    const agent = await agentFor('partial', [
-      // Not in the role's logins: no certificate. The ssh agent says degraded (it answers, with no identities).
-      { type: 'ssh-agent', path: path.join(dir, 'partial', 'agent.sock'), principals: ['root'] },
-      // Not a registered cluster: no certificate. The kube proxy says failed.
-      { type: 'kube-proxy', listen: '127.0.0.1:0', cluster: 'nowhere' },
-      { type: 'database-tunnel', listen: '127.0.0.1:0', service: 'orders', username: 'app' },
-    ])
+    await auth.admin.addResource('db', { name: 'billing', uri: 'postgres://127.0.0.1:1' })
+    await auth.admin.addRole({ name: 'billing', databases: ['billing'], dbUsers: ['app'], dbNames: ['*'] })
+    const { token } = await auth.admin.addBot({ name: 'partial', roles: ['r', 'billing'] })
+    const agent = startAgent({
+      authServer: auth.address, caPins: [auth.caPin], token: token.token, certificateTtlMs: 6_000, renewalIntervalMs: 2_000,
+      diagnostics: '127.0.0.1:0', logger: quiet(), drainMs: 1_000,
+      services: [
+        // Not in the role's logins: no certificate yet, renewal keeps trying: degraded.
+        { type: 'ssh-agent', path: path.join(dir, 'partial', 'agent.sock'), principals: ['root'] },
+        // Not a registered cluster: degraded too.
+        { type: 'kube-proxy', listen: '127.0.0.1:0', cluster: 'nowhere' },
+        { type: 'database-tunnel', listen: '127.0.0.1:0', service: 'orders', username: 'app' },
+        // Issued once, then the resource goes away: it expires and the tunnel says failed.
+        { type: 'database-tunnel', listen: '127.0.0.1:0', service: 'billing', username: 'app' },
+      ],
+    })
     try {
       await agent.ready
       const s = agent.status()
       const byName = Object.fromEntries(s.services.map((x) => [x.name, x]))
       assert.equal(byName['ssh-agent']?.status, 'degraded')
-      assert.match(String(byName['ssh-agent']?.reason), /sign requests get SSH_AGENT_FAILURE/)
-      assert.equal(byName['kube-proxy:nowhere']?.status, 'failed')
-      assert.match(String(byName['kube-proxy:nowhere']?.reason), /no certificate yet/)
+      assert.match(String(byName['ssh-agent']?.reason), /no ssh-agent credential yet: .*; sign requests get SSH_AGENT_FAILURE/)
+      assert.equal(byName['kube-proxy:nowhere']?.status, 'degraded')
       assert.equal(byName['db-tunnel:orders']?.status, 'ok')
+      assert.equal(byName['db-tunnel:billing']?.status, 'ok')
       const ready = await get(`http://${s.diagnostics}/readyz`)
       assert.equal(ready.status, 503)
       assert.equal(ready.body.services['ssh-agent'].status, 'degraded')
-      assert.equal(ready.body.services['kube-proxy:nowhere'].status, 'failed')
+      assert.equal(ready.body.services['kube-proxy:nowhere'].status, 'degraded')
       assert.equal(ready.body.services['db-tunnel:orders'].status, 'ok')
       assert.equal(ready.body.services.identity.status, 'ok')
+
+      await auth.admin.removeResource('db', 'billing')
+      await eventually(() => agent.status().services.find((x) => x.name === 'db-tunnel:billing')?.status === 'failed', 15_000, 'the billing certificate to expire')
+      const later = await get(`http://${s.diagnostics}/readyz`)
+      assert.equal(later.body.services['db-tunnel:billing'].status, 'failed')
+      assert.match(later.body.services['db-tunnel:billing'].reason, /expired at .* and could not be renewed/)
+      assert.equal(later.body.services['db-tunnel:orders'].status, 'ok', 'the other tunnel is unaffected')
     } finally {
       await agent.stop()
     }

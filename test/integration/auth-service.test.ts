@@ -2,12 +2,15 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { statSync } from 'node:fs'
 import https from 'node:https'
+import tls from 'node:tls'
 import path from 'node:path'
 import { X509Certificate } from 'node:crypto'
 import { AuthClient } from '../../src/agent/auth-client.ts'
 import { MemidError } from '../../src/core/errors.ts'
 import { startAuth, type AuthFixture } from '../fixtures/memid.ts'
-import { client, heartbeat, join, newKey, renew } from '../helpers/identity.ts'
+import { asCaller, client, heartbeat, join, newKey, renew, type TestIdentity } from '../helpers/identity.ts'
+import { startLossyProxy } from '../fixtures/lossy-proxy.ts'
+import { withPrivateKeyPem } from '../../src/pki/pem.ts'
 
 async function rejectsCode(p: Promise<unknown>, code: string): Promise<MemidError> {
   try {
@@ -18,6 +21,17 @@ async function rejectsCode(p: Promise<unknown>, code: string): Promise<MemidErro
     return err
   }
   assert.fail(`expected ${code}`)
+}
+
+/** The identity as a caller capped at TLS 1.2, which the lossy proxy needs. */
+function tls12Caller(client: AuthClient, id: TestIdentity) {
+  const ctx = withPrivateKeyPem(id.key, (key) => tls.createSecureContext({ key, cert: id.res.certificate, ca: client.cas.tls, maxVersion: 'TLSv1.2' }))
+  return { agent: client.identityAgent(ctx) }
+}
+
+/** The bot id a bot identity certificate carries (its URI SAN). */
+function botIdOf(pem: string): string | undefined {
+  return /[?&]id=([0-9a-f-]+)/.exec(new X509Certificate(pem).subjectAltName ?? '')?.[1]
 }
 
 /** POSTs raw bytes to the API, for malformed-input tests. */
@@ -179,23 +193,92 @@ describe('auth service', () => {
     assert.ok(locks.some((l) => l.instance === original.res.instanceId))
   })
 
-  test('a renewal whose response was lost may retry once with the previous generation', async () => {
+  test('a renewal retried with the same new key gets the same pending generation, any number of times', async () => {
     const token = await auth.bot('lossy')
     const id1 = await join(c, token)
     await heartbeat(c, id1)
-    await renew(c, id1) // generation 2 issued; pretend the response never arrived
-    const retry = await renew(c, id1) // the agent retries with generation 1
-    assert.equal(retry.res.generation, 3)
-    await heartbeat(c, retry) // confirms generation 3
-    const next = await renew(c, retry)
-    assert.equal(next.res.generation, 4)
+    const k = newKey()
+    const serials = new Set<string>()
+    for (let i = 0; i < 6; i++) {
+      // Every answer but the last "lost": the agent retries with the same new key.
+      const res = await c.renew(id1.caller, { publicKey: k.publicKey, ttl: '1h' })
+      assert.equal(res.generation, 2, `retry ${i} gets the pending generation back`)
+      serials.add(res.serial)
+    }
+    const id2 = asCaller(c, k.key, await c.renew(id1.caller, { publicKey: k.publicKey, ttl: '1h' }))
+    await heartbeat(c, id2) // confirms generation 2
+    const id3 = await renew(c, id2)
+    assert.equal(id3.res.generation, 3)
     const inst = JSON.parse((await auth.cli(['get', `bot_instance/lossy/${id1.res.instanceId}`, '--format', 'json'])).stdout)
-    assert.equal(inst.pendingGeneration, 4)
-    assert.equal(inst.generation, 3)
+    assert.equal(inst.generation, 2)
+    assert.equal(inst.pendingGeneration, 3)
     const locks = JSON.parse((await auth.cli(['locks', 'ls', '--format', 'json'])).stdout) as any[]
-    assert.ok(!locks.some((l) => l.instance === id1.res.instanceId), 'lost response did not lock')
-    // A second retry with the old generation is one too many: that is a copy.
-    await rejectsCode(renew(c, id1), 'ERR_STALE_GENERATION')
+    assert.ok(!locks.some((l) => l.instance === id1.res.instanceId), 'lost responses did not lock')
+    // Once generation 2 is in use, generation 1 is old: whatever key it brings, that is a copy.
+    await rejectsCode(c.renew(id1.caller, { publicKey: k.publicKey, ttl: '1h' }), 'ERR_STALE_GENERATION')
+  })
+
+  test('five renewal answers lost in a row (a proxy drops them): the sixth retry succeeds and nothing locks', async () => {
+    const token = await auth.bot('partitioned')
+    const id1 = await join(c, token)
+    const proxy = await startLossyProxy(auth.addr)
+    const lossy = new AuthClient({ server: proxy.addr, caPins: [auth.caPin], timeoutMs: 1000 })
+    try {
+      await lossy.bootstrap()
+      const caller = tls12Caller(lossy, id1)
+      const k = newKey()
+      proxy.dropAnswers = 5
+      for (let i = 0; i < 5; i++) await rejectsCode(lossy.renew(caller, { publicKey: k.publicKey, ttl: '1h' }), 'ERR_AUTH_TIMEOUT')
+      assert.equal(proxy.dropped, 5, 'five answers were lost after the server had the request')
+      const res = await c.renew(id1.caller, { publicKey: k.publicKey, ttl: '1h' })
+      assert.equal(res.generation, 2)
+      const id2 = asCaller(c, k.key, res)
+      await heartbeat(c, id2)
+      assert.equal((await renew(c, id2)).res.generation, 3)
+      const renewals = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'renew', '--bot', 'partitioned'])).stdout) as any[]
+      assert.equal(renewals.filter((e) => e.fields.generation === 2).length, 6, 'the server answered every lost request')
+      const locks = JSON.parse((await auth.cli(['locks', 'ls', '--format', 'json'])).stdout) as any[]
+      assert.ok(!locks.some((l) => l.instance === id1.res.instanceId), 'no lock')
+    } finally {
+      lossy.close()
+      await proxy.close()
+    }
+  })
+
+  test('a copy renewing with another key while a renewal is outstanding is locked', async () => {
+    const token = await auth.bot('stolen')
+    const original = await join(c, token)
+    const k = newKey()
+    await c.renew(original.caller, { publicKey: k.publicKey, ttl: '1h' }) // the agent's renewal: generation 2 pending
+    // The thief holds generation 1 too, but not the agent's new key pair.
+    const err = await rejectsCode(renew(c, original), 'ERR_STALE_GENERATION')
+    assert.match(err.message, /locked/)
+    await rejectsCode(c.renew(original.caller, { publicKey: k.publicKey, ttl: '1h' }), 'ERR_LOCKED')
+    const events = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'generation.mismatch'])).stdout) as any[]
+    assert.ok(events.some((e) => e.instance === original.res.instanceId))
+    const locks = JSON.parse((await auth.cli(['locks', 'ls', '--format', 'json'])).stdout) as any[]
+    assert.ok(locks.some((l) => l.instance === original.res.instanceId))
+  })
+
+  test('a deleted bot stays deleted: re-creating its name does not revive its identities', async () => {
+    assert.equal((await auth.cli(['roles', 'add', 'revived-admin', '--logins', 'root'])).code, 0)
+    const token = await auth.bot('revived')
+    const old = await join(c, token)
+    await heartbeat(c, old)
+    assert.equal((await auth.cli(['bots', 'rm', 'revived'])).code, 0)
+    const added = await auth.cli(['bots', 'add', 'revived', '--roles', 'revived-admin', '--format', 'json'])
+    assert.equal(added.code, 0, added.stderr)
+    // The old identity is refused everything, and never gets the new bot's roles.
+    await rejectsCode(renew(c, old), 'ERR_BOT_NOT_FOUND')
+    await rejectsCode(heartbeat(c, old), 'ERR_BOT_NOT_FOUND')
+    await rejectsCode(c.issueSsh(old.caller, { publicKey: newKey().publicKey, principals: ['root'] }), 'ERR_BOT_NOT_FOUND')
+    const inst = JSON.parse((await auth.cli(['get', `bot_instance/revived/${old.res.instanceId}`, '--format', 'json'])).stdout)
+    assert.ok(inst.endedAt, 'the instance was ended with its bot')
+    // The new bot is a new bot: its own id, and its own identities work.
+    const fresh = await join(c, JSON.parse(added.stdout).token.token)
+    assert.deepEqual((await c.issueSsh(fresh.caller, { publicKey: newKey().publicKey })).principals, ['root'])
+    assert.notEqual(botIdOf(fresh.res.certificate), botIdOf(old.res.certificate))
+    await rejectsCode(renew(c, old), 'ERR_BOT_NOT_FOUND')
   })
 
   test('locks and bot deletion refuse the very next request', async () => {

@@ -8,9 +8,9 @@ import { runMemid, startAgent, startAuth, tempDir, type AuthFixture } from '../f
 import { PostgresStore } from '../../src/storage/postgres.ts'
 import { openStore } from '../../src/storage/open.ts'
 import { MemidError } from '../../src/core/errors.ts'
-import { POSTGRES, migrations } from '../../src/storage/migrations.ts'
 import type { Store } from '../../src/storage/store.ts'
-import { acceptUnused, instance, role, storeContract, token } from '../helpers/store-contract.ts'
+import { LEGACY_V1_ROWS, acceptUnused, assertLegacyUpgraded, instance, role, storeContract, token } from '../helpers/store-contract.ts'
+import { POSTGRES, SCHEMA_MIGRATIONS_DDL, migrations } from '../../src/storage/migrations.ts'
 
 // Characters that must be percent-encoded in a URL, so both spellings are checked for leaks.
 const PASSWORD = `s3cr:t@/${randomBytes(6).toString('hex')}'`
@@ -125,13 +125,30 @@ describe('PostgresStore connection', () => {
     const name = db.slice(db.lastIndexOf('/') + 1)
     const stores = await Promise.all(Array.from({ length: 4 }, () => PostgresStore.open(db, { max: 2 })))
     opened.push(...stores)
-    const versions = migrations(POSTGRES).map((_m, i) => i + 1).join(',')
-    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), `${versions}\n`)
+    const all = migrations(POSTGRES).map((_m, i) => i + 1).join(',')
+    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), `${all}\n`)
     const types = await server.sql(`SELECT column_name || ':' || data_type || ':' || is_identity FROM information_schema.columns
       WHERE (table_name, column_name) IN (('audit_events', 'id'), ('cas', 'private_key'), ('bots', 'max_ttl_ms')) ORDER BY column_name`, name)
     assert.deepEqual(types.trim().split('\n'), ['id:bigint:YES', 'max_ttl_ms:bigint:NO', 'private_key:bytea:NO'])
     await server.sql(`INSERT INTO schema_migrations (version, applied_at) VALUES (999, 'later')`, name)
     await assert.rejects(openStore(db), (e: unknown) => e instanceof MemidError && e.code === 'ERR_STORAGE' && /upgrade memid/.test(e.message))
+  })
+
+  it('upgrading a store from before bot ids gives bots ids and ends the instances of deleted bots', async () => {
+    const db = await newDatabase()
+    const c = new pg.Client({ connectionString: db })
+    await c.connect()
+    try {
+      await c.query(SCHEMA_MIGRATIONS_DDL)
+      await c.query(migrations(POSTGRES)[0] as string)
+      await c.query("INSERT INTO schema_migrations (version, applied_at) VALUES (1, '2030-01-01T00:00:00.000Z')")
+      await c.query(LEGACY_V1_ROWS)
+    } finally {
+      await c.end()
+    }
+    const s = await PostgresStore.open(db)
+    opened.push(s)
+    await assertLegacyUpgraded(s)
   })
 
   it('two connections consuming one token: both wait on its row lock, exactly one wins', async () => {

@@ -1,4 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client'
+import { metricOnce } from '../../core/metrics.ts'
 
 /** What a tunnel exposes so the shared metrics can read it at scrape time. */
 export interface TunnelStats {
@@ -60,16 +61,9 @@ export class TunnelMetrics {
     })
   }
 
-  static #byRegistry = new WeakMap<Registry, TunnelMetrics>()
-
   /** The metrics of this registry, created on first use. */
   static for(registry: Registry): TunnelMetrics {
-    let m = TunnelMetrics.#byRegistry.get(registry)
-    if (m === undefined) {
-      m = new TunnelMetrics(registry)
-      TunnelMetrics.#byRegistry.set(registry, m)
-    }
-    return m
+    return metricOnce(registry, 'memid_db_tunnel', () => new TunnelMetrics(registry))
   }
 
   add(tunnel: TunnelStats): void {

@@ -4,7 +4,8 @@ import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { describeError, hasCode } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
 import { closeServer, ConnectionTracker, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
-import type { Health, Service, ServiceDeps } from '../service.ts'
+import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
+import { Lifecycle } from '../../core/lifecycle.ts'
 import { socketPort, type ResolvedDbTunnelConfig } from './config.ts'
 import { TunnelMetrics, type TunnelStats } from './metrics.ts'
 import { errorResponse, printable, readClientHello, SqlState, TunnelRefusal, type ErrorFields } from './postgres.ts'
@@ -36,7 +37,7 @@ export class DbTunnelService implements Service, TunnelStats {
   readonly #closedBytes: [number, number] = [0, 0]
   #server: net.Server | undefined
   #bound: ListenAddress | undefined
-  #state: 'new' | 'listening' | 'stopping' | 'stopped' = 'new'
+  readonly #life: Lifecycle
   /** Connections holding (or dialing) an upstream session; what max_connections limits. */
   #sessions = 0
   #lastUpstreamError: string | undefined
@@ -46,6 +47,7 @@ export class DbTunnelService implements Service, TunnelStats {
     this.#deps = deps
     this.service = cfg.service
     this.name = `db-tunnel:${cfg.service}`
+    this.#life = new Lifecycle(this.name)
     this.#log = deps.logger.child({ service: this.name })
     this.#metrics = TunnelMetrics.for(deps.metrics)
     this.#access = new LocalAccess(this.name, cfg.exposure, { logger: this.#log, metrics: deps.metrics, clock: deps.clock })
@@ -56,7 +58,7 @@ export class DbTunnelService implements Service, TunnelStats {
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'new') throw new Error(`${this.name} was already started`)
+    this.#life.beginStart()
     // Half-open on both legs: a client may shut down its sending side and still read the
     // answer (each direction ends on its own; the socket closes once both have).
     const server = net.createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true, highWaterMark: RELAY_HIGH_WATER_MARK })
@@ -66,33 +68,27 @@ export class DbTunnelService implements Service, TunnelStats {
     server.on('error', (err) => this.#log.error({ err: describeError(err) }, 'database tunnel listener error'))
     this.#bound = await listen(server, this.#cfg.address)
     this.#server = server
-    this.#state = 'listening'
+    this.#life.listening()
     this.#metrics.add(this)
     this.#log.info({ listen: this.address, protocol: this.#cfg.protocol, user: this.#cfg.username }, 'database tunnel listening')
     this.#access.announce(this.#bound)
   }
 
   async stop(deadlineMs: number): Promise<void> {
-    if (this.#state === 'stopped' || this.#state === 'stopping') return
-    this.#state = 'stopping'
+    if (this.#life.beginStop() === undefined) return
     // The server's close callback waits for every connection, so drain before awaiting it.
     const closed = this.#server ? closeServer(this.#server) : Promise.resolve()
     await this.#tracker.drain(deadlineMs)
     await closed
     if (this.#bound) removeSocketFile(this.#bound)
     this.#metrics.remove(this)
-    this.#state = 'stopped'
+    this.#life.stopped()
     this.#log.info('database tunnel stopped')
   }
 
   health(): Health {
-    if (this.#state === 'new') return { status: 'starting' }
-    if (this.#state !== 'listening') return { status: 'stopped' }
-    try {
-      this.#deps.credentials.current()
-    } catch (err) {
-      return { status: 'failed', reason: describeError(err) }
-    }
+    const h = this.#life.health() ?? credentialHealth(this.#deps.credentials, 'clients get an error naming it')
+    if (h !== undefined) return h
     if (this.#lastUpstreamError !== undefined) return { status: 'degraded', reason: this.#lastUpstreamError }
     return { status: 'ok' }
   }
@@ -133,7 +129,7 @@ export class DbTunnelService implements Service, TunnelStats {
   }
 
   #accept(socket: net.Socket): void {
-    if (this.#state !== 'listening') {
+    if (this.#life.state !== 'listening') {
       socket.destroy()
       return
     }

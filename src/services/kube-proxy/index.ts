@@ -14,7 +14,8 @@ import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError, describeError } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
 import { ConnectionTracker, closeServer, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
-import type { Health, Service, ServiceDeps } from '../service.ts'
+import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
+import { Lifecycle } from '../../core/lifecycle.ts'
 import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
 import { isDiscovery, isWatch } from './headers.ts'
 import { KubeProxyMetrics } from './metrics.ts'
@@ -68,7 +69,7 @@ class KubeProxyService implements Service {
   readonly #refusedConns = new WeakMap<Duplex, LocalRefusal>()
   readonly #server: http.Server
   #bound: ListenAddress | undefined
-  #state: 'new' | 'listening' | 'stopped' = 'new'
+  readonly #life: Lifecycle
   #conns: UpstreamConnections | undefined
   readonly #retired = new Set<UpstreamConnections>()
   #upstreamError: string | undefined
@@ -88,6 +89,7 @@ class KubeProxyService implements Service {
 
   constructor(cfg: ResolvedKubeProxyConfig, tuning: Required<KubeProxyTuning>, deps: ServiceDeps<TlsClientCredential>) {
     this.name = `kube-proxy:${cfg.cluster}`
+    this.#life = new Lifecycle(this.name)
     this.#cfg = cfg
     this.#deps = deps
     this.#tuning = tuning
@@ -119,18 +121,17 @@ class KubeProxyService implements Service {
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'new') throw new MemidError('ERR_LISTEN', `${this.name} was already started`)
+    this.#life.beginStart()
     this.#bound = await listen(this.#server, this.#cfg.listen)
-    this.#state = 'listening'
+    this.#life.listening()
     this.#deps.credentials.on('renewed', this.#onRenewed)
     this.#log.info({ listen: this.address, upstream: this.#deps.credentials.peek()?.upstream.uri }, 'kube proxy listening')
     this.#access.announce(this.#bound)
   }
 
   async stop(deadlineMs: number): Promise<void> {
-    if (this.#state === 'stopped') return
-    const wasListening = this.#state === 'listening'
-    this.#state = 'stopped'
+    const was = this.#life.beginStop()
+    if (was === undefined) return
     this.#deps.credentials.off('renewed', this.#onRenewed)
     const closed = closeServer(this.#server)
     this.#server.closeIdleConnections()
@@ -139,17 +140,13 @@ class KubeProxyService implements Service {
     this.#conns?.destroy()
     for (const c of this.#retired) c.destroy()
     this.#retired.clear()
-    if (wasListening && this.#bound !== undefined) removeSocketFile(this.#bound)
+    if (was === 'listening' && this.#bound !== undefined) removeSocketFile(this.#bound)
+    this.#life.stopped()
   }
 
   health(): Health {
-    if (this.#state === 'new') return { status: 'starting' }
-    if (this.#state === 'stopped') return { status: 'stopped' }
-    const cred = this.#deps.credentials
-    if (!cred.valid()) {
-      const s = cred.state()
-      return { status: 'failed', reason: s.status === 'pending' ? `no certificate yet${s.lastError ? `: ${s.lastError}` : ''}` : `certificate expired${s.lastError ? `: ${s.lastError}` : ''}` }
-    }
+    const h = this.#life.health() ?? credentialHealth(this.#deps.credentials, 'requests get 503')
+    if (h !== undefined) return h
     if (this.#upstreamError !== undefined) return { status: 'degraded', reason: this.#upstreamError }
     return { status: 'ok' }
   }
@@ -179,7 +176,7 @@ class KubeProxyService implements Service {
 
   /** A new credential: new connections for new requests; the old ones finish what they carry. */
   #rotate(cred: TlsClientCredential): void {
-    if (this.#conns?.credential === cred || this.#state === 'stopped') return
+    if (this.#conns?.credential === cred || this.#life.state === 'stopping' || this.#life.state === 'stopped') return
     const old = this.#conns
     const conns: UpstreamConnections = new UpstreamConnections(cred, {
       protocol: this.#tuning.upstreamProtocol,

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { metricOnce } from '../../core/metrics.ts'
 
 /**
  * The proxy's metrics, labelled by cluster so several proxies in one agent share the same
@@ -15,26 +16,26 @@ export class KubeProxyMetrics {
 
   constructor(registry: Registry, cluster: string) {
     this.#cluster = cluster
-    this.#requests = reuse(registry, 'memid_kube_proxy_requests_total', () => new Counter({
+    this.#requests = metricOnce(registry, 'memid_kube_proxy_requests_total', () => new Counter({
       name: 'memid_kube_proxy_requests_total',
       help: 'Requests answered by the kube proxy, by HTTP status code (101 for upgrades).',
       labelNames: ['cluster', 'code'],
       registers: [registry],
     }))
-    this.#latency = reuse(registry, 'memid_kube_proxy_upstream_latency_seconds', () => new Histogram({
+    this.#latency = metricOnce(registry, 'memid_kube_proxy_upstream_latency_seconds', () => new Histogram({
       name: 'memid_kube_proxy_upstream_latency_seconds',
       help: 'Time from forwarding a request to receiving the API server\'s response headers.',
       labelNames: ['cluster'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     }))
-    this.#upgrades = reuse(registry, 'memid_kube_proxy_active_upgrades', () => new Gauge({
+    this.#upgrades = metricOnce(registry, 'memid_kube_proxy_active_upgrades', () => new Gauge({
       name: 'memid_kube_proxy_active_upgrades',
       help: 'Upgraded connections (exec, attach, port-forward) open right now.',
       labelNames: ['cluster'],
       registers: [registry],
     }))
-    this.#watches = reuse(registry, 'memid_kube_proxy_active_watches', () => new Gauge({
+    this.#watches = metricOnce(registry, 'memid_kube_proxy_active_watches', () => new Gauge({
       name: 'memid_kube_proxy_active_watches',
       help: 'Watch requests open right now.',
       labelNames: ['cluster'],
@@ -73,8 +74,4 @@ export class KubeProxyMetrics {
   watchClosed(): void {
     this.#watches.dec({ cluster: this.#cluster })
   }
-}
-
-function reuse<T>(registry: Registry, name: string, create: () => T): T {
-  return (registry.getSingleMetric(name) as T | undefined) ?? create()
 }

@@ -1,7 +1,8 @@
 import net from 'node:net'
 import type { SshCredential } from '../../credentials/credentials.ts'
 import { describeError } from '../../core/errors.ts'
-import type { Health, Service, ServiceDeps } from '../service.ts'
+import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
+import { Lifecycle } from '../../core/lifecycle.ts'
 import { closeServer, ConnectionTracker, listen, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
 import { resolveSshAgentConfig, type ResolvedSshAgentConfig, type SshAgentConfig } from './config.ts'
 import { AgentConnection, type AgentContext } from './connection.ts'
@@ -24,7 +25,7 @@ class SshAgentService implements Service {
   readonly #tracker = new ConnectionTracker()
   readonly #server: net.Server
   readonly #ctx: AgentContext
-  #state: 'new' | 'listening' | 'stopped' = 'new'
+  readonly #life = new Lifecycle('ssh-agent')
   #ring: Keyring | undefined
   #previous: { ring: Keyring; until: number } | undefined
   /** Why the agent currently refuses to serve, logged once per change. */
@@ -51,19 +52,18 @@ class SshAgentService implements Service {
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'new') throw new TypeError(`${this.name} was already started`)
+    this.#life.beginStart()
     await listen(this.#server, this.#addr)
-    this.#state = 'listening'
+    this.#life.listening()
     this.#deps.credentials.on('renewed', this.#onRenewed)
     this.#deps.logger.info({ path: this.address }, 'ssh agent listening')
   }
 
   async stop(deadlineMs: number): Promise<void> {
-    if (this.#state === 'stopped') return
-    const was = this.#state
-    this.#state = 'stopped'
+    const was = this.#life.beginStop()
+    if (was === undefined) return
     this.#deps.credentials.off('renewed', this.#onRenewed)
-    if (was === 'new') return
+    if (was === 'new') return this.#life.stopped()
     // server.close() resolves only once every connection ended: drain them meanwhile.
     const closed = closeServer(this.#server)
     await this.#tracker.drain(deadlineMs)
@@ -71,18 +71,11 @@ class SshAgentService implements Service {
     removeSocketFile(this.#addr)
     this.#ring = undefined
     this.#previous = undefined
+    this.#life.stopped()
   }
 
   health(): Health {
-    if (this.#state === 'new') return { status: 'starting' }
-    if (this.#state === 'stopped') return { status: 'stopped' }
-    try {
-      this.#deps.credentials.current()
-      return { status: 'ok' }
-    } catch (err) {
-      const st = this.#deps.credentials.state()
-      return { status: st.status === 'expired' ? 'failed' : 'degraded', reason: `${describeError(err)}; sign requests get SSH_AGENT_FAILURE` }
-    }
+    return this.#life.health() ?? credentialHealth(this.#deps.credentials, 'sign requests get SSH_AGENT_FAILURE') ?? { status: 'ok' }
   }
 
   describe(): Record<string, unknown> {
@@ -100,7 +93,7 @@ class SshAgentService implements Service {
   }
 
   #accept(socket: net.Socket): void {
-    if (this.#state !== 'listening') {
+    if (this.#life.state !== 'listening') {
       socket.destroy()
       return
     }

@@ -1,4 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client'
+import { metricOnce } from '../../core/metrics.ts'
 
 /** The agent's metrics, with the hot-path counters bound to their labels once. */
 export interface SshAgentMetrics {
@@ -15,15 +16,11 @@ export interface SshAgentMetrics {
 }
 
 function counter<L extends string>(registry: Registry, name: string, help: string, labelNames: L[] = []): Counter<L> {
-  const existing = registry.getSingleMetric(name)
-  if (existing !== undefined) return existing as Counter<L>
-  return new Counter({ name, help, labelNames, registers: [registry] })
+  return metricOnce(registry, name, () => new Counter({ name, help, labelNames, registers: [registry] }))
 }
 
 function gauge(registry: Registry, name: string, help: string): Gauge<string> {
-  const existing = registry.getSingleMetric(name)
-  if (existing !== undefined) return existing as Gauge<string>
-  return new Gauge({ name, help, registers: [registry] })
+  return metricOnce(registry, name, () => new Gauge({ name, help, registers: [registry] }))
 }
 
 /** Registers (or reuses) the ssh-agent metrics on the agent's registry. */

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Registry } from 'prom-client'
 import { DiagnosticsServer, type Readiness } from '../../../src/agent/diagnostics.ts'
+import { parseListenAddress } from '../../../src/core/listener.ts'
 
 const ready = (): Readiness => ({ status: 'ok', services: { 'kube-proxy:prod': { status: 'ok' } } })
 const servers: DiagnosticsServer[] = []
@@ -19,7 +20,7 @@ after(async () => {
 })
 
 async function start(listen: string): Promise<DiagnosticsServer> {
-  const s = new DiagnosticsServer(listen, new Registry(), ready)
+  const s = new DiagnosticsServer(parseListenAddress(listen), new Registry(), ready)
   await s.start()
   servers.push(s)
   return s

@@ -19,7 +19,7 @@ describe('kube certificates: one role per certificate, signed by the cluster\'s 
 
   const issue = (roles: Role[], cluster: string, user?: string) => {
     const ctx: IssueContext = {
-      bot: { name: 'ci', roles: roles.map((r) => r.name), maxTtlMs: 3_600_000, createdAt: T0 },
+      bot: { id: 'b0000000-0000-4000-8000-000000000001', name: 'ci', roles: roles.map((r) => r.name), maxTtlMs: 3_600_000, createdAt: T0 },
       instance: {} as BotInstance, roles, cas, store, publicKey: createPublicKey(newKey().key), ttlMs: 60_000, now: Date.now(),
     }
     return issueKubeCertificate(ctx, { publicKey: '', cluster, ...(user !== undefined ? { user } : {}) })

@@ -21,7 +21,7 @@ function ctx(roles: Role[], now = Date.now()): IssueContext {
   // Only the ssh-user CA is used by SSH issuance; the X.509 CAs are left out on purpose.
   const cas = { clusterName: 'test', sshUser: { key: userCa.privateKey, publicKey: userCa.publicKey, publicLine: sshPublicKeyLine(userCa.publicKey) } } as unknown as CaSet
   return {
-    bot: { name: 'ci', roles: roles.map((r) => r.name), maxTtlMs: 3_600_000, createdAt: '' },
+    bot: { id: '00000000-0000-4000-8000-000000000001', name: 'ci', roles: roles.map((r) => r.name), maxTtlMs: 3_600_000, createdAt: '' },
     instance: { id: '6f1c9a8e-1111-4222-8333-444455556666' } as IssueContext['instance'],
     roles, cas, store: undefined as unknown as IssueContext['store'],
     publicKey: createPublicKey(agentKey.privateKey), ttlMs: 1_800_000, now,

@@ -5,7 +5,10 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { loadAgentConfig, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
 import { formatAddress } from '../../../src/core/listener.ts'
-import { ConfigError } from '../../../src/core/errors.ts'
+import { ConfigError, MemidError } from '../../../src/core/errors.ts'
+
+/** The token source of a token-method onboarding. */
+const tokenOf = (c: { onboarding: unknown }): unknown => (c.onboarding as { token?: unknown }).token
 
 const PIN = `sha256:${'0123456789abcdef'.repeat(4)}`
 const PIN2 = `sha256:${'f'.repeat(64)}`
@@ -200,7 +203,7 @@ describe('loadAgentConfig: flags', () => {
     })
     assert.deepEqual(cfg.authServer, { host: 'auth.example.com', port: 443 })
     assert.deepEqual(cfg.caPins, [PIN2])
-    assert.deepEqual(cfg.onboarding.token, { kind: 'file', path: '/other/token' })
+    assert.deepEqual(tokenOf(cfg), { kind: 'file', path: '/other/token' })
     assert.equal(cfg.certificateTtlMs, 1_800_000)
     assert.equal(cfg.renewalIntervalMs, 300_000)
     assert.equal(cfg.controlSocket, '/run/other/control.sock')
@@ -292,30 +295,30 @@ describe('loadAgentConfig: impossible values', () => {
 
 describe('loadAgentConfig: the join token source', () => {
   it('--token-file PATH names a file and never reads it here', () => {
-    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') }).onboarding.token, { kind: 'file', path: path.join(dir, 'does-not-exist') })
+    assert.deepEqual(tokenOf(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') })), { kind: 'file', path: path.join(dir, 'does-not-exist') })
   })
 
   it("--token-file - is stdin", () => {
-    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: '-' }).onboarding.token, { kind: 'stdin' })
+    assert.deepEqual(tokenOf(load(undefined, { ...FLAGS, tokenFile: '-' })), { kind: 'stdin' })
   })
 
   it('$MEMID_TOKEN is used when no flag names a token, and its value is not copied into the config', () => {
     const secret = 'tok-0123456789ab.abcdefghijabcdefghijabcdefghijabcdefghijabc'
     const cfg = load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN] }, { MEMID_TOKEN: secret })
-    assert.deepEqual(cfg.onboarding.token, { kind: 'env' })
+    assert.deepEqual(tokenOf(cfg), { kind: 'env' })
     assert.ok(!JSON.stringify(cfg).includes(secret))
   })
 
   it('$MEMID_TOKEN wins over the file, a flag wins over $MEMID_TOKEN', () => {
     const env = { MEMID_TOKEN: 'x' }
-    assert.deepEqual(load(MIN, {}, env).onboarding.token, { kind: 'env' })
-    assert.deepEqual(load(MIN, { tokenFile: '/f' }, env).onboarding.token, { kind: 'file', path: '/f' })
-    assert.deepEqual(load(MIN, { token: 'literal' }, env).onboarding.token, { kind: 'value', value: 'literal' })
-    assert.deepEqual(load(MIN, {}, { MEMID_TOKEN: '' }).onboarding.token, { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
+    assert.deepEqual(tokenOf(load(MIN, {}, env)), { kind: 'env' })
+    assert.deepEqual(tokenOf(load(MIN, { tokenFile: '/f' }, env)), { kind: 'file', path: '/f' })
+    assert.deepEqual(tokenOf(load(MIN, { token: 'literal' }, env)), { kind: 'value', value: 'literal' })
+    assert.deepEqual(tokenOf(load(MIN, {}, { MEMID_TOKEN: '' })), { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
   })
 
   it('--token VALUE is accepted (the CLI warns about argv)', () => {
-    assert.deepEqual(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' }).onboarding.token, { kind: 'value', value: 'v' })
+    assert.deepEqual(tokenOf(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' })), { kind: 'value', value: 'v' })
   })
 
   it('no token source at all is refused with the ways to give one', () => {
@@ -323,3 +326,41 @@ describe('loadAgentConfig: the join token source', () => {
   })
 })
 
+
+describe('loadAgentConfig: platform joins', () => {
+  const base = { authServer: '127.0.0.1:3025', caPin: [PIN] }
+  const envError = (fn: () => unknown): string => {
+    try {
+      fn()
+    } catch (err) {
+      assert.ok(err instanceof MemidError && err.code === 'ERR_JOIN_ENV_MISSING', String(err))
+      return err.message
+    }
+    assert.fail('expected ERR_JOIN_ENV_MISSING')
+  }
+
+  it('github takes its JWT from the Actions endpoint, and says which permission is missing', () => {
+    const env = { ACTIONS_ID_TOKEN_REQUEST_URL: 'https://t.example/x?api-version=2.0', ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'r' }
+    assert.deepEqual(load(undefined, { ...base, joinMethod: 'github', joinToken: 'gh-deploy' }, env).onboarding, { method: 'github', tokenName: 'gh-deploy', idToken: { kind: 'github' } })
+    assert.match(envError(() => load(undefined, { ...base, joinMethod: 'github', joinToken: 'gh' }, {})), /ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN are not set: the job needs "permissions: id-token: write"/)
+    assert.match(envError(() => load(undefined, { ...base, joinMethod: 'github', joinToken: 'gh' }, { ACTIONS_ID_TOKEN_REQUEST_URL: 'https://x' })), /ACTIONS_ID_TOKEN_REQUEST_TOKEN is not set/)
+    refused(() => load(undefined, { ...base, joinMethod: 'github', joinToken: 'gh', idTokenFile: '/t' }, env), '--id-token-file: is not used by the github join method')
+  })
+
+  it('gitlab and oidc read $MEMID_ID_TOKEN or --id-token-file; kubernetes defaults to the projected token path', () => {
+    assert.deepEqual(load(undefined, { ...base, joinMethod: 'gitlab', joinToken: 'gl' }, { MEMID_ID_TOKEN: 'a.b.c' }).onboarding, { method: 'gitlab', tokenName: 'gl', idToken: { kind: 'env' } })
+    assert.deepEqual(load(undefined, { ...base, joinMethod: 'oidc', joinToken: 'o', idTokenFile: '/run/jwt' }).onboarding, { method: 'oidc', tokenName: 'o', idToken: { kind: 'file', path: '/run/jwt' } })
+    assert.match(envError(() => load(undefined, { ...base, joinMethod: 'gitlab', joinToken: 'gl' })), /^--join-method gitlab: no ID token: set \$MEMID_ID_TOKEN \(an id_tokens: entry of the job in \.gitlab-ci\.yml\) or give --id-token-file PATH$/)
+    assert.deepEqual(load(undefined, { ...base, joinMethod: 'kubernetes', joinToken: 'k' }).onboarding, { method: 'kubernetes', tokenName: 'k', idToken: { kind: 'file', path: '/var/run/secrets/tokens/memid' } })
+    const file = `version: v1\nauth_server: 127.0.0.1:3025\nca_pins: ["${PIN}"]\nonboarding: { join_method: kubernetes, join_token: k8s-ci, id_token_file: /var/run/secrets/tokens/m }\n`
+    assert.deepEqual(load(file).onboarding, { method: 'kubernetes', tokenName: 'k8s-ci', idToken: { kind: 'file', path: '/var/run/secrets/tokens/m' } })
+  })
+
+  it('names the flag that does not fit the method', () => {
+    refused(() => load(undefined, { ...base, joinMethod: 'kubernetes' }), "--join-token: the kubernetes join method needs the token's name")
+    refused(() => load(undefined, { ...base, joinMethod: 'oidc', joinToken: 'o', tokenFile: '/t' }), '--token-file: is for --join-method token')
+    refused(() => load(undefined, { ...FLAGS, joinToken: 'gh' }), '--join-token: is for the github, gitlab, kubernetes and oidc join methods')
+    refused(() => load(undefined, { ...base, joinMethod: 'azure', joinToken: 'x' }), '--join-method: "azure" is not one of token, github, gitlab, kubernetes, oidc')
+    refused(() => load(undefined, { ...base, joinMethod: 'kubernetes', joinToken: 'k', idTokenFile: 'relative' }), '--id-token-file: must be an absolute path')
+  })
+})

@@ -169,6 +169,15 @@ describe('log redaction', () => {
     for (const line of lines()) assert.doesNotMatch(line, /sensitive-value/, line)
   })
 
+  it('a platform JWT is censored in any field or message, not only under a known name', () => {
+    const { log, lines } = collect('json')
+    const jwt = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvYXBwIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU'
+    log.info({ idToken: jwt, reason: `upstream said: ${jwt} is bad`, nested: { what: jwt } }, `got ${jwt}`)
+    const line = lines()[0]!
+    for (const part of jwt.split('.')) assert.ok(!line.includes(part), line)
+    assert.match(line, /upstream said: \[redacted\] is bad/)
+  })
+
   it('ordinary fields and messages pass through untouched', () => {
     const { log, lines } = collect('json')
     log.info({ listen: '127.0.0.1:6432', count: 3, ok: true, list: ['a', 'b'], note: 'BEGIN is just a word' }, 'agent ready')

@@ -7,7 +7,8 @@ import { DatabaseSync } from 'node:sqlite'
 import { SqliteStore } from '../../../src/storage/sqlite.ts'
 import { openStore } from '../../../src/storage/open.ts'
 import { MemidError } from '../../../src/core/errors.ts'
-import { T0, role, storeContract } from '../../helpers/store-contract.ts'
+import { LEGACY_V1_ROWS, T0, assertLegacyUpgraded, role, storeContract } from '../../helpers/store-contract.ts'
+import { SQLITE, SCHEMA_MIGRATIONS_DDL, migrations } from '../../../src/storage/migrations.ts'
 
 let dir: string
 const open: SqliteStore[] = []
@@ -70,6 +71,17 @@ describe('SqliteStore file', () => {
     } finally {
       db.close()
     }
+  })
+
+  it('upgrading a store from before bot ids gives bots ids and ends the instances of deleted bots', async () => {
+    const file = path.join(dir, 'v1.db')
+    const db = new DatabaseSync(file)
+    db.exec(SCHEMA_MIGRATIONS_DDL)
+    db.exec(migrations(SQLITE)[0] as string)
+    db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (1, ?)').run(T0)
+    db.exec(LEGACY_V1_ROWS)
+    db.close()
+    await assertLegacyUpgraded(store(file))
   })
 
   it('refuses a store written by a newer memid', () => {

@@ -1,0 +1,74 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import https from 'node:https'
+import type { AddressInfo } from 'node:net'
+import { AuthClient } from '../../../src/agent/auth-client.ts'
+import { AUTH_SERVER_NAME } from '../../../src/api/types.ts'
+import { MemidError } from '../../../src/core/errors.ts'
+import { withPrivateKeyPem } from '../../../src/pki/pem.ts'
+import { createCaCertificate, issueLeaf, spkiPin } from '../../../src/pki/x509.ts'
+
+// The client checks every answer against the contract's schemas (api/schemas.ts): an
+// auth server (or anything in its place) that answers with the wrong shape gets a typed
+// ERR_AUTH_BAD_RESPONSE naming the field, never a half-typed object deeper in the agent.
+
+describe('AuthClient checks answers with the contract schemas', () => {
+  let server: https.Server
+  let caPem: string
+  let answer: unknown = {}
+  let port = 0
+
+  before(async () => {
+    const ca = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    caPem = await createCaCertificate(ca.privateKey, ca.publicKey, 'test tls CA', 3_600_000)
+    const leafKey: KeyObject = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
+    const leaf = await issueLeaf({
+      ca: { key: ca.privateKey, certPem: caPem }, publicKey: createPublicKey(leafKey), commonName: AUTH_SERVER_NAME,
+      dnsNames: [AUTH_SERVER_NAME], ttlMs: 3_600_000, usage: 'server',
+    })
+    const cas = { clusterName: 't', tls: caPem, sshHost: 'ssh-ed25519 AAAA host', sshUser: 'ssh-ed25519 AAAA user' }
+    server = withPrivateKeyPem(leafKey, (key) => https.createServer({ key, cert: leaf.pem }, (req, res) => {
+      const body = req.url === '/v1/cas' ? cas : answer
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify(body))
+    }))
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    port = (server.address() as AddressInfo).port
+  })
+  after(() => new Promise<void>((resolve) => server.close(() => resolve())))
+
+  async function joinWith(body: unknown): Promise<unknown> {
+    answer = body
+    const client = new AuthClient({ server: `127.0.0.1:${port}`, caPins: [spkiPin(caPem)] })
+    try {
+      await client.bootstrap()
+      return await client.join({ joinMethod: 'token', token: 't', publicKey: 'k' })
+    } finally {
+      client.close()
+    }
+  }
+
+  const good = { certificate: 'PEM', bot: 'b', instanceId: 'i', generation: 1, serial: 's', notBefore: new Date().toISOString(), notAfter: new Date().toISOString() }
+
+  it('a well-formed answer is returned (unknown extra fields dropped)', async () => {
+    assert.deepEqual(await joinWith({ ...good, extra: 1 }), good)
+  })
+
+  for (const [what, body, field] of [
+    ['a missing field', { ...good, certificate: undefined }, 'certificate'],
+    ['a number as a string', { ...good, generation: '1' }, 'generation'],
+    ['a time that is not one', { ...good, notAfter: 'tomorrow' }, 'notAfter'],
+    ['not an object at all', [1, 2], ''],
+  ] as const) {
+    it(`${what} is ERR_AUTH_BAD_RESPONSE naming the field`, async () => {
+      await assert.rejects(joinWith(body), (err: unknown) => {
+        assert.ok(err instanceof MemidError)
+        assert.equal(err.code, 'ERR_AUTH_BAD_RESPONSE')
+        assert.match(err.message, /^join: the auth server sent a malformed answer: /)
+        if (field) assert.match(err.message, new RegExp(`: ${field}: `))
+        return true
+      })
+    })
+  }
+})
