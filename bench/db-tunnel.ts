@@ -16,7 +16,7 @@
  * of the per-round ratios (each round compares the two under the same background load).
  */
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -34,7 +34,10 @@ const { values: args } = parseArgs({
     seconds: { type: 'string', default: '3' },
     rounds: { type: 'string', default: '5' },
     'quiet-wait': { type: 'string', default: '60' },
+    concurrency: { type: 'string', default: '16' },
+    only: { type: 'string' },
     role: { type: 'string' },
+    'peer-check': { type: 'string', default: 'on' },
   },
 })
 
@@ -61,6 +64,8 @@ async function serveSink(): Promise<void> {
   }, (sock) => {
     sock.on('error', () => undefined)
     sock.once('data', (first: Buffer) => {
+      // 'P': one byte back, for the new-connections rounds; the client hangs up.
+      if (first[0] === 0x50 /* P */) return void sock.write('p')
       if (first[0] === 0x55 /* U */) {
         let bytes = first.length - 1
         let start = 0
@@ -90,12 +95,18 @@ async function serveSink(): Promise<void> {
   process.on('SIGTERM', () => process.exit(0))
 }
 
-/** Child: memid's tunnel with the credential the parent passes over IPC. */
+/**
+ * Child: memid's tunnel with the credential the parent passes over IPC. `--peer-check off`
+ * runs it with `allowed_users: ['*']` (no lookup of the connecting user).
+ */
 async function serveMemid(): Promise<void> {
   const { createDbTunnelService } = await import('../src/services/db-tunnel/index.ts')
   const m = await firstMessage<ClientMaterial>()
   const svc = createDbTunnelService(
-    { listen: '127.0.0.1:0', service: 'bench', username: 'bench', protocol: 'tls', maxConnections: 10, connectTimeoutMs: 5000 },
+    {
+      listen: '127.0.0.1:0', service: 'bench', username: 'bench', protocol: 'tls', maxConnections: 1000, connectTimeoutMs: 5000,
+      ...(args['peer-check'] === 'off' ? { allowedUsers: ['*'] } : {}),
+    },
     benchServiceDeps('db', 'bench', [], m),
   )
   await svc.start()
@@ -185,6 +196,110 @@ async function startStunnel(dir: string, sinkPort: number, client: { certPem: st
 }
 
 async function main(): Promise<void> {
+  if (args.only !== 'connections') await throughput()
+  if (args.only !== 'throughput') await newConnections()
+}
+
+/**
+ * Opens connections through the tunnel for `seconds`, `concurrency` at a time: connect,
+ * one byte to the sink and one back, then the client hangs up (as psql does, so the
+ * client's side is left in TIME_WAIT and /proc/net/tcp grows as it would on a busy host).
+ */
+async function churn(port: number, seconds: number, concurrency: number): Promise<{ conns: number; ms: number; failed: number }> {
+  let conns = 0
+  let failed = 0
+  const start = performance.now()
+  const until = start + seconds * 1000
+  const one = () => new Promise<void>((resolve) => {
+    const s = net.connect({ port, host: '127.0.0.1', noDelay: true })
+    let answered = false
+    s.once('connect', () => s.write('P'))
+    s.once('data', () => {
+      answered = true
+      conns++
+      s.end()
+    })
+    s.on('error', () => undefined)
+    s.once('close', () => {
+      if (!answered) failed++
+      resolve()
+    })
+  })
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (performance.now() < until) await one()
+  }))
+  return { conns, ms: performance.now() - start, failed }
+}
+
+/**
+ * New connections per second through memid's tunnel (protocol tls, so each one is a
+ * full TLS handshake upstream), with the check of the connecting process's user on (the
+ * default) and off (`allowed_users: ['*']`), each tunnel in its own process.
+ */
+async function newConnections(): Promise<void> {
+  const seconds = Number(args.seconds)
+  const rounds = Number(args.rounds)
+  const quietWaitMs = Number(args['quiet-wait']) * 1000
+  const concurrency = Number(args.concurrency)
+  const serverCa = await benchCa('bench server CA')
+  const clientCa = await benchCa('bench db-client CA')
+  const server = await benchLeaf(serverCa, 'localhost', 'server', { ipAddresses: ['127.0.0.1'] })
+  const client = await benchLeaf(clientCa, 'bench', 'client')
+
+  await withBenchDir('memid-bench-dbc-', async (_dir, own) => {
+    const sink = startRole(SELF, 'sink')
+    own(sink.child)
+    sink.child.send({ serverCertPem: server.certPem, serverKeyPem: server.keyPem, clientCaPem: clientCa.certPem } satisfies SinkMaterial)
+    const sinkPort = (await sink.next()).port as number
+    const tunnel = async (check: 'on' | 'off') => {
+      const r = startRole(SELF, 'memid', ['--peer-check', check])
+      own(r.child)
+      r.child.send({ ...client, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${sinkPort}`, host: '127.0.0.1', port: sinkPort } satisfies ClientMaterial)
+      const port = Number(String((await r.next()).address).split(':').pop())
+      return { port, pid: r.child.pid, rates: [] as number[], cpu: [] as number[], failed: 0 }
+    }
+    const parties = { on: await tunnel('on'), off: await tunnel('off') }
+    await churn(parties.on.port, 1, concurrency)
+    await churn(parties.off.port, 1, concurrency)
+
+    const foreign = new ForeignLoad(() => [sink.child.pid, parties.on.pid, parties.off.pid])
+    const ratios: number[] = []
+    const waited = await alternateRounds({
+      rounds, quietWaitMs, parties: ['on', 'off'], foreign,
+      async measure(who) {
+        const p = parties[who]
+        const c0 = cpuSeconds(p.pid)
+        const r = await churn(p.port, seconds, concurrency)
+        p.cpu.push(((cpuSeconds(p.pid) - c0) * 1e6) / Math.max(1, r.conns))
+        p.rates.push(r.conns / (r.ms / 1000))
+        p.failed += r.failed
+      },
+      measured() {
+        ratios.push((parties.on.rates.at(-1) as number) / (parties.off.rates.at(-1) as number))
+      },
+    })
+    const rows = (file: string) => {
+      try {
+        return readFileSync(file, 'latin1').split('\n').length - 2
+      } catch {
+        return 0
+      }
+    }
+    const line = (who: 'on' | 'off') => {
+      const p = parties[who]
+      return `peer check ${who.padEnd(3)} ${median(p.rates).toFixed(0)} connections/s (${p.rates.map((x) => x.toFixed(0)).join(', ')}), ` +
+        `tunnel CPU ${median(p.cpu).toFixed(0)} µs per connection (${p.cpu.map((x) => x.toFixed(0)).join(', ')})${p.failed ? `, ${p.failed} failed` : ''}`
+    }
+    console.log(`${machineLine()}; new connections through the tunnel (protocol tls, a TLS handshake upstream each), ` +
+      `${concurrency} at a time, ${seconds}s × ${rounds} rounds; /proc/net/tcp holds ${rows('/proc/net/tcp')} sockets now`)
+    console.log(line('on'))
+    console.log(line('off'))
+    console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)
+    console.log(`ratio check on/off (median of rounds): ${median(ratios).toFixed(3)}× connections/s (target: ≥ 0.95×)`)
+  })
+}
+
+async function throughput(): Promise<void> {
   requireTool('stunnel4', 'apt-get install -y stunnel4', ['-version'])
   const seconds = Number(args.seconds)
   const rounds = Number(args.rounds)

@@ -2,7 +2,7 @@ import http from 'node:http'
 import type { Registry } from 'prom-client'
 import { sendJson } from '../core/http.ts'
 import { type Health, Lifecycle } from '../core/lifecycle.ts'
-import { closeServer, formatAddress, listen, removeSocketFile, type ListenAddress } from '../core/listener.ts'
+import { closeServer, formatAddress, isLoopback, isLoopbackHost, listen, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
 export interface Readiness {
   status: 'ok' | 'unavailable'
@@ -10,8 +10,23 @@ export interface Readiness {
 }
 
 /**
+ * The host part of a `Host` header (`name`, `name:port`, `[v6]`, `[v6]:port`), or
+ * undefined when it is none of these.
+ */
+function hostOf(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]]+)(?::\d{1,5})?$/.exec(header)
+  return m ? m[1] : undefined
+}
+
+/**
  * `/livez` (the process answers), `/readyz` (200 only while the identity is valid and every
  * service listens) and `/metrics` (Prometheus text). Read-only; no secrets in any of them.
+ *
+ * Bound to loopback, it answers only requests whose `Host` is a loopback name or address:
+ * a web page in a browser on this host could otherwise read `/readyz` (instance ids, lock
+ * reasons) by pointing its own DNS name at 127.0.0.1 (DNS rebinding). Bound to another
+ * address (Prometheus scraping a pod IP), any `Host` is answered.
  */
 export class DiagnosticsServer {
   readonly name = 'diagnostics'
@@ -19,11 +34,19 @@ export class DiagnosticsServer {
   readonly #listen: ListenAddress
   readonly #life = new Lifecycle('diagnostics')
   #bound: ListenAddress | undefined
+  /** Set once bound to a loopback TCP address. */
+  #loopbackHostsOnly = false
 
   constructor(listenAddr: ListenAddress, registry: Registry, readiness: () => Readiness) {
     this.#listen = listenAddr
     this.#server = http.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0]
+      if (this.#loopbackHostsOnly) {
+        const host = hostOf(req.headers.host)
+        if (host === undefined || !isLoopbackHost(host)) {
+          return sendJson(res, 403, { error: { code: 'ERR_ACCESS_DENIED', message: 'the Host header must be a loopback name or address (DNS rebinding protection)' } })
+        }
+      }
       if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { error: { code: 'ERR_METHOD_NOT_ALLOWED', message: 'GET only' } })
       if (path === '/livez') return sendJson(res, 200, { status: 'ok' })
       if (path === '/readyz') {
@@ -51,6 +74,7 @@ export class DiagnosticsServer {
   async start(): Promise<void> {
     this.#life.beginStart()
     this.#bound = await listen(this.#server, this.#listen)
+    this.#loopbackHostsOnly = this.#bound.kind === 'tcp' && isLoopback(this.#bound)
     this.#life.listening()
   }
 

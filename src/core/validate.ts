@@ -43,3 +43,19 @@ export const nameSchema = z.string().regex(NAME_RE, 'must be 1-63 letters, digit
 export const principalSchema = z.string().min(1).max(128).regex(/^[^\s,\x00-\x1f\x7f"'\\/]+$/, 'must be printable with no spaces, commas, quotes or slashes')
 
 export const durationSchema = z.string().refine((s) => parseDuration(s) !== undefined, 'must be a duration like 90s, 20m, 1h')
+
+/** `allowed_users`: user names or uids (YAML may give a uid as a number); `['*']` for anyone. */
+export const allowedUsersSchema = z.array(z.union([z.string().min(1).max(64), z.number().int().min(0).max(0xfffffffe)])).max(64)
+  .transform((users) => users.map(String))
+
+/**
+ * The local-exposure keys every service with a TCP listener takes: the YAML form
+ * (`allow_remote`, `allowed_users`) and the options form (`allowRemote`, `allowedUsers`).
+ */
+export const exposureFileKeys = { allow_remote: z.boolean().optional(), allowed_users: allowedUsersSchema.optional() }
+export const exposureOptionKeys = { allowRemote: z.boolean().optional(), allowedUsers: allowedUsersSchema.optional() }
+
+/** The options form of the exposure keys of a YAML entry. */
+export function exposureFromFile(f: { allow_remote?: boolean | undefined; allowed_users?: string[] | undefined }): { allowRemote?: boolean; allowedUsers?: string[] } {
+  return { ...(f.allow_remote !== undefined ? { allowRemote: f.allow_remote } : {}), ...(f.allowed_users !== undefined ? { allowedUsers: f.allowed_users } : {}) }
+}

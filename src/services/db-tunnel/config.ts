@@ -1,10 +1,14 @@
 import path from 'node:path'
 import { ConfigError } from '../../core/errors.ts'
-import { parseListenAt, type ListenAddress } from '../../core/listener.ts'
+import { parseListenAt, resolveExposure, type ListenAddress, type LocalExposureConfig, type ResolvedExposure } from '../../core/listener.ts'
 import { nameSchema, principalSchema } from '../../core/validate.ts'
 
-/** How a database tunnel is configured (`services[].type: database-tunnel`). */
-export interface DbTunnelConfig {
+/**
+ * How a database tunnel is configured (`services[].type: database-tunnel`). The listen
+ * address must be loopback or a unix socket unless `allowRemote`; TCP clients are served
+ * when they run as the agent's user or one of `allowedUsers`.
+ */
+export interface DbTunnelConfig extends LocalExposureConfig {
   /** `host:port` (loopback by default) or a unix socket path `<dir>/.s.PGSQL.<port>`. */
   listen: string
   /** The database service as registered with `memid dbs add`. */
@@ -26,6 +30,7 @@ export interface DbTunnelConfig {
 /** A validated config with its listen address parsed. */
 export interface ResolvedDbTunnelConfig extends DbTunnelConfig {
   address: ListenAddress
+  exposure: ResolvedExposure
 }
 
 const PG_SOCKET = /^\.s\.PGSQL\.(\d{1,5})$/
@@ -36,6 +41,7 @@ const PG_SOCKET = /^\.s\.PGSQL\.(\d{1,5})$/
  */
 export function resolveDbTunnelConfig(cfg: DbTunnelConfig): ResolvedDbTunnelConfig {
   const address = parseListenAt(cfg.listen, 'listen')
+  const exposure = resolveExposure(cfg, address)
   if (address.kind === 'unix' && cfg.protocol === 'postgres' && !PG_SOCKET.test(path.basename(address.path))) {
     throw new ConfigError(
       `listen: name the socket <dir>/.s.PGSQL.<port> so that psql -h <dir> -p <port> finds it (got ${path.basename(address.path)})`,
@@ -57,7 +63,7 @@ export function resolveDbTunnelConfig(cfg: DbTunnelConfig): ResolvedDbTunnelConf
   if (cfg.idleTimeoutMs !== undefined && (!Number.isFinite(cfg.idleTimeoutMs) || cfg.idleTimeoutMs <= 0)) {
     throw new ConfigError('idle_timeout: must be positive when given')
   }
-  return { ...cfg, address }
+  return { ...cfg, address, exposure }
 }
 
 /** The port psql must be given for a unix listener (`-p`), from `.s.PGSQL.<port>`. */

@@ -2,7 +2,7 @@ import { generateKeyPairSync } from 'node:crypto'
 import { z } from 'zod'
 import { ConfigError } from '../../core/errors.ts'
 import { parseDuration } from '../../core/duration.ts'
-import { durationSchema } from '../../core/validate.ts'
+import { durationSchema, exposureFileKeys, exposureFromFile, exposureOptionKeys } from '../../core/validate.ts'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
 import { defineService } from '../definition.ts'
@@ -29,11 +29,14 @@ const options = z.strictObject({
   connectTimeoutMs: z.number().positive().optional(),
   /** No limit when absent. */
   idleTimeoutMs: z.number().positive().optional(),
+  /** `allowRemote`: listen on a non-loopback address; `allowedUsers`: more local users served. */
+  ...exposureOptionKeys,
 })
 
 const file = z.strictObject({
   type: z.literal('database-tunnel'), service: z.string(), username: z.string(), database: z.string().optional(), listen: z.string(),
   protocol: protocol.optional(), max_connections: maxConnections.optional(), connect_timeout: durationSchema.optional(), idle_timeout: durationSchema.optional(),
+  ...exposureFileKeys,
 })
 
 /** `services[]: { type: database-tunnel, … }` as a program passes it to `startAgent()`. */
@@ -54,6 +57,7 @@ export const dbTunnel = defineService<'database-tunnel', DbTunnelOptions, z.infe
       ...(f.database !== undefined ? { database: f.database } : {}), ...(f.protocol ? { protocol: f.protocol } : {}),
       ...(f.max_connections !== undefined ? { maxConnections: f.max_connections } : {}),
       ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}), ...(idleTimeoutMs !== undefined ? { idleTimeoutMs } : {}),
+      ...exposureFromFile(f),
     }
   },
   flag: {
@@ -69,6 +73,7 @@ export const dbTunnel = defineService<'database-tunnel', DbTunnelOptions, z.infe
     listen: o.listen, service: o.service, username: o.username, protocol: o.protocol ?? 'postgres', maxConnections: o.maxConnections ?? 100,
     connectTimeoutMs: o.connectTimeoutMs ?? 10_000, ...(o.database !== undefined ? { database: o.database } : {}),
     ...(o.idleTimeoutMs !== undefined ? { idleTimeoutMs: o.idleTimeoutMs } : {}),
+    ...(o.allowRemote !== undefined ? { allowRemote: o.allowRemote } : {}), ...(o.allowedUsers !== undefined ? { allowedUsers: o.allowedUsers } : {}),
   }),
   name: (s) => `db-tunnel:${s.service}`,
   address: (s) => s.address,

@@ -3,7 +3,7 @@ import type tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { describeError, hasCode } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
-import { closeServer, ConnectionTracker, formatAddress, listen, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
+import { closeServer, ConnectionTracker, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
 import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
 import { Lifecycle } from '../../core/lifecycle.ts'
 import { socketPort, type ResolvedDbTunnelConfig } from './config.ts'
@@ -31,6 +31,7 @@ export class DbTunnelService implements Service, TunnelStats {
   readonly #deps: ServiceDeps<TlsClientCredential>
   readonly #log: Logger
   readonly #metrics: TunnelMetrics
+  readonly #access: LocalAccess
   readonly #tracker = new ConnectionTracker()
   readonly #open = new Set<net.Socket>()
   readonly #closedBytes: [number, number] = [0, 0]
@@ -49,6 +50,7 @@ export class DbTunnelService implements Service, TunnelStats {
     this.#life = new Lifecycle(this.name)
     this.#log = deps.logger.child({ service: this.name })
     this.#metrics = TunnelMetrics.for(deps.metrics)
+    this.#access = new LocalAccess(this.name, cfg.exposure, { logger: this.#log, metrics: deps.metrics, clock: deps.clock })
   }
 
   get address(): string {
@@ -69,6 +71,7 @@ export class DbTunnelService implements Service, TunnelStats {
     this.#life.listening()
     this.#metrics.add(this)
     this.#log.info({ listen: this.address, protocol: this.#cfg.protocol, user: this.#cfg.username }, 'database tunnel listening')
+    this.#access.announce(this.#bound)
   }
 
   async stop(deadlineMs: number): Promise<void> {
@@ -141,14 +144,16 @@ export class DbTunnelService implements Service, TunnelStats {
       this.#closedBytes[0] += socket.bytesRead
       this.#closedBytes[1] += socket.bytesWritten
     })
-    const handle = this.#cfg.protocol === 'postgres' ? this.#handlePostgres(socket) : this.#handleTls(socket)
+    // The owner lookup runs while the client negotiates; nothing goes upstream before it answers.
+    const allowed = this.#access.check(socket)
+    const handle = this.#cfg.protocol === 'postgres' ? this.#handlePostgres(socket, allowed) : this.#handleTls(socket, allowed)
     handle.catch((err: unknown) => {
       this.#log.error({ err: describeError(err) }, 'unexpected error in database tunnel connection')
       socket.destroy()
     })
   }
 
-  async #handlePostgres(client: net.Socket): Promise<void> {
+  async #handlePostgres(client: net.Socket, allowed: Promise<LocalRefusal | undefined>): Promise<void> {
     let hello
     try {
       hello = await readClientHello(client, STARTUP_TIMEOUT_MS)
@@ -158,6 +163,15 @@ export class DbTunnelService implements Service, TunnelStats {
       if (err.reason === 'client_closed') client.destroy()
       else this.#answer(client, err.fields)
       return
+    }
+    const local = await allowed
+    if (local !== undefined) {
+      // Already logged and counted by the access check; a cancel request is not forwarded either.
+      if (hello.kind === 'cancel') return void client.destroy()
+      return this.#answer(client, {
+        code: SqlState.invalidAuthorization, message: local.message,
+        hint: 'run the client as the agent\'s user, or add its user to allowed_users of this tunnel in the agent\'s config',
+      })
     }
     if (hello.kind === 'cancel') return this.#forwardCancel(client, hello.packet)
 
@@ -171,8 +185,9 @@ export class DbTunnelService implements Service, TunnelStats {
     this.#splice(client, upstream)
   }
 
-  async #handleTls(client: net.Socket): Promise<void> {
+  async #handleTls(client: net.Socket, allowed: Promise<LocalRefusal | undefined>): Promise<void> {
     // No protocol to answer in: refusals are logged and counted, and the socket closed.
+    if (await allowed !== undefined) return void client.destroy()
     if (this.#sessions >= this.#cfg.maxConnections) return this.#drop(client, 'too_many_connections', `max_connections ${this.#cfg.maxConnections} reached`)
     const credential = this.#credential()
     if (credential instanceof TunnelRefusal) return this.#drop(client, credential.reason, credential.message)

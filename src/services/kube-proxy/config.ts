@@ -1,8 +1,12 @@
 import { ConfigError } from '../../core/errors.ts'
-import { parseListenAt, type ListenAddress } from '../../core/listener.ts'
+import { parseListenAt, resolveExposure, type ListenAddress, type LocalExposureConfig, type ResolvedExposure } from '../../core/listener.ts'
 
-/** What the agent passes to build a kube proxy (one per cluster). */
-export interface KubeProxyConfig {
+/**
+ * What the agent passes to build a kube proxy (one per cluster). The listen address must be
+ * loopback or a unix socket unless `allowRemote`; TCP clients are served when they run as
+ * the agent's user or one of `allowedUsers`.
+ */
+export interface KubeProxyConfig extends LocalExposureConfig {
   /** `host:port` (loopback by default) or an absolute unix socket path. */
   listen: string
   /** The cluster name registered with `memid kube add`. */
@@ -23,15 +27,17 @@ export interface ResolvedKubeProxyConfig {
   listen: ListenAddress
   cluster: string
   allowedHosts: HostAllowList
+  exposure: ResolvedExposure
 }
 
 /** Validates the config once, at the edge; messages name the key. */
 export function resolveKubeProxyConfig(cfg: KubeProxyConfig): ResolvedKubeProxyConfig {
   const listen = parseListenAt(cfg.listen, 'listen')
+  const exposure = resolveExposure(cfg, listen)
   if (typeof cfg.cluster !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(cfg.cluster)) {
     throw new ConfigError(`cluster: "${String(cfg.cluster).slice(0, 64)}" is not a valid cluster name`)
   }
-  return { listen, cluster: cfg.cluster, allowedHosts: new HostAllowList(cfg.allowedHosts ?? DEFAULT_ALLOWED_HOSTS) }
+  return { listen, cluster: cfg.cluster, allowedHosts: new HostAllowList(cfg.allowedHosts ?? DEFAULT_ALLOWED_HOSTS), exposure }
 }
 
 /**

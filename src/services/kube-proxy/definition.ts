@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto'
 import { z } from 'zod'
 import { ConfigError } from '../../core/errors.ts'
-import { principalSchema } from '../../core/validate.ts'
+import { exposureFileKeys, exposureFromFile, exposureOptionKeys, principalSchema } from '../../core/validate.ts'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
 import { defineService } from '../definition.ts'
@@ -19,10 +19,13 @@ const options = z.strictObject({
   allowedHosts: hosts.optional(),
   /** One of the roles' kube users; needed only when the roles allow several. */
   user: principalSchema.optional(),
+  /** `allowRemote`: listen on a non-loopback address; `allowedUsers`: more local users served. */
+  ...exposureOptionKeys,
 })
 
 const file = z.strictObject({
   type: z.literal('kube-proxy'), cluster: z.string(), listen: z.string(), allowed_hosts: hosts.optional(), user: principalSchema.optional(),
+  ...exposureFileKeys,
 })
 
 /** `services[]: { type: kube-proxy, … }` as a program passes it to `startAgent()`. */
@@ -44,6 +47,7 @@ export const kubeProxy = defineService<'kube-proxy', KubeProxyOptions, z.infer<t
   file,
   fromFile: (f) => ({
     type: 'kube-proxy', cluster: f.cluster, listen: f.listen, ...(f.allowed_hosts ? { allowedHosts: f.allowed_hosts } : {}), ...(f.user ? { user: f.user } : {}),
+    ...exposureFromFile(f),
   }),
   flag: {
     name: 'kube-proxy', value: '<listen=cluster>', description: 'local Kubernetes API proxy (repeatable)', repeatable: true,

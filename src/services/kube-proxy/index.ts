@@ -8,11 +8,12 @@
  * and keeps upstream watch requests running after the client has gone away.
  */
 import http from 'node:http'
+import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError, describeError } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
-import { ConnectionTracker, closeServer, formatAddress, listen, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
+import { ConnectionTracker, closeServer, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
 import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
 import { Lifecycle } from '../../core/lifecycle.ts'
 import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
@@ -61,6 +62,11 @@ class KubeProxyService implements Service {
   readonly #metrics: KubeProxyMetrics
   readonly #tuning: Required<KubeProxyTuning>
   readonly #tracker = new ConnectionTracker()
+  readonly #access: LocalAccess
+  /** Connections whose user is still being looked up; requests on them wait. */
+  readonly #checking = new WeakMap<Duplex, Promise<void>>()
+  /** Connections from a user who may not use the proxy: every request gets 403. */
+  readonly #refusedConns = new WeakMap<Duplex, LocalRefusal>()
   readonly #server: http.Server
   #bound: ListenAddress | undefined
   readonly #life: Lifecycle
@@ -89,6 +95,7 @@ class KubeProxyService implements Service {
     this.#tuning = tuning
     this.#log = deps.logger.child({ service: this.name })
     this.#metrics = new KubeProxyMetrics(deps.metrics, cfg.cluster)
+    this.#access = new LocalAccess(this.name, cfg.exposure, { logger: this.#log, metrics: deps.metrics, clock: deps.clock })
     this.#server = http.createServer({
       maxHeaderSize: MAX_HEADER_BYTES,
       // Watches and `logs -f` stay open for as long as kubectl wants: no idle timeout.
@@ -96,7 +103,14 @@ class KubeProxyService implements Service {
       headersTimeout: 30_000,
       keepAliveTimeout: 30_000,
     })
-    this.#server.on('connection', (socket) => this.#tracker.add(socket))
+    this.#server.on('connection', (socket: net.Socket) => {
+      this.#tracker.add(socket)
+      // The lookup runs while the request arrives; nothing is forwarded before it answers.
+      this.#checking.set(socket, this.#access.check(socket).then((refusal) => {
+        this.#checking.delete(socket)
+        if (refusal !== undefined) this.#refusedConns.set(socket, refusal)
+      }))
+    })
     this.#server.on('request', (req, res) => this.#onRequest(req, res))
     this.#server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head))
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.#onClientError(err, socket))
@@ -112,6 +126,7 @@ class KubeProxyService implements Service {
     this.#life.listening()
     this.#deps.credentials.on('renewed', this.#onRenewed)
     this.#log.info({ listen: this.address, upstream: this.#deps.credentials.peek()?.upstream.uri }, 'kube proxy listening')
+    this.#access.announce(this.#bound)
   }
 
   async stop(deadlineMs: number): Promise<void> {
@@ -204,6 +219,8 @@ class KubeProxyService implements Service {
   }
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const checking = this.#checking.get(req.socket)
+    if (checking !== undefined) return void checking.then(() => this.#onRequest(req, res))
     const watch = isWatch(req.url ?? '')
     if (watch) {
       this.#activeWatches++
@@ -218,6 +235,11 @@ class KubeProxyService implements Service {
         this.#metrics.watchClosed()
       }
     })
+    const refusal = this.#refusedConns.get(req.socket)
+    if (refusal !== undefined) {
+      res.shouldKeepAlive = false
+      return writeStatus(res, 403, 'Forbidden', `memid: ${refusal.message}`, isDiscovery(req.url ?? ''))
+    }
     if (!this.#hostAllowed(req)) {
       return writeStatus(res, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
     }
@@ -228,6 +250,19 @@ class KubeProxyService implements Service {
 
   #onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy())
+    const checking = this.#checking.get(socket)
+    if (checking === undefined) return this.#upgradeChecked(req, socket, head)
+    // Held until the answer: bytes sent after the upgrade request stay in the socket's buffer.
+    socket.pause()
+    void checking.then(() => this.#upgradeChecked(req, socket, head))
+  }
+
+  #upgradeChecked(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const refusal = this.#refusedConns.get(socket)
+    if (refusal !== undefined) {
+      this.#metrics.request(403)
+      return writeRawStatus(socket, 403, 'Forbidden', `memid: ${refusal.message}`)
+    }
     if (!this.#hostAllowed(req)) {
       this.#metrics.request(403)
       return writeRawStatus(socket, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')

@@ -105,6 +105,8 @@ describe('loadAgentConfig: the file', () => {
     assert.deepEqual(settings(load(SPEC_EXAMPLE), 2), {
       service: 'orders', username: 'app', database: 'orders', listen: '127.0.0.1:6432', address: { kind: 'tcp', host: '127.0.0.1', port: 6432 },
       protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
+      // Loopback, so no allow_remote; TCP clients served when they run as the agent's user.
+      exposure: { allowRemote: false, anyUser: false, ownUid: process.geteuid?.(), uids: new Set([process.geteuid?.()]) },
     })
   })
 

@@ -105,6 +105,9 @@ describe('parseListenAddress', () => {
   it('isLoopback and formatAddress', () => {
     for (const a of ['127.0.0.1:1', '127.1.2.3:1', 'localhost:1', '[::1]:1', '/run/x.sock']) assert.ok(isLoopback(parseListenAddress(a)), a)
     for (const a of ['0.0.0.0:1', '10.0.0.1:1', '[::]:1', 'db.internal:1']) assert.ok(!isLoopback(parseListenAddress(a)), a)
+    // A name is whatever DNS says: `127.attacker.example` may point anywhere.
+    for (const a of ['127.attacker.example:1', '127.0.0.1.nip.io:1', '[::2]:1', '[::ffff:a00:1]:1']) assert.ok(!isLoopback(parseListenAddress(a)), a)
+    for (const a of ['[0:0:0:0:0:0:0:1]:1', '[::ffff:7f00:1]:1', 'LOCALHOST:1']) assert.ok(isLoopback(parseListenAddress(a)), a)
     for (const a of ['127.0.0.1:8001', '[::1]:6432', '/run/x.sock']) assert.equal(formatAddress(parseListenAddress(a)), a)
   })
 })

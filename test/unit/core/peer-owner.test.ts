@@ -1,0 +1,147 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { endianness, tmpdir } from 'node:os'
+import path from 'node:path'
+import { addressBytes, PeerOwnerLookup, type ConnectionEnds } from '../../../src/core/peer-owner.ts'
+
+const HEADER = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode'
+
+/** A row as the kernel prints it: `sl: local remote st tx:rx tr:when retrnsmt uid timeout inode …`. */
+function row(sl: number, local: string, remote: string, state: string, uid: number, inode: number): string {
+  return `${String(sl).padStart(4)}: ${local} ${remote} ${state} 00000000:00000000 00:00000000 00000000 ${String(uid).padStart(5)}        0 ${inode} 1 0000000000000000 20 4 30 10 -1`
+}
+
+/** 127.0.0.1 the way /proc prints it on this machine. */
+const LO = endianness() === 'LE' ? '0100007F' : '7F000001'
+const hexPort = (p: number) => p.toString(16).toUpperCase().padStart(4, '0')
+const ends = (remotePort: number, localPort = 8001, local = '127.0.0.1', remote = '127.0.0.1'): ConnectionEnds => ({
+  localAddress: local, localPort, remoteAddress: remote, remotePort,
+})
+
+describe('PeerOwnerLookup against real loopback connections', () => {
+  const lookup = new PeerOwnerLookup()
+  const servers: net.Server[] = []
+  const sockets: net.Socket[] = []
+  after(() => {
+    for (const s of sockets) s.destroy()
+    for (const s of servers) s.close()
+    lookup.close()
+  })
+
+  async function pair(host: string): Promise<net.Socket[]> {
+    const accepted: net.Socket[] = []
+    const server = net.createServer((s) => accepted.push(s))
+    servers.push(server)
+    await new Promise<void>((r) => server.listen(0, host, r))
+    const port = (server.address() as net.AddressInfo).port
+    const clients = await Promise.all(Array.from({ length: 20 }, () => new Promise<net.Socket>((resolve, reject) => {
+      const c = net.connect(port, host, () => resolve(c)).once('error', reject)
+    })))
+    sockets.push(...clients)
+    while (accepted.length < clients.length) await new Promise((r) => setTimeout(r, 5))
+    sockets.push(...accepted)
+    return accepted
+  }
+  const endsOf = (s: net.Socket): ConnectionEnds => ({
+    localAddress: s.localAddress as string, localPort: s.localPort as number, remoteAddress: s.remoteAddress as string, remotePort: s.remotePort as number,
+  })
+
+  it('finds this process as the owner of 20 IPv4 clients accepted at once (one shared walk)', async () => {
+    const accepted = await pair('127.0.0.1')
+    const owners = await Promise.all(accepted.map((s) => lookup.owner(endsOf(s))))
+    assert.deepEqual(owners, accepted.map(() => ({ uid: process.geteuid?.() })))
+  })
+
+  it('finds the owner of IPv6 (::1) clients in tcp6', async (t) => {
+    let accepted: net.Socket[]
+    try {
+      accepted = await pair('::1')
+    } catch (err) {
+      return t.skip(`no IPv6 loopback on this machine: ${(err as Error).message}`)
+    }
+    const owners = await Promise.all(accepted.map((s) => lookup.owner(endsOf(s))))
+    assert.deepEqual(owners, accepted.map(() => ({ uid: process.geteuid?.() })))
+  })
+
+  it('a connection whose client socket does not exist has no owner', async () => {
+    const owner = await lookup.owner(ends(1, 1))
+    assert.equal(owner.uid, undefined)
+  })
+})
+
+describe('PeerOwnerLookup against hand-made tables', () => {
+  let dir: string
+  before(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'memid-procnet-'))
+    writeFileSync(path.join(dir, 'tcp'), [
+      HEADER,
+      row(0, `${LO}:1F41`, '00000000:0000', '0A', 0, 100),
+      // Our own end of the connection from port 0xA001: our uid, not the client's.
+      row(1, `${LO}:1F41`, `${LO}:A001`, '01', 0, 101),
+      row(2, `${LO}:A001`, `${LO}:1F41`, '01', 1234, 102),
+      // A client that already closed: TIME_WAIT prints uid 0 and inode 0.
+      row(3, `${LO}:A002`, `${LO}:1F41`, '06', 0, 0),
+      '',
+    ].join('\n'))
+    const lo6 = `0000000000000000FFFF0000${LO}`
+    writeFileSync(path.join(dir, 'tcp6'), [
+      HEADER,
+      row(0, `${lo6}:A003`, `${lo6}:1F41`, '01', 4321, 103),
+      '',
+    ].join('\n'))
+  })
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('reads the uid of the client\'s row, not of the server\'s own end', async () => {
+    const l = new PeerOwnerLookup(dir)
+    assert.deepEqual(await l.owner(ends(0xa001)), { uid: 1234 })
+    l.close()
+  })
+
+  it('a TIME_WAIT row (inode 0, uid column 0) is not taken for root', async () => {
+    const l = new PeerOwnerLookup(dir)
+    assert.deepEqual(await l.owner(ends(0xa002)), { uid: undefined, why: 'the client closed its socket' })
+    l.close()
+  })
+
+  it('an IPv4 client holding an AF_INET6 socket is found in tcp6 in its mapped form', async () => {
+    const l = new PeerOwnerLookup(dir)
+    assert.deepEqual(await l.owner(ends(0xa003)), { uid: 4321 })
+    assert.deepEqual(await l.owner(ends(0xa003, 8001, '::ffff:127.0.0.1', '::ffff:127.0.0.1')), { uid: 4321 })
+    l.close()
+  })
+
+  it('several lookups in one turn are answered by one walk, each with its own row', async () => {
+    const l = new PeerOwnerLookup(dir)
+    const got = await Promise.all([0xa001, 0xa002, 0xa003, 0xa004].map((p) => l.owner(ends(p))))
+    assert.deepEqual(got.map((o) => o.uid), [1234, undefined, 4321, undefined])
+    l.close()
+  })
+
+  it('without /proc (another OS, a sandbox) the owner is unknown, with the reason', async () => {
+    const l = new PeerOwnerLookup(path.join(dir, 'missing'))
+    const o = await l.owner(ends(0xa001))
+    assert.equal(o.uid, undefined)
+    assert.match((o as { why: string }).why, /missing\/tcp6? cannot be read on this system/)
+  })
+
+  it('a hex port shorter than 4 digits is padded as the kernel does', async () => {
+    writeFileSync(path.join(dir, 'tcp'), [HEADER, row(0, `${LO}:${hexPort(80)}`, `${LO}:${hexPort(8001)}`, '01', 77, 5), ''].join('\n'))
+    const l = new PeerOwnerLookup(dir)
+    assert.deepEqual(await l.owner(ends(80)), { uid: 77 })
+    l.close()
+  })
+})
+
+describe('addressBytes', () => {
+  it('reads IPv4, IPv6 and IPv4-mapped IPv6 as Node reports them', () => {
+    assert.deepEqual([...addressBytes('127.0.0.1') as Uint8Array], [127, 0, 0, 1])
+    assert.deepEqual([...addressBytes('::ffff:127.0.0.1') as Uint8Array], [127, 0, 0, 1])
+    assert.deepEqual([...addressBytes('::1') as Uint8Array], [...new Array(15).fill(0), 1])
+    assert.deepEqual([...addressBytes('fe80::1:2%eth0') as Uint8Array], [0xfe, 0x80, ...new Array(10).fill(0), 0, 1, 0, 2])
+    assert.equal(addressBytes('/run/x.sock'), undefined)
+    assert.equal(addressBytes(undefined), undefined)
+  })
+})
