@@ -1,5 +1,5 @@
 /**
- * Requests per second through memid's kube proxy versus `kubectl proxy`, on the same run,
+ * Second figure, fixture upstream (the Node test API server, not native): Requests per second through memid's kube proxy versus `kubectl proxy`, on the same run,
  * against the same Kubernetes-API test server (mutual TLS, HTTP/2 offered), with the same
  * load generator (wrk). Each party runs in its own process. Prints both rates, the CPU
  * time each proxy (and the API server behind it) spent per request, and the ratio
@@ -160,7 +160,7 @@ async function main(): Promise<void> {
       return `${(who === 'memid' ? 'memid kube proxy' : 'kubectl proxy').padEnd(16)} ${median(p.rates).toFixed(0)} req/s (${list(p.rates)})   ` +
         `CPU ${median(p.usPerReq).toFixed(0)} µs/request (${list(p.usPerReq)}), API server behind it ${median(p.apiUsPerReq).toFixed(0)} µs/request`
     }
-    console.log(`${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds, memid upstream ${args.upstream}`)
+    console.log(`[fixture upstream, second figure] ${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds, memid upstream ${args.upstream}`)
     console.log(line('memid'))
     console.log(line('kubectl'))
     console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)
