@@ -372,3 +372,33 @@ export function wrkLatencies(out: string): { p50: number; p99: number } {
   }
   return { p50: ms('50'), p99: ms('99') }
 }
+
+/** The installed nginx's version (nginx prints it on stderr). */
+export function nginxVersion(): string {
+  return /nginx\/([\d.]+)/.exec(execFileSync('sh', ['-c', 'nginx -v 2>&1'], { encoding: 'utf8' }))?.[1] ?? '?'
+}
+
+/** `kubectl proxy` on a free port with the given client certificate; resolves to its URL. */
+export async function startKubectlProxy(dir: string, k: ClientMaterial) {
+  // kubectl reads its client certificate from a kubeconfig: the peer's requirement (in this private dir), not memid's.
+  const b64 = (s: string) => Buffer.from(s).toString('base64')
+  const kubeconfig = writePem(dir, {
+    kubeconfig: [
+      'apiVersion: v1', 'kind: Config', 'current-context: bench',
+      `clusters: [{name: bench, cluster: {server: "${k.uri}", certificate-authority-data: ${b64(k.serverCaPem)}}}]`,
+      `users: [{name: bench, user: {client-certificate-data: ${b64(k.certPem)}, client-key-data: ${b64(k.keyPem)}}}]`,
+      'contexts: [{name: bench, context: {cluster: bench, user: bench}}]', '',
+    ].join('\n'),
+  }).kubeconfig as string
+  const child = spawn('kubectl', ['proxy', '--port=0', '--kubeconfig', kubeconfig], { env: { PATH: process.env.PATH, HOME: dir }, stdio: ['ignore', 'pipe', 'ignore'] })
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+      const m = /Starting to serve on ([\d.:[\]]+)/.exec(out)
+      if (m) resolve(`http://${m[1]}`)
+    })
+    child.once('exit', (code) => reject(new Error(`kubectl proxy exited (${code}): ${out}`)))
+  })
+  return { child, url }
+}

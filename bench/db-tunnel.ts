@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import {
   benchCa, benchLeaf, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, firstMessage, ForeignLoad, freePort, keyValues,
-  machineLine, median, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
+  machineLine, median, nginxVersion, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -185,9 +185,4 @@ async function main(): Promise<void> {
     show('ping', `64 B ping-pong on one connection (${pings} round trips)`, '', 'µs/round trip', '(C client, TLS straight to nginx)', 'target ≤ 1.0×, lower is better', 'p50')
     console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${(waited / 1000).toFixed(0)} s for quiet)`)
   })
-}
-
-/** nginx prints its version on stderr. */
-function nginxVersion(): string {
-  return /nginx\/([\d.]+)/.exec(execFileSync('sh', ['-c', 'nginx -v 2>&1'], { encoding: 'utf8' }))?.[1] ?? '?'
 }
