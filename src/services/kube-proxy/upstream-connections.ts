@@ -5,6 +5,7 @@ import net, { type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
+import { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { MemidError } from '../../core/errors.ts'
 import { authority, downstreamResponseHeaders, upstreamHttp2Headers, upstreamRequestHeaders } from './headers.ts'
 
@@ -149,6 +150,8 @@ export class UpstreamConnections {
   readonly #established = new WeakSet<tls.TLSSocket>()
 
   readonly #connectTimeoutMs: number
+  /** The TLS session upgrade connections resume; kept only while this set is not retired. */
+  readonly #tlsSessions = new UpstreamSessions()
 
   constructor(credential: TlsClientCredential, opts: { protocol: UpstreamProtocol; connectTimeoutMs?: number; onClosed?: () => void }) {
     this.credential = credential
@@ -206,7 +209,10 @@ export class UpstreamConnections {
    * connections become raw byte pipes, so they never share a pooled connection.
    */
   connectTunnel(): tls.TLSSocket {
-    const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'] })
+    const session = this.#tlsSessions.get(this.credential, this.#authority)
+    const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'], ...(session !== undefined ? { session } : {}) })
+    // A set retired by a renewal keeps no session: the renewed certificate must do a full handshake.
+    socket.on('session', (s: Buffer) => this.#tlsSessions.remember(this.credential, this.#authority, s, this.#retired ? undefined : this.credential))
     armConnectTimeout(socket, this.#connectTimeoutMs, (err) => socket.destroy(err))
     return socket
   }
@@ -215,6 +221,7 @@ export class UpstreamConnections {
   retire(): void {
     if (this.#retired) return
     this.#retired = true
+    this.#tlsSessions.drop()
     // Keep-alive sockets returned after this point are closed instead of pooled.
     this.#agent.on('free', (socket: net.Socket) => socket.destroy())
     for (const list of Object.values(this.#agent.freeSockets)) for (const s of list ?? []) s.destroy()
@@ -233,6 +240,7 @@ export class UpstreamConnections {
     if (this.#closed) return
     this.#closed = true
     this.#agent.destroy()
+    this.#tlsSessions.drop()
     this.#h2?.destroy()
     this.#onClosed()
   }
