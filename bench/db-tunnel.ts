@@ -18,6 +18,8 @@
  * The fixture-based figure (a Node TLS sink) stays in bench/db-tunnel-node-sink.ts.
  */
 import { execFileSync, spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import {
@@ -90,7 +92,7 @@ async function main(): Promise<void> {
     await waitForPort(echoPort, echo, 'echo server')
     const tlsPort = await freePort()
     const nginx = own(await startNginx(dir, 'nginx-db', [
-      'stream {', '  server {', `    listen 127.0.0.1:${tlsPort} ssl;`, '    tcp_nodelay on;',
+      'stream {', "  log_format resumed '$ssl_session_reused';", `  access_log ${path.join(dir, 'stream-access.log')} resumed;`, '  server {', `    listen 127.0.0.1:${tlsPort} ssl;`, '    tcp_nodelay on;',
       `    ssl_certificate ${f['server.crt']};`, `    ssl_certificate_key ${f['server.key']};`,
       `    ssl_client_certificate ${f['client-ca.pem']};`, '    ssl_verify_client on;', '    ssl_protocols TLSv1.2 TLSv1.3;',
       '    ssl_session_cache shared:memid:10m;', '    ssl_session_tickets on;', '    proxy_half_close on;', `    proxy_pass 127.0.0.1:${echoPort};`, '  }', '}',
@@ -141,9 +143,16 @@ async function main(): Promise<void> {
         return { rate: NaN, p50: (r.p50_us ?? 0) / 1000, p99: (r.p99_us ?? 0) / 1000, cpu: ((cpuSeconds(pid[who]) - c0) / pings) * 1e6 }
       },
     }
-    // Warm up: handshakes, JIT, session caches.
+    // Warm up (handshakes, JIT, session caches), and read from nginx's log which share of
+    // each party's upstream handshakes resumed a TLS session ('r' per resumed connection).
+    const accessLog = path.join(dir, 'stream-access.log')
+    const logLines = () => (existsSync(accessLog) ? readFileSync(accessLog, 'utf8').split('\n').filter(Boolean) : [])
+    const resumed: Partial<Record<Party, string>> = {}
     for (const who of ['memid', 'stunnel', 'direct'] as const) {
+      const before = logLines().length
       tests.conn(who)
+      const lines = logLines().slice(before)
+      resumed[who] = `${((lines.filter((l) => l === 'r').length / Math.max(1, lines.length)) * 100).toFixed(0)}% of ${lines.length}`
       tests.ping(who)
     }
 
@@ -172,7 +181,8 @@ async function main(): Promise<void> {
         med[who] = m
         const rate = Number.isNaN(m.rate) ? '' : `${m.rate.toFixed(0)} ${unit} (${xs.map((x) => x.rate.toFixed(0)).join(', ')})  `
         const cpu = who === 'direct' ? '' : `  ${who} CPU ${m.cpu.toFixed(test === 'bulk' ? 2 : 0)} ${cpuUnit}`
-        console.log(`  ${who.padEnd(8)} ${rate}p50 ${ms(m.p50)} p99 ${ms(m.p99)}${cpu}${who === 'direct' ? `   ${directNote}` : ''}`)
+        const res = test === 'conn' ? `  upstream handshakes resumed in warm-up: ${resumed[who]}` : ''
+        console.log(`  ${who.padEnd(8)} ${rate}p50 ${ms(m.p50)} p99 ${ms(m.p99)}${cpu}${who === 'direct' ? `   ${directNote}` : ''}${res}`)
       }
       const a = med.memid as Sample
       const b = med.stunnel as Sample
