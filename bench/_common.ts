@@ -319,6 +319,13 @@ export function waitForPort(port: number, child: ChildProcess, what: string): Pr
   })
 }
 
+/** What startNginx needs: nginx-light (Debian 12: nginx plus the echo module) and the stream module. */
+export const NGINX_PACKAGES = [
+  { cmd: 'nginx', pkg: 'nginx-light' },
+  { cmd: 'nginx', pkg: 'nginx-light', file: '/usr/lib/nginx/modules/ngx_http_echo_module.so' },
+  { cmd: 'nginx', pkg: 'libnginx-mod-stream', file: '/usr/lib/nginx/modules/ngx_stream_module.so' },
+]
+
 /**
  * Starts nginx in the foreground with one worker and the given `stream {}`/`http {}`
  * blocks, everything (pid, logs, temp files) inside the bench's private dir.

@@ -23,7 +23,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import {
-  benchCa, benchLeaf, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, firstMessage, ForeignLoad, freePort, keyValues,
+  benchCa, benchLeaf, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
   machineLine, median, nginxVersion, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
 } from './_common.ts'
 
@@ -61,8 +61,7 @@ interface Sample { rate: number; p50: number; p99: number; cpu: number }
 
 async function main(): Promise<void> {
   ensurePackages([
-    { cmd: 'nginx', pkg: 'nginx-light' },
-    { cmd: 'nginx', pkg: 'libnginx-mod-stream', file: '/usr/lib/nginx/modules/ngx_stream_module.so' },
+    ...NGINX_PACKAGES,
     { cmd: 'stunnel4', pkg: 'stunnel4' },
     { cmd: 'cc', pkg: 'gcc' },
     { cmd: 'cc', pkg: 'libssl-dev', file: '/usr/include/openssl/ssl.h' },

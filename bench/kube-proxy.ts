@@ -19,7 +19,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  benchCa, benchLeaf, benchServiceDeps, cpuSeconds, ensurePackages, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
+  benchCa, benchLeaf, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
   requireTool, startKubectlProxy, startNginx, startRole, waitForQuiet, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
 } from './_common.ts'
 
@@ -70,8 +70,7 @@ function locations(dir: string): string {
 
 async function main(): Promise<void> {
   ensurePackages([
-    { cmd: 'nginx', pkg: 'nginx-light' },
-    { cmd: 'nginx', pkg: 'libnginx-mod-stream', file: '/usr/lib/nginx/modules/ngx_stream_module.so' },
+    ...NGINX_PACKAGES,
     { cmd: 'wrk', pkg: 'wrk' },
   ])
   requireTool('kubectl', 'install kubectl >= 1.30 into /usr/bin/kubectl', ['version', '--client'])
