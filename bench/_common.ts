@@ -12,9 +12,11 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto'
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
 import { cpus, tmpdir } from 'node:os'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { Registry } from 'prom-client'
 import { CredentialSource, type TlsClientCredential } from '../src/credentials/credentials.ts'
 import { systemClock } from '../src/core/clock.ts'
@@ -259,4 +261,151 @@ export function median(xs: number[]): number {
 export function machineLine(): string {
   const c = cpus()
   return `${c.length} × ${c[0]?.model.trim() ?? 'unknown CPU'}, Node ${process.version}, OpenSSL ${process.versions.openssl}, ${new Date().toISOString().slice(0, 10)}`
+}
+
+/**
+ * Makes sure the Debian packages a native-upstream bench needs are there: installs the
+ * missing ones with apt-get when running as root, otherwise fails with the command to run.
+ */
+export function ensurePackages(needs: { cmd: string; pkg: string; file?: string }[]): void {
+  const missing = needs.filter((n) => {
+    if (n.file !== undefined) return !existsSync(n.file)
+    try {
+      execFileSync('sh', ['-c', `command -v ${n.cmd}`], { stdio: 'ignore' })
+      return false
+    } catch {
+      return true
+    }
+  })
+  if (missing.length === 0) return
+  const pkgs = [...new Set(missing.map((n) => n.pkg))]
+  const command = `apt-get install -y ${pkgs.join(' ')}`
+  if (process.getuid?.() !== 0) throw new Error(`this benchmark needs ${pkgs.join(', ')}: run \`${command}\` as root`)
+  console.log(`installing ${pkgs.join(' ')} (${command})`)
+  execFileSync('apt-get', ['install', '-y', '-qq', ...pkgs], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for peers that need a fixed port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port
+      s.close(() => resolve(p))
+    })
+    s.once('error', reject)
+  })
+}
+
+/** Resolves once something accepts TCP connections on 127.0.0.1:port; rejects if `child` exits first. */
+export function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let done = false
+    let err = ''
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()))
+    child.once('exit', (code) => {
+      if (!done) reject(new Error(`${what} exited (${code}): ${err}`))
+    })
+    const poll = () => {
+      if (done) return
+      const c = net.connect(port, '127.0.0.1')
+      c.once('connect', () => {
+        c.destroy()
+        done = true
+        resolve()
+      })
+      c.once('error', () => setTimeout(poll, 50))
+    }
+    poll()
+  })
+}
+
+/** What startNginx needs: nginx-light (Debian 12: nginx plus the echo module) and the stream module. */
+export const NGINX_PACKAGES = [
+  { cmd: 'nginx', pkg: 'nginx-light' },
+  { cmd: 'nginx', pkg: 'nginx-light', file: '/usr/lib/nginx/modules/ngx_http_echo_module.so' },
+  { cmd: 'nginx', pkg: 'libnginx-mod-stream', file: '/usr/lib/nginx/modules/ngx_stream_module.so' },
+]
+
+/**
+ * Starts nginx in the foreground with one worker and the given `stream {}`/`http {}`
+ * blocks, everything (pid, logs, temp files) inside the bench's private dir.
+ */
+export async function startNginx(dir: string, name: string, blocks: string, port: number): Promise<ChildProcess> {
+  const conf = path.join(dir, `${name}.conf`)
+  writeFileSync(conf, [
+    'load_module /usr/lib/nginx/modules/ngx_stream_module.so;',
+    'load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;',
+    'daemon off;', 'worker_processes 1;', `pid ${path.join(dir, `${name}.pid`)};`,
+    `error_log ${path.join(dir, `${name}-error.log`)} warn;`,
+    'events { worker_connections 8192; }', blocks, '',
+  ].join('\n'))
+  const child = spawn('nginx', ['-e', path.join(dir, `${name}-error.log`), '-c', conf, '-p', dir], { stdio: ['ignore', 'ignore', 'pipe'] })
+  await waitForPort(port, child, `nginx (${name})`)
+  return child
+}
+
+/** Writes PEM material the native peers read from files into the bench's private dir; returns the paths. */
+export function writePem(dir: string, files: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const [name, pem] of Object.entries(files)) {
+    out[name] = path.join(dir, name)
+    writeFileSync(out[name], pem, { mode: 0o600 })
+  }
+  return out
+}
+
+/** Compiles bench/native/NAME.c into the bench dir with cc; returns the binary's path. */
+export function compileNative(dir: string, name: string, libs: string[] = []): string {
+  const src = path.join(path.dirname(fileURLToPath(import.meta.url)), 'native', `${name}.c`)
+  const out = path.join(dir, name)
+  execFileSync('cc', ['-O2', '-Wall', '-o', out, src, ...libs, '-lpthread'], { stdio: 'inherit' })
+  return out
+}
+
+/** Parses a `key=value key=value` line (what the native client prints). */
+export function keyValues(line: string): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const m of line.matchAll(/(\w+)=([\d.]+)/g)) out[m[1] as string] = Number(m[2])
+  return out
+}
+
+/** Per-percentile latencies (ms) from `wrk --latency` output. */
+export function wrkLatencies(out: string): { p50: number; p99: number } {
+  const ms = (p: string) => {
+    const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s)`, 'm').exec(out)
+    if (m === null) return NaN
+    const v = Number(m[1])
+    return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v
+  }
+  return { p50: ms('50'), p99: ms('99') }
+}
+
+/** The installed nginx's version (nginx prints it on stderr). */
+export function nginxVersion(): string {
+  return /nginx\/([\d.]+)/.exec(execFileSync('sh', ['-c', 'nginx -v 2>&1'], { encoding: 'utf8' }))?.[1] ?? '?'
+}
+
+/** `kubectl proxy` on a free port with the given client certificate; resolves to its URL. */
+export async function startKubectlProxy(dir: string, k: ClientMaterial) {
+  // kubectl reads its client certificate from a kubeconfig: the peer's requirement (in this private dir), not memid's.
+  const b64 = (s: string) => Buffer.from(s).toString('base64')
+  const kubeconfig = writePem(dir, {
+    kubeconfig: [
+      'apiVersion: v1', 'kind: Config', 'current-context: bench',
+      `clusters: [{name: bench, cluster: {server: "${k.uri}", certificate-authority-data: ${b64(k.serverCaPem)}}}]`,
+      `users: [{name: bench, user: {client-certificate-data: ${b64(k.certPem)}, client-key-data: ${b64(k.keyPem)}}}]`,
+      'contexts: [{name: bench, context: {cluster: bench, user: bench}}]', '',
+    ].join('\n'),
+  }).kubeconfig as string
+  const child = spawn('kubectl', ['proxy', '--port=0', '--kubeconfig', kubeconfig], { env: { PATH: process.env.PATH, HOME: dir }, stdio: ['ignore', 'pipe', 'ignore'] })
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+      const m = /Starting to serve on ([\d.:[\]]+)/.exec(out)
+      if (m) resolve(`http://${m[1]}`)
+    })
+    child.once('exit', (code) => reject(new Error(`kubectl proxy exited (${code}): ${out}`)))
+  })
+  return { child, url }
 }

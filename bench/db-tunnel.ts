@@ -1,110 +1,59 @@
 /**
- * Throughput of memid's database tunnel versus stunnel (Debian stunnel4, client mode), on
- * the same run, carrying the same bytes to the same TLS server that requires a client
- * certificate. One connection, both directions (client→server like COPY FROM, server→client
- * like a big SELECT). Each party runs in its own process. Prints MB/s each way, the CPU
- * seconds each tunnel process spent per GB carried, the TLS version and cipher each one
- * negotiated, and the ratios (target: memid ≥ 1.2× stunnel).
+ * memid's database tunnel versus stunnel (Debian stunnel4, client mode) against a native
+ * upstream: nginx (one worker, `stream` TLS server requiring a client certificate, session
+ * cache and tickets on) in front of a native echo server, driven by a native load client
+ * (bench/native/tunnel-load.c, compiled here with cc), so the tunnel under test is what
+ * sets the pace. Per test it prints memid, stunnel, the direct-to-upstream limit, the
+ * ratio, p50/p99 and the tunnel's CPU per connection or per GB.
  *
- * The tunnel runs with protocol `tls`: after PostgreSQL's startup phase the `postgres`
- * protocol uses the very same data path (two pipes), so this measures what a COPY does.
+ *   node bench/db-tunnel.ts [--seconds 5] [--rounds 3] [--threads 8] [--pings 5000] [--quiet-wait 10]
  *
- *   node bench/db-tunnel.ts [--seconds 3] [--rounds 5] [--quiet-wait 60]
+ * Tests: new connections/s (connect, 64 B round trip, close, `--threads` client threads),
+ * bulk MB/s (one connection, the client sends and reads the echo at once; MB/s is one
+ * direction), 64 B ping-pong RTT on one connection. "direct" is the same client speaking
+ * TLS with a client certificate to nginx itself (full handshake every time) for the
+ * connection and ping tests, and plain TCP to the echo server for bulk (there is no
+ * TLS-less figure to beat there; it is the ceiling of this machine's loopback).
  *
- * Rounds alternate which tunnel goes first and start once the machine is otherwise idle
- * (waiting up to --quiet-wait seconds); medians are reported, and the ratio is the median
- * of the per-round ratios (each round compares the two under the same background load).
+ * The fixture-based figure (a Node TLS sink) stays in bench/db-tunnel-node-sink.ts.
  */
-import { spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
+import { execFileSync, spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { fileURLToPath } from 'node:url'
 import {
-  alternateRounds, benchCa, benchLeaf, benchServiceDeps, cpuSeconds, firstMessage, ForeignLoad, machineLine, median, requireTool,
-  startRole, withBenchDir, type ClientMaterial, type Role,
+  benchCa, benchLeaf, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
+  machineLine, median, nginxVersion, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
-const CHUNK = Buffer.alloc(1024 * 1024, 'memid bench ')
 
 const { values: args } = parseArgs({
   options: {
-    seconds: { type: 'string', default: '3' },
-    rounds: { type: 'string', default: '5' },
-    'quiet-wait': { type: 'string', default: '60' },
-    concurrency: { type: 'string', default: '16' },
-    only: { type: 'string' },
+    seconds: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '3' },
+    threads: { type: 'string', default: '8' },
+    pings: { type: 'string', default: '5000' },
+    'quiet-wait': { type: 'string', default: '10' },
     role: { type: 'string' },
     'peer-check': { type: 'string', default: 'on' },
   },
 })
 
-interface SinkMaterial {
-  serverCertPem: string
-  serverKeyPem: string
-  clientCaPem: string
-}
-
-if (args.role === 'sink') await serveSink()
-else if (args.role === 'memid') await serveMemid()
+if (args.role === 'memid') await serveMemid()
 else await main()
 
 /**
- * Child: the TLS server both tunnels talk to. The first byte says what to do: 'U' read
- * and count until the end, then report (with the TLS version and cipher the tunnel
- * negotiated); 'D' send for the given seconds, then end.
- */
-async function serveSink(): Promise<void> {
-  const tls = await import('node:tls')
-  const m = await firstMessage<SinkMaterial>()
-  const server = tls.createServer({
-    key: m.serverKeyPem, cert: m.serverCertPem, ca: m.clientCaPem, requestCert: true, rejectUnauthorized: true,
-  }, (sock) => {
-    sock.on('error', () => undefined)
-    sock.once('data', (first: Buffer) => {
-      // 'P': one byte back, for the new-connections rounds; the client hangs up.
-      if (first[0] === 0x50 /* P */) return void sock.write('p')
-      if (first[0] === 0x55 /* U */) {
-        let bytes = first.length - 1
-        let start = 0
-        sock.on('data', (d: Buffer) => {
-          if (start === 0) start = performance.now()
-          bytes += d.length
-        })
-        sock.once('end', () => {
-          const tlsName = `${sock.getProtocol()} ${sock.getCipher().standardName}`
-          process.send?.({ upload: { bytes, ms: performance.now() - start, tls: tlsName } })
-          sock.end()
-        })
-        return
-      }
-      const until = performance.now() + Number(first.subarray(1).toString()) * 1000
-      const pump = () => {
-        while (performance.now() < until) {
-          if (!sock.write(CHUNK)) return void sock.once('drain', pump)
-        }
-        sock.end()
-      }
-      pump()
-    })
-  })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  process.send?.({ port: (server.address() as net.AddressInfo).port })
-  process.on('SIGTERM', () => process.exit(0))
-}
-
-/**
  * Child: memid's tunnel with the credential the parent passes over IPC. `--peer-check off`
- * runs it with `allowed_users: ['*']` (no lookup of the connecting user).
+ * runs it with `allowed_users: ['*']` (no lookup of the connecting user), to price the check.
  */
 async function serveMemid(): Promise<void> {
   const { createDbTunnelService } = await import('../src/services/db-tunnel/index.ts')
   const m = await firstMessage<ClientMaterial>()
   const svc = createDbTunnelService(
     {
-      listen: '127.0.0.1:0', service: 'bench', username: 'bench', protocol: 'tls', maxConnections: 1000, connectTimeoutMs: 5000,
+      listen: '127.0.0.1:0', service: 'bench', username: 'bench', protocol: 'tls', maxConnections: 256, connectTimeoutMs: 5000,
       ...(args['peer-check'] === 'off' ? { allowedUsers: ['*'] } : {}),
     },
     benchServiceDeps('db', 'bench', [], m),
@@ -114,263 +63,154 @@ async function serveMemid(): Promise<void> {
   process.on('SIGTERM', () => void svc.stop(100).then(() => process.exit(0)))
 }
 
-interface Transfer {
-  bytes: number
-  ms: number
-  tls?: string
-}
-
-/** Pushes bytes through the tunnel for `seconds`; the sink reports what it received. */
-async function upload(port: number, seconds: number, sink: Role): Promise<Transfer> {
-  const s = net.connect(port, '127.0.0.1')
-  await new Promise((r) => s.once('connect', r))
-  s.write('U')
-  const until = performance.now() + seconds * 1000
-  await new Promise<void>((resolve) => {
-    const pump = () => {
-      while (performance.now() < until) {
-        if (!s.write(CHUNK)) return void s.once('drain', pump)
-      }
-      s.end()
-      resolve()
-    }
-    pump()
-  })
-  s.resume()
-  const report = (await sink.next()).upload as Transfer
-  s.destroy()
-  return report
-}
-
-/** Asks the sink to send for `seconds` and counts what arrives through the tunnel. */
-async function download(port: number, seconds: number): Promise<Transfer> {
-  const s = net.connect(port, '127.0.0.1')
-  await new Promise((r) => s.once('connect', r))
-  s.write(`D${seconds}`)
-  let bytes = 0
-  let start = 0
-  s.on('data', (d: Buffer) => {
-    if (start === 0) start = performance.now()
-    bytes += d.length
-  })
-  await new Promise((r) => s.once('end', r))
-  const ms = performance.now() - start
-  s.destroy()
-  return { bytes, ms }
-}
-
-/** Starts stunnel4 in client mode towards the sink, with the same TLS floor and TCP_NODELAY as memid. */
-async function startStunnel(dir: string, sinkPort: number, client: { certPem: string; keyPem: string }, serverCaPem: string) {
-  // stunnel reads its key and certificate from files: that is the peer's requirement (and
-  // this bench's private temp dir), not memid's.
-  writeFileSync(path.join(dir, 'client.pem'), client.certPem + client.keyPem, { mode: 0o600 })
-  writeFileSync(path.join(dir, 'server-ca.pem'), serverCaPem)
-  const port = await new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port
-      s.close(() => resolve(p))
-    })
-  })
-  writeFileSync(path.join(dir, 'stunnel.conf'), [
-    'foreground = yes', 'pid =', 'debug = 3', 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1',
-    '[bench]', 'client = yes', `accept = 127.0.0.1:${port}`, `connect = 127.0.0.1:${sinkPort}`,
-    `cert = ${path.join(dir, 'client.pem')}`, `CAfile = ${path.join(dir, 'server-ca.pem')}`,
-    'verifyChain = yes', 'checkIP = 127.0.0.1', 'sslVersionMin = TLSv1.2', '',
-  ].join('\n'))
-  const child = spawn('stunnel4', [path.join(dir, 'stunnel.conf')], { stdio: ['ignore', 'ignore', 'pipe'] })
-  await new Promise<void>((resolve, reject) => {
-    let err = ''
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()))
-    child.once('exit', (code) => reject(new Error(`stunnel4 exited (${code}): ${err}`)))
-    const poll = () => {
-      const c = net.connect(port, '127.0.0.1')
-      c.once('connect', () => {
-        c.destroy()
-        resolve()
-      })
-      c.once('error', () => setTimeout(poll, 50))
-    }
-    poll()
-  })
-  return { child, port }
-}
+type Party = 'memid' | 'stunnel' | 'direct' | 'memid-nocheck'
+interface Sample { rate: number; p50: number; p99: number; cpu: number }
 
 async function main(): Promise<void> {
-  if (args.only !== 'connections') await throughput()
-  if (args.only !== 'throughput') await newConnections()
-}
-
-/**
- * Opens connections through the tunnel for `seconds`, `concurrency` at a time: connect,
- * one byte to the sink and one back, then the client hangs up (as psql does, so the
- * client's side is left in TIME_WAIT and /proc/net/tcp grows as it would on a busy host).
- */
-async function churn(port: number, seconds: number, concurrency: number): Promise<{ conns: number; ms: number; failed: number }> {
-  let conns = 0
-  let failed = 0
-  const start = performance.now()
-  const until = start + seconds * 1000
-  const one = () => new Promise<void>((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1', noDelay: true })
-    let answered = false
-    s.once('connect', () => s.write('P'))
-    s.once('data', () => {
-      answered = true
-      conns++
-      s.end()
-    })
-    s.on('error', () => undefined)
-    s.once('close', () => {
-      if (!answered) failed++
-      resolve()
-    })
-  })
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < until) await one()
-  }))
-  return { conns, ms: performance.now() - start, failed }
-}
-
-/**
- * New connections per second through memid's tunnel (protocol tls, so each one is a
- * full TLS handshake upstream), with the check of the connecting process's user on (the
- * default) and off (`allowed_users: ['*']`), each tunnel in its own process.
- */
-async function newConnections(): Promise<void> {
+  ensurePackages([
+    ...NGINX_PACKAGES,
+    { cmd: 'stunnel4', pkg: 'stunnel4' },
+    { cmd: 'cc', pkg: 'gcc' },
+    { cmd: 'cc', pkg: 'libssl-dev', file: '/usr/include/openssl/ssl.h' },
+  ])
   const seconds = Number(args.seconds)
   const rounds = Number(args.rounds)
-  const quietWaitMs = Number(args['quiet-wait']) * 1000
-  const concurrency = Number(args.concurrency)
-  const serverCa = await benchCa('bench server CA')
-  const clientCa = await benchCa('bench db-client CA')
-  const server = await benchLeaf(serverCa, 'localhost', 'server', { ipAddresses: ['127.0.0.1'] })
-  const client = await benchLeaf(clientCa, 'bench', 'client')
-
-  await withBenchDir('memid-bench-dbc-', async (_dir, own) => {
-    const sink = startRole(SELF, 'sink')
-    own(sink.child)
-    sink.child.send({ serverCertPem: server.certPem, serverKeyPem: server.keyPem, clientCaPem: clientCa.certPem } satisfies SinkMaterial)
-    const sinkPort = (await sink.next()).port as number
-    const tunnel = async (check: 'on' | 'off') => {
-      const r = startRole(SELF, 'memid', ['--peer-check', check])
-      own(r.child)
-      r.child.send({ ...client, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${sinkPort}`, host: '127.0.0.1', port: sinkPort } satisfies ClientMaterial)
-      const port = Number(String((await r.next()).address).split(':').pop())
-      return { port, pid: r.child.pid, rates: [] as number[], cpu: [] as number[], failed: 0 }
-    }
-    const parties = { on: await tunnel('on'), off: await tunnel('off') }
-    await churn(parties.on.port, 1, concurrency)
-    await churn(parties.off.port, 1, concurrency)
-
-    const foreign = new ForeignLoad(() => [sink.child.pid, parties.on.pid, parties.off.pid])
-    const ratios: number[] = []
-    const waited = await alternateRounds({
-      rounds, quietWaitMs, parties: ['on', 'off'], foreign,
-      async measure(who) {
-        const p = parties[who]
-        const c0 = cpuSeconds(p.pid)
-        const r = await churn(p.port, seconds, concurrency)
-        p.cpu.push(((cpuSeconds(p.pid) - c0) * 1e6) / Math.max(1, r.conns))
-        p.rates.push(r.conns / (r.ms / 1000))
-        p.failed += r.failed
-      },
-      measured() {
-        ratios.push((parties.on.rates.at(-1) as number) / (parties.off.rates.at(-1) as number))
-      },
-    })
-    const rows = (file: string) => {
-      try {
-        return readFileSync(file, 'latin1').split('\n').length - 2
-      } catch {
-        return 0
-      }
-    }
-    const line = (who: 'on' | 'off') => {
-      const p = parties[who]
-      return `peer check ${who.padEnd(3)} ${median(p.rates).toFixed(0)} connections/s (${p.rates.map((x) => x.toFixed(0)).join(', ')}), ` +
-        `tunnel CPU ${median(p.cpu).toFixed(0)} µs per connection (${p.cpu.map((x) => x.toFixed(0)).join(', ')})${p.failed ? `, ${p.failed} failed` : ''}`
-    }
-    console.log(`${machineLine()}; new connections through the tunnel (protocol tls, a TLS handshake upstream each), ` +
-      `${concurrency} at a time, ${seconds}s × ${rounds} rounds; /proc/net/tcp holds ${rows('/proc/net/tcp')} sockets now`)
-    console.log(line('on'))
-    console.log(line('off'))
-    console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)
-    console.log(`ratio check on/off (median of rounds): ${median(ratios).toFixed(3)}× connections/s (target: ≥ 0.95×)`)
-  })
-}
-
-async function throughput(): Promise<void> {
-  requireTool('stunnel4', 'apt-get install -y stunnel4', ['-version'])
-  const seconds = Number(args.seconds)
-  const rounds = Number(args.rounds)
+  const threads = Number(args.threads)
+  const pings = Number(args.pings)
   const quietWaitMs = Number(args['quiet-wait']) * 1000
   const serverCa = await benchCa('bench server CA')
   const clientCa = await benchCa('bench db-client CA')
   const server = await benchLeaf(serverCa, 'localhost', 'server', { ipAddresses: ['127.0.0.1'] })
   const memidClient = await benchLeaf(clientCa, 'bench', 'client')
   const stunnelClient = await benchLeaf(clientCa, 'bench', 'client')
+  const directClient = await benchLeaf(clientCa, 'bench', 'client')
 
   await withBenchDir('memid-bench-db-', async (dir, own) => {
-    const sink = startRole(SELF, 'sink')
-    own(sink.child)
-    sink.child.send({ serverCertPem: server.certPem, serverKeyPem: server.keyPem, clientCaPem: clientCa.certPem } satisfies SinkMaterial)
-    const sinkPort = (await sink.next()).port as number
+    const load = compileNative(dir, 'tunnel-load', ['-lssl', '-lcrypto'])
+    // The native peers read keys from files: that is their requirement (in this private dir), not memid's.
+    const f = writePem(dir, {
+      'server.crt': server.certPem, 'server.key': server.keyPem, 'client-ca.pem': clientCa.certPem, 'server-ca.pem': serverCa.certPem,
+      'stunnel-client.pem': stunnelClient.certPem + stunnelClient.keyPem, 'direct.crt': directClient.certPem, 'direct.key': directClient.keyPem,
+    })
+
+    const echoPort = await freePort()
+    const echo = own(spawn(load, ['echo', String(echoPort)], { stdio: ['ignore', 'ignore', 'pipe'] }))
+    await waitForPort(echoPort, echo, 'echo server')
+    const tlsPort = await freePort()
+    const nginx = own(await startNginx(dir, 'nginx-db', [
+      'stream {', "  log_format resumed '$ssl_session_reused';", `  access_log ${path.join(dir, 'stream-access.log')} resumed;`, '  server {', `    listen 127.0.0.1:${tlsPort} ssl;`, '    tcp_nodelay on;',
+      `    ssl_certificate ${f['server.crt']};`, `    ssl_certificate_key ${f['server.key']};`,
+      `    ssl_client_certificate ${f['client-ca.pem']};`, '    ssl_verify_client on;', '    ssl_protocols TLSv1.2 TLSv1.3;',
+      '    ssl_session_cache shared:memid:10m;', '    ssl_session_tickets on;', '    proxy_half_close on;', `    proxy_pass 127.0.0.1:${echoPort};`, '  }', '}',
+    ].join('\n'), tlsPort))
 
     const memid = startRole(SELF, 'memid')
     own(memid.child)
     memid.child.send({
-      ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${sinkPort}`, host: '127.0.0.1', port: sinkPort,
+      ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,
     } satisfies ClientMaterial)
     const memidPort = Number(String((await memid.next()).address).split(':').pop())
-    const st = await startStunnel(dir, sinkPort, stunnelClient, serverCa.certPem)
-    own(st.child)
+    // The same tunnel without the connecting-user check, to show what the check costs.
+    const nocheck = startRole(SELF, 'memid', ['--peer-check', 'off'])
+    own(nocheck.child)
+    nocheck.child.send({
+      ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,
+    } satisfies ClientMaterial)
+    const nocheckPort = Number(String((await nocheck.next()).address).split(':').pop())
 
-    const parties = {
-      memid: { port: memidPort, pid: memid.child.pid, up: [] as number[], down: [] as number[], cpuUp: [] as number[], cpuDown: [] as number[], tls: '' },
-      stunnel: { port: st.port, pid: st.child.pid, up: [] as number[], down: [] as number[], cpuUp: [] as number[], cpuDown: [] as number[], tls: '' },
-    }
-    // Warm both (handshakes, JIT, TCP windows) before measuring; the sink names the TLS each negotiated.
-    parties.memid.tls = (await upload(memidPort, 1, sink)).tls ?? '?'
-    parties.stunnel.tls = (await upload(st.port, 1, sink)).tls ?? '?'
-    await download(memidPort, 1)
-    await download(st.port, 1)
+    const stunnelPort = await freePort()
+    const stunnelConf = writePem(dir, {
+      'stunnel.conf': [
+        'foreground = yes', 'pid =', 'debug = 3', 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1',
+        '[bench]', 'client = yes', `accept = 127.0.0.1:${stunnelPort}`, `connect = 127.0.0.1:${tlsPort}`,
+        `cert = ${f['stunnel-client.pem']}`, `CAfile = ${f['server-ca.pem']}`,
+        'verifyChain = yes', 'checkIP = 127.0.0.1', 'sslVersionMin = TLSv1.2', '',
+      ].join('\n'),
+    })['stunnel.conf'] as string
+    const stunnel = own(spawn('stunnel4', [stunnelConf], { stdio: ['ignore', 'ignore', 'pipe'] }))
+    await waitForPort(stunnelPort, stunnel, 'stunnel4')
 
-    const foreign = new ForeignLoad(() => [sink.child.pid, memid.child.pid, st.child.pid])
-    const ratios = { up: [] as number[], down: [] as number[], cpuUp: [] as number[], cpuDown: [] as number[] }
-    const measure = async (who: 'memid' | 'stunnel') => {
-      const p = parties[who]
-      const c0 = cpuSeconds(p.pid)
-      const up = await upload(p.port, seconds, sink)
-      const c1 = cpuSeconds(p.pid)
-      const down = await download(p.port, seconds)
-      p.cpuUp.push((c1 - c0) / (up.bytes / 1e9))
-      p.cpuDown.push((cpuSeconds(p.pid) - c1) / (down.bytes / 1e9))
-      p.up.push(up.bytes / 1e6 / (up.ms / 1000))
-      p.down.push(down.bytes / 1e6 / (down.ms / 1000))
+    const tlsEnv = { ...process.env, MEMID_TLS_CA: f['server-ca.pem'], MEMID_TLS_CERT: f['direct.crt'], MEMID_TLS_KEY: f['direct.key'] }
+    const port: Record<Party, number> = { memid: memidPort, stunnel: stunnelPort, direct: tlsPort, 'memid-nocheck': nocheckPort }
+    const pid: Record<Party, number | undefined> = { memid: memid.child.pid, stunnel: stunnel.pid, direct: nginx.pid, 'memid-nocheck': nocheck.child.pid }
+    const run = (who: Party, mode: string, ...rest: string[]) => {
+      const directPort = who === 'direct' && mode === 'bulk' ? echoPort : port[who]
+      const env = who === 'direct' && mode !== 'bulk' ? tlsEnv : process.env
+      return keyValues(execFileSync(load, [mode, String(directPort), ...rest], { encoding: 'utf8', env, timeout: (seconds + 60) * 1000 }))
     }
-    const waited = await alternateRounds({
-      rounds, quietWaitMs, parties: ['memid', 'stunnel'], foreign, measure,
-      measured() {
-        const m = parties.memid
-        const s = parties.stunnel
-        ratios.up.push((m.up.at(-1) as number) / (s.up.at(-1) as number))
-        ratios.down.push((m.down.at(-1) as number) / (s.down.at(-1) as number))
-        ratios.cpuUp.push((m.cpuUp.at(-1) as number) / (s.cpuUp.at(-1) as number))
-        ratios.cpuDown.push((m.cpuDown.at(-1) as number) / (s.cpuDown.at(-1) as number))
+    const tests = {
+      conn: (who: Party): Sample => {
+        const c0 = cpuSeconds(pid[who])
+        const r = run(who, 'conn', String(threads), String(seconds))
+        return { rate: r.rate ?? 0, p50: (r.p50_us ?? 0) / 1000, p99: (r.p99_us ?? 0) / 1000, cpu: ((cpuSeconds(pid[who]) - c0) / (r.count ?? 1)) * 1e6 }
       },
-    })
-    const list = (xs: number[], digits = 0) => xs.map((x) => x.toFixed(digits)).join(', ')
-    const line = (who: 'memid' | 'stunnel') => {
-      const p = parties[who]
-      return `${who.padEnd(7)} client→server ${median(p.up).toFixed(0)} MB/s (${list(p.up)}) CPU ${median(p.cpuUp).toFixed(2)} s/GB (${list(p.cpuUp, 2)})\n` +
-        `${''.padEnd(7)} server→client ${median(p.down).toFixed(0)} MB/s (${list(p.down)}) CPU ${median(p.cpuDown).toFixed(2)} s/GB (${list(p.cpuDown, 2)})   ${p.tls}`
+      bulk: (who: Party): Sample => {
+        const c0 = cpuSeconds(pid[who])
+        const r = run(who, 'bulk', String(seconds))
+        // Each byte crosses the tunnel twice (there and echoed back): CPU per GB carried counts both.
+        return { rate: r.mb_s ?? 0, p50: NaN, p99: NaN, cpu: (cpuSeconds(pid[who]) - c0) / (((r.received ?? 0) * 2) / 1e9) }
+      },
+      ping: (who: Party): Sample => {
+        const c0 = cpuSeconds(pid[who])
+        const r = run(who, 'ping', String(pings))
+        return { rate: NaN, p50: (r.p50_us ?? 0) / 1000, p99: (r.p99_us ?? 0) / 1000, cpu: ((cpuSeconds(pid[who]) - c0) / pings) * 1e6 }
+      },
     }
-    console.log(`${machineLine()}; one connection, ${seconds}s per direction × ${rounds} rounds, TLS to a server requiring client certificates`)
-    console.log(line('memid'))
-    console.log(line('stunnel'))
-    console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)
-    const r = (xs: number[]) => `${median(xs).toFixed(2)}×`
-    console.log(`ratio memid/stunnel (median of rounds): MB/s client→server ${r(ratios.up)}, server→client ${r(ratios.down)} (target ≥ 1.2×); ` +
-      `CPU per GB ${r(ratios.cpuUp)}, ${r(ratios.cpuDown)} (lower is better)`)
+    // Warm up (handshakes, JIT, session caches), and read from nginx's log which share of
+    // each party's upstream handshakes resumed a TLS session ('r' per resumed connection).
+    const accessLog = path.join(dir, 'stream-access.log')
+    const logLines = () => (existsSync(accessLog) ? readFileSync(accessLog, 'utf8').split('\n').filter(Boolean) : [])
+    const resumed: Partial<Record<Party, string>> = {}
+    for (const who of ['memid', 'stunnel', 'direct', 'memid-nocheck'] as const) {
+      const before = logLines().length
+      tests.conn(who)
+      const lines = logLines().slice(before)
+      resumed[who] = `${((lines.filter((l) => l === 'r').length / Math.max(1, lines.length)) * 100).toFixed(0)}% of ${lines.length}`
+      tests.ping(who)
+    }
+
+    const samples: Record<keyof typeof tests, Record<Party, Sample[]>> = {
+      conn: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] }, bulk: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] },
+      ping: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] },
+    }
+    const foreign = new ForeignLoad(() => [memid.child.pid, nocheck.child.pid, stunnel.pid, nginx.pid, echo.pid])
+    let waited = 0
+    for (let r = 0; r < rounds; r++) {
+      const t0 = Date.now()
+      await waitForQuiet(quietWaitMs)
+      waited += Date.now() - t0
+      foreign.begin()
+      const order: Party[] = r % 2 === 0 ? ['memid', 'stunnel', 'direct'] : ['stunnel', 'memid', 'direct']
+      for (const test of ['conn', 'bulk', 'ping'] as const) for (const who of order) samples[test][who].push(tests[test](who))
+      samples.conn['memid-nocheck'].push(tests.conn('memid-nocheck'))
+      foreign.end()
+    }
+
+    const ms = (x: number) => (Number.isNaN(x) ? '–' : x < 1 ? `${(x * 1000).toFixed(0)} µs` : `${x.toFixed(1)} ms`)
+    const show = (test: keyof typeof tests, title: string, unit: string, cpuUnit: string, directNote: string, target: string, higher: 'rate' | 'p50') => {
+      console.log(`\n${title}`)
+      const med: Partial<Record<Party, Sample>> = {}
+      for (const who of ['memid', 'stunnel', 'direct'] as const) {
+        const xs = samples[test][who]
+        const m: Sample = { rate: median(xs.map((x) => x.rate)), p50: median(xs.map((x) => x.p50)), p99: median(xs.map((x) => x.p99)), cpu: median(xs.map((x) => x.cpu)) }
+        med[who] = m
+        const rate = Number.isNaN(m.rate) ? '' : `${m.rate.toFixed(0)} ${unit} (${xs.map((x) => x.rate.toFixed(0)).join(', ')})  `
+        const cpu = who === 'direct' ? '' : `  ${who} CPU ${m.cpu.toFixed(test === 'bulk' ? 2 : 0)} ${cpuUnit}`
+        const res = test === 'conn' ? `  upstream handshakes resumed in warm-up: ${resumed[who]}` : ''
+        console.log(`  ${who.padEnd(8)} ${rate}p50 ${ms(m.p50)} p99 ${ms(m.p99)}${cpu}${who === 'direct' ? `   ${directNote}` : ''}${res}`)
+      }
+      const a = med.memid as Sample
+      const b = med.stunnel as Sample
+      const ratio = higher === 'rate' ? a.rate / b.rate : a.p50 / b.p50
+      console.log(`  ratio memid/stunnel ${ratio.toFixed(2)}× ${higher === 'rate' ? unit : 'p50 RTT'} (${target}); CPU ${(a.cpu / b.cpu).toFixed(2)}× (lower is better)`)
+    }
+    console.log(`${machineLine()}; nginx ${nginxVersion()} stream TLS (client cert required) → native echo; ${seconds}s per test × ${rounds} rounds, medians (per-round values in brackets)`)
+    show('conn', `new connections/s (connect, 64 B round trip, close; ${threads} client threads)`, 'conn/s', 'µs/conn', '(C client, TLS straight to nginx, full handshake each time)', 'target ≥ 1.0×', 'rate')
+    const on = median(samples.conn.memid.map((x) => x.rate))
+    const off = median(samples.conn['memid-nocheck'].map((x) => x.rate))
+    console.log(`  connecting-user check: on ${on.toFixed(0)} conn/s, off (allowed_users: ['*']) ${off.toFixed(0)} conn/s, on/off ${(on / off).toFixed(3)}× (target ≥ 0.95×)`)
+    show('bulk', 'bulk MB/s each way (one connection, echo)', 'MB/s', 's/GB', '(plain TCP to the echo server: loopback ceiling, no TLS)', 'target ≥ 1.2×', 'rate')
+    show('ping', `64 B ping-pong on one connection (${pings} round trips)`, '', 'µs/round trip', '(C client, TLS straight to nginx)', 'target ≤ 1.0×, lower is better', 'p50')
+    console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${(waited / 1000).toFixed(0)} s for quiet)`)
   })
 }

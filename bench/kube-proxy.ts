@@ -1,28 +1,26 @@
 /**
- * Requests per second through memid's kube proxy versus `kubectl proxy`, on the same run,
- * against the same Kubernetes-API test server (mutual TLS, HTTP/2 offered), with the same
- * load generator (wrk). Each party runs in its own process. Prints both rates, the CPU
- * time each proxy (and the API server behind it) spent per request, and the ratio
- * (target: memid ≥ 1.2× kubectl proxy).
+ * memid's kube proxy versus `kubectl proxy` against a native upstream: nginx (one worker,
+ * mutual TLS, HTTP/2 and HTTP/1.1 offered over ALPN as a kube-apiserver does), with wrk as
+ * the load generator, so the proxy under test is what sets the pace. Per test it prints
+ * memid, kubectl proxy, the direct-to-upstream limit (wrk to the same nginx locations over
+ * plain HTTP: wrk cannot present a client certificate), the ratio, p50/p99 and the CPU
+ * each proxy spent per request.
  *
- *   node bench/kube-proxy.ts [--seconds 5] [--connections 16] [--rounds 5] [--quiet-wait 60]
- *                            [--path /api/v1/namespaces/default/pods/p1] [--upstream auto|http/1.1] [--pods 1]
+ *   node bench/kube-proxy.ts [--seconds 5] [--connections 32] [--rounds 3] [--quiet-wait 10]
  *
- * `--pods 3000 --path /api/v1/namespaces/default/pods --connections 4` measures big list
- * responses (~1.5 MB each) instead of small GETs.
- *
- * Rounds alternate which proxy goes first and start once the machine is otherwise idle
- * (waiting up to --quiet-wait seconds); medians are reported, and the ratio is the median
- * of the per-round ratios (each round compares the two under the same background load).
+ * Tests: small GET (a ~1 KB PodList, one response body), and stream (a chunked response
+ * of 32 × 1 KB chunks, each flushed on its own by nginx's echo module, as a watch delivers
+ * events). The fixture-based figure (the Node test API server) stays in
+ * bench/kube-proxy-fixture.ts.
  */
-import { spawn, execFileSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  alternateRounds, benchCa, benchLeaf, benchServiceDeps, cpuSeconds, firstMessage, ForeignLoad, machineLine, median, requireTool,
-  startRole, withBenchDir, type ClientMaterial,
+  benchCa, benchLeaf, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
+  requireTool, startKubectlProxy, startNginx, startRole, waitForQuiet, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -30,140 +28,137 @@ const SELF = fileURLToPath(import.meta.url)
 const { values: args } = parseArgs({
   options: {
     seconds: { type: 'string', default: '5' },
-    connections: { type: 'string', default: '16' },
-    rounds: { type: 'string', default: '5' },
-    'quiet-wait': { type: 'string', default: '60' },
-    path: { type: 'string', default: '/api/v1/namespaces/default/pods/p1' },
-    upstream: { type: 'string', default: 'auto' },
-    pods: { type: 'string', default: '1' },
+    connections: { type: 'string', default: '32' },
+    rounds: { type: 'string', default: '3' },
+    'quiet-wait': { type: 'string', default: '10' },
     role: { type: 'string' },
   },
 })
 
-if (args.role === 'apiserver') await serveApiServer()
-else if (args.role === 'memid') await serveMemid()
-else await main()
+const SMALL_PATH = '/api/v1/namespaces/default/pods/p1'
+const STREAM_PATH = '/api/v1/namespaces/default/pods?watch=true'
 
-/** Child: the test API server, plus two client certificates (one per proxy) sent to the parent. */
-async function serveApiServer(): Promise<void> {
-  const { startKubeApiServer } = await import('../test/fixtures/kube-apiserver.ts')
-  const ca = await benchCa('bench kube-client CA')
-  // Big lists to several clients at once would otherwise hit the Node test server's own session memory cap.
-  const srv = await startKubeApiServer({ clientCaPem: ca.certPem, maxSessionMemoryMb: 256 })
-  for (let i = 1; i <= Number(args.pods); i++) srv.addPod(`p${i}`)
-  // The fixture records every request for the tests; a benchmark would only grow that list.
-  setInterval(() => srv.requests.splice(0), 1000).unref()
-  const issue = async (user: string): Promise<ClientMaterial> => ({
-    ...await benchLeaf(ca, user, 'client', { organizations: ['bench'] }),
-    serverCaPem: srv.caPem, uri: srv.url, host: srv.host, port: srv.port,
-  })
-  process.send?.({ memid: await issue('bench-memid'), kubectl: await issue('bench-kubectl') })
-  process.on('SIGTERM', () => void srv.stop().then(() => process.exit(0)))
-}
+if (args.role === 'memid') await serveMemid()
+else await main()
 
 /** Child: memid's kube proxy with the credential the parent passes over IPC. */
 async function serveMemid(): Promise<void> {
   const { createKubeProxyService } = await import('../src/services/kube-proxy/index.ts')
   const m = await firstMessage<ClientMaterial>()
-  const svc = createKubeProxyService(
-    { listen: '127.0.0.1:0', cluster: 'bench', upstreamProtocol: args.upstream === 'http/1.1' ? 'http/1.1' : 'auto' },
-    benchServiceDeps('kube', 'bench-memid', ['bench'], m),
-  )
+  const svc = createKubeProxyService({ listen: '127.0.0.1:0', cluster: 'bench', upstreamProtocol: 'auto' }, benchServiceDeps('kube', 'bench-memid', ['bench'], m))
   await svc.start()
   process.send?.({ address: svc.address })
   process.on('SIGTERM', () => void svc.stop(100).then(() => process.exit(0)))
 }
 
-/** One wrk run; returns requests per second (non-2xx answers make the run fail). */
-function wrk(url: string, seconds: number, connections: number): number {
-  const out = execFileSync('wrk', ['-t', '1', '-c', String(connections), '-d', `${seconds}s`, '--latency', url], { encoding: 'utf8' })
-  if (/Non-2xx or 3xx responses/.test(out)) throw new Error(`errors during the run against ${url}:\n${out}`)
-  const m = /Requests\/sec:\s+([\d.]+)/.exec(out)
-  if (m === null) throw new Error(`cannot read wrk output:\n${out}`)
-  return Number(m[1])
+/** A ~1 KB PodList, the body of the small GET. */
+function podList(): string {
+  const item = (i: number) => ({ metadata: { name: `p${i}`, namespace: 'default', uid: `00000000-0000-0000-0000-00000000000${i}`, resourceVersion: '1' }, spec: { containers: [{ name: 'c', image: 'busybox' }] } })
+  return JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: '1' }, items: [1, 2, 3, 4, 5].map(item) })
 }
 
-/** `kubectl proxy` on a free port with the given client certificate; resolves to its URL. */
-async function startKubectlProxy(dir: string, k: ClientMaterial) {
-  // kubectl proxy reads its client certificate from a kubeconfig: that file is the peer's
-  // requirement (and this bench's temp dir), not memid's.
-  const b64 = (s: string) => Buffer.from(s).toString('base64')
-  const kubeconfig = path.join(dir, 'kubeconfig')
-  writeFileSync(kubeconfig, [
-    'apiVersion: v1', 'kind: Config', 'current-context: bench',
-    `clusters: [{name: bench, cluster: {server: "${k.uri}", certificate-authority-data: ${b64(k.serverCaPem)}}}]`,
-    `users: [{name: bench, user: {client-certificate-data: ${b64(k.certPem)}, client-key-data: ${b64(k.keyPem)}}}]`,
-    'contexts: [{name: bench, context: {cluster: bench, user: bench}}]', '',
-  ].join('\n'), { mode: 0o600 })
-  const child = spawn('kubectl', ['proxy', '--port=0', '--kubeconfig', kubeconfig], { env: { PATH: process.env.PATH, HOME: dir }, stdio: ['ignore', 'pipe', 'ignore'] })
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = ''
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-      const m = /Starting to serve on ([\d.:[\]]+)/.exec(out)
-      if (m) resolve(`http://${m[1]}`)
-    })
-    child.once('exit', (code) => reject(new Error(`kubectl proxy exited (${code}): ${out}`)))
-  })
-  return { child, url }
+/** The nginx locations both the mTLS and the plain listener serve. */
+function locations(dir: string): string {
+  writeFileSync(path.join(dir, 'podlist.json'), podList())
+  // 1023 characters and echo's newline: one 1 KB watch event per chunk.
+  const event = `{"type":"MODIFIED","object":{"kind":"Pod","metadata":{"name":"p1","pad":"${'x'.repeat(1023 - 63)}"}}}`
+  return [
+    `    location = ${SMALL_PATH} { default_type application/json; alias ${path.join(dir, 'podlist.json')}; }`,
+    `    location = /api/v1/namespaces/default/pods { default_type application/json; ${`echo '${event}'; echo_flush; `.repeat(32)}}`,
+  ].join('\n')
 }
 
 async function main(): Promise<void> {
-  requireTool('wrk', 'apt-get install -y wrk')
+  ensurePackages([
+    ...NGINX_PACKAGES,
+    { cmd: 'wrk', pkg: 'wrk' },
+  ])
   requireTool('kubectl', 'install kubectl >= 1.30 into /usr/bin/kubectl', ['version', '--client'])
   const seconds = Number(args.seconds)
   const connections = Number(args.connections)
   const rounds = Number(args.rounds)
   const quietWaitMs = Number(args['quiet-wait']) * 1000
+  const serverCa = await benchCa('bench server CA')
+  const clientCa = await benchCa('bench kube-client CA')
+  const server = await benchLeaf(serverCa, 'localhost', 'server', { ipAddresses: ['127.0.0.1'] })
 
   await withBenchDir('memid-bench-kube-', async (dir, own) => {
-    const api = startRole(SELF, 'apiserver', ['--pods', String(args.pods)])
-    own(api.child)
-    const material = (await api.next()) as unknown as { memid: ClientMaterial; kubectl: ClientMaterial }
-
-    const memid = startRole(SELF, 'memid', ['--upstream', String(args.upstream)])
-    own(memid.child)
-    memid.child.send(material.memid)
-    const memidUrl = `http://${String((await memid.next()).address)}${args.path}`
-    const kp = await startKubectlProxy(dir, material.kubectl)
-    own(kp.child)
-    const kubectlUrl = `${kp.url}${args.path}`
-
-    // Warm both (TLS handshakes, h2 sessions, JIT) before measuring.
-    wrk(memidUrl, 1, connections)
-    wrk(kubectlUrl, 1, connections)
-    const parties = {
-      memid: { url: memidUrl, pid: memid.child.pid, rates: [] as number[], usPerReq: [] as number[], apiUsPerReq: [] as number[] },
-      kubectl: { url: kubectlUrl, pid: kp.child.pid, rates: [] as number[], usPerReq: [] as number[], apiUsPerReq: [] as number[] },
-    }
-    const run = (who: 'memid' | 'kubectl') => {
-      const p = parties[who]
-      const p0 = cpuSeconds(p.pid)
-      const a0 = cpuSeconds(api.child.pid)
-      const rate = wrk(p.url, seconds, connections)
-      p.rates.push(rate)
-      p.usPerReq.push(((cpuSeconds(p.pid) - p0) / (rate * seconds)) * 1e6)
-      p.apiUsPerReq.push(((cpuSeconds(api.child.pid) - a0) / (rate * seconds)) * 1e6)
-    }
-    const foreign = new ForeignLoad(() => [api.child.pid, memid.child.pid, kp.child.pid])
-    const ratios = { rate: [] as number[], cpu: [] as number[] }
-    const waited = await alternateRounds({
-      rounds, quietWaitMs, parties: ['memid', 'kubectl'], foreign, measure: run,
-      measured() {
-        ratios.rate.push((parties.memid.rates.at(-1) as number) / (parties.kubectl.rates.at(-1) as number))
-        ratios.cpu.push((parties.memid.usPerReq.at(-1) as number) / (parties.kubectl.usPerReq.at(-1) as number))
-      },
+    const f = writePem(dir, { 'server.crt': server.certPem, 'server.key': server.keyPem, 'client-ca.pem': clientCa.certPem })
+    const tlsPort = await freePort()
+    const plainPort = await freePort()
+    const nginx = own(await startNginx(dir, 'nginx-kube', [
+      'http {', '  access_log off;', `  client_body_temp_path ${dir};`, '  keepalive_requests 1000000;', '  tcp_nodelay on;',
+      '  server {', `    listen 127.0.0.1:${tlsPort} ssl http2;`,
+      `    ssl_certificate ${f['server.crt']};`, `    ssl_certificate_key ${f['server.key']};`,
+      `    ssl_client_certificate ${f['client-ca.pem']};`, '    ssl_verify_client on;', '    ssl_protocols TLSv1.2 TLSv1.3;',
+      '    http2_max_requests 1000000;', locations(dir), '  }',
+      '  server {', `    listen 127.0.0.1:${plainPort};`, locations(dir), '  }', '}',
+    ].join('\n'), tlsPort))
+    const uri = `https://127.0.0.1:${tlsPort}`
+    const material = async (user: string): Promise<ClientMaterial> => ({
+      ...await benchLeaf(clientCa, user, 'client', { organizations: ['bench'] }), serverCaPem: serverCa.certPem, uri, host: '127.0.0.1', port: tlsPort,
     })
-    const list = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ')
-    const line = (who: 'memid' | 'kubectl') => {
-      const p = parties[who]
-      return `${(who === 'memid' ? 'memid kube proxy' : 'kubectl proxy').padEnd(16)} ${median(p.rates).toFixed(0)} req/s (${list(p.rates)})   ` +
-        `CPU ${median(p.usPerReq).toFixed(0)} µs/request (${list(p.usPerReq)}), API server behind it ${median(p.apiUsPerReq).toFixed(0)} µs/request`
+
+    const memid = startRole(SELF, 'memid')
+    own(memid.child)
+    memid.child.send(await material('bench-memid'))
+    const memidBase = `http://${String((await memid.next()).address)}`
+    const kp = await startKubectlProxy(dir, await material('bench-kubectl'))
+    own(kp.child)
+
+    type Party = 'memid' | 'kubectl' | 'direct'
+    const base: Record<Party, string> = { memid: memidBase, kubectl: kp.url, direct: `http://127.0.0.1:${plainPort}` }
+    const pid: Record<Party, number | undefined> = { memid: memid.child.pid, kubectl: kp.child.pid, direct: nginx.pid }
+    interface Sample { rate: number; p50: number; p99: number; cpu: number }
+    const tests = { small: SMALL_PATH, stream: STREAM_PATH }
+    const samples: Record<keyof typeof tests, Record<Party, Sample[]>> = {
+      small: { memid: [], kubectl: [], direct: [] }, stream: { memid: [], kubectl: [], direct: [] },
     }
-    console.log(`${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds, memid upstream ${args.upstream}`)
-    console.log(line('memid'))
-    console.log(line('kubectl'))
-    console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)
-    console.log(`ratio memid/kubectl (median of rounds): ${median(ratios.rate).toFixed(2)}× req/s (target ≥ 1.2×); CPU per request ${median(ratios.cpu).toFixed(2)}× (lower is better)`)
+    const measure = (test: keyof typeof tests, who: Party, secs = seconds): Sample => {
+      const c0 = cpuSeconds(pid[who])
+      const out = wrk(`${base[who]}${tests[test]}`, secs, connections)
+      return { ...out, cpu: ((cpuSeconds(pid[who]) - c0) / (out.rate * secs)) * 1e6 }
+    }
+    // Warm up: TLS handshakes, HTTP/2 sessions, JIT.
+    for (const who of ['memid', 'kubectl', 'direct'] as const) for (const test of ['small', 'stream'] as const) measure(test, who, 1)
+
+    const foreign = new ForeignLoad(() => [memid.child.pid, kp.child.pid, nginx.pid])
+    let waited = 0
+    for (let r = 0; r < rounds; r++) {
+      const t0 = Date.now()
+      await waitForQuiet(quietWaitMs)
+      waited += Date.now() - t0
+      foreign.begin()
+      const order: Party[] = r % 2 === 0 ? ['memid', 'kubectl', 'direct'] : ['kubectl', 'memid', 'direct']
+      for (const test of ['small', 'stream'] as const) for (const who of order) samples[test][who].push(measure(test, who))
+      foreign.end()
+    }
+
+    console.log(`${machineLine()}; nginx ${nginxVersion()} (mTLS, h2 + http/1.1 offered); wrk -t1 -c${connections} -d${seconds}s × ${rounds} rounds, medians (per-round values in brackets)`)
+    const titles = { small: `small GET ${SMALL_PATH} (~1 KB PodList)`, stream: `stream ${STREAM_PATH} (32 × 1 KB chunks per response)` }
+    for (const test of ['small', 'stream'] as const) {
+      console.log(`\n${titles[test]}`)
+      const med: Partial<Record<Party, Sample>> = {}
+      for (const who of ['memid', 'kubectl', 'direct'] as const) {
+        const xs = samples[test][who]
+        const m = { rate: median(xs.map((x) => x.rate)), p50: median(xs.map((x) => x.p50)), p99: median(xs.map((x) => x.p99)), cpu: median(xs.map((x) => x.cpu)) }
+        med[who] = m
+        const cpu = who === 'direct' ? '   (wrk straight to nginx over plain HTTP: the upstream limit)' : `  CPU ${m.cpu.toFixed(0)} µs/request`
+        console.log(`  ${who.padEnd(8)} ${m.rate.toFixed(0)} req/s (${xs.map((x) => x.rate.toFixed(0)).join(', ')})  p50 ${m.p50.toFixed(2)} ms p99 ${m.p99.toFixed(2)} ms${cpu}`)
+      }
+      const a = med.memid as Sample
+      const b = med.kubectl as Sample
+      console.log(`  ratio memid/kubectl ${(a.rate / b.rate).toFixed(2)}× req/s (target ${test === 'small' ? '≥ 1.2×' : '≥ 1.0×'}), p99 ${(a.p99 / b.p99).toFixed(2)}× (target ≤ 1.0×), CPU per request ${(a.cpu / b.cpu).toFixed(2)}×`)
+    }
+    console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${(waited / 1000).toFixed(0)} s for quiet)`)
   })
+}
+
+/** One wrk run: requests per second and latency percentiles (non-2xx answers make the run fail). */
+function wrk(url: string, seconds: number, connections: number): { rate: number; p50: number; p99: number } {
+  const out = execFileSync('wrk', ['-t', '1', '-c', String(connections), '-d', `${seconds}s`, '--latency', url], { encoding: 'utf8' })
+  if (/Non-2xx or 3xx responses/.test(out)) throw new Error(`errors during the run against ${url}:\n${out}`)
+  const m = /Requests\/sec:\s+([\d.]+)/.exec(out)
+  if (m === null) throw new Error(`cannot read wrk output:\n${out}`)
+  return { rate: Number(m[1]), ...wrkLatencies(out) }
 }

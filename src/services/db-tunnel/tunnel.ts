@@ -1,6 +1,7 @@
 import net from 'node:net'
 import type tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
+import { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { describeError, hasCode } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
 import { closeServer, ConnectionTracker, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
@@ -41,6 +42,10 @@ export class DbTunnelService implements Service, TunnelStats {
   /** Connections holding (or dialing) an upstream session; what max_connections limits. */
   #sessions = 0
   #lastUpstreamError: string | undefined
+  /** The upstream TLS session new connections resume (stunnel does the same); dropped on renewal. */
+  readonly #tlsSessions = new UpstreamSessions()
+  readonly #resume = { sessions: this.#tlsSessions, current: () => this.#deps.credentials.peek() }
+  readonly #onRenewed = () => this.#tlsSessions.drop()
 
   constructor(cfg: ResolvedDbTunnelConfig, deps: ServiceDeps<TlsClientCredential>) {
     this.#cfg = cfg
@@ -68,6 +73,7 @@ export class DbTunnelService implements Service, TunnelStats {
     server.on('error', (err) => this.#log.error({ err: describeError(err) }, 'database tunnel listener error'))
     this.#bound = await listen(server, this.#cfg.address)
     this.#server = server
+    this.#deps.credentials.on('renewed', this.#onRenewed)
     this.#life.listening()
     this.#metrics.add(this)
     this.#log.info({ listen: this.address, protocol: this.#cfg.protocol, user: this.#cfg.username }, 'database tunnel listening')
@@ -80,6 +86,8 @@ export class DbTunnelService implements Service, TunnelStats {
     const closed = this.#server ? closeServer(this.#server) : Promise.resolve()
     await this.#tracker.drain(deadlineMs)
     await closed
+    this.#deps.credentials.off('renewed', this.#onRenewed)
+    this.#tlsSessions.drop()
     if (this.#bound) removeSocketFile(this.#bound)
     this.#metrics.remove(this)
     this.#life.stopped()
@@ -252,7 +260,7 @@ export class DbTunnelService implements Service, TunnelStats {
     const where = `${credential.upstream.host}:${credential.upstream.port}`
     let upstream: tls.TLSSocket | undefined
     try {
-      upstream = await dialUpstream({ credential, protocol: this.#cfg.protocol, signal })
+      upstream = await dialUpstream({ credential, protocol: this.#cfg.protocol, signal, resume: this.#resume })
       if (startup !== undefined) {
         upstream.write(startup)
         const first = await firstChunk(upstream, signal, where, `the database server at ${where} closed the connection before answering the startup message`)
@@ -332,7 +340,7 @@ export class DbTunnelService implements Service, TunnelStats {
     let upstream: tls.TLSSocket | undefined
     try {
       const signal = AbortSignal.timeout(this.#cfg.connectTimeoutMs)
-      upstream = await dialUpstream({ credential, protocol: 'postgres', signal })
+      upstream = await dialUpstream({ credential, protocol: 'postgres', signal, resume: this.#resume })
       upstream.on('error', () => undefined)
       upstream.end(packet)
       upstream.setTimeout(LINGER_MS, () => upstream?.destroy())

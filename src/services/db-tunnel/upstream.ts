@@ -1,6 +1,7 @@
 import net from 'node:net'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
+import type { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { SSL_REQUEST, SqlState, TunnelRefusal } from './postgres.ts'
 import { RELAY_HIGH_WATER_MARK } from './relay.ts'
 
@@ -10,6 +11,11 @@ export interface DialOptions {
   protocol: 'postgres' | 'tls'
   /** Covers TCP connect, negotiation and the TLS handshake. */
   signal: AbortSignal
+  /**
+   * TLS sessions to resume and to keep, with the credential in force now: a session is
+   * kept only when the credential it was made with is still the current one.
+   */
+  resume?: { sessions: UpstreamSessions; current(): TlsClientCredential | undefined }
 }
 
 /**
@@ -44,8 +50,12 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
       rejectUnauthorized: true,
       highWaterMark: RELAY_HIGH_WATER_MARK,
     }
+    const resume = opts.resume
+    const session = resume?.sessions.get(opts.credential, where)
+    if (session !== undefined) options.session = session
     secure = tls.connect(options)
     secure.on('error', ignore)
+    if (resume !== undefined) secure.on('session', (s: Buffer) => resume.sessions.remember(opts.credential, where, s, resume.current()))
     await step(secure, 'secureConnect', opts.signal, where)
     return secure
   } catch (err) {

@@ -5,6 +5,7 @@ import net, { type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
+import { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { MemidError } from '../../core/errors.ts'
 import { authority, downstreamResponseHeaders, upstreamHttp2Headers, upstreamRequestHeaders } from './headers.ts'
 
@@ -45,18 +46,19 @@ const H2_CONNECTION_WINDOW = 16 * 1024 * 1024
 /** Node refuses new streams once a session holds this much; above the connection window. */
 const H2_SESSION_MEMORY_MB = 32
 
-/** Body chunks at least this big mean a bulk transfer (a big list), worth batching. */
-const BULK_CHUNK = 8 * 1024
-
 /**
  * Copies an upstream body to the client as it arrives, with backpressure. A lighter
  * stand-in for `pipe()`, whose per-call bookkeeping showed up in the proxy's profile.
  * Returns a function that detaches it from `src` (see {@link Call.release}).
  *
- * HTTP/2 DATA frames straddle TLS records, so a big body arrives in two pieces per 16 KiB
- * and, written one by one, became two write(2)s to kubectl per 16 KiB. Once bulk chunks
- * flow the response is corked until the event loop has handled this round of upstream
- * reads, so each round goes out as one writev(2). Small bodies are written at once.
+ * Every DATA frame used to become its own write(2) to the client (with chunked encoding,
+ * a writev of size line, data and CRLF): a big body arrives in two pieces per 16 KiB, and
+ * a watch or chunked stream in one piece per event. In the native-upstream bench (nginx
+ * sending 32 × 1 KB chunks per response) writev was the largest single item of the
+ * proxy's profile, about a quarter of its busy time. So the first chunk of a round of
+ * upstream reads corks the socket until the event loop has handled that round
+ * (setImmediate runs right after the I/O phase), and whatever DATA frames were ready
+ * then go out as one writev(2).
  */
 function relay(src: Readable, dst: ServerResponse): () => void {
   // The socket itself, not the response: a finished response lets go of its socket, and
@@ -68,7 +70,7 @@ function relay(src: Readable, dst: ServerResponse): () => void {
   }
   const resume = () => src.resume()
   const onData = (chunk: Buffer) => {
-    if (corked === undefined && chunk.length >= BULK_CHUNK && dst.socket !== null) {
+    if (corked === undefined && dst.socket !== null) {
       corked = dst.socket
       corked.cork()
       setImmediate(uncork)
@@ -149,6 +151,8 @@ export class UpstreamConnections {
   readonly #established = new WeakSet<tls.TLSSocket>()
 
   readonly #connectTimeoutMs: number
+  /** The TLS session upgrade connections resume; kept only while this set is not retired. */
+  readonly #tlsSessions = new UpstreamSessions()
 
   constructor(credential: TlsClientCredential, opts: { protocol: UpstreamProtocol; connectTimeoutMs?: number; onClosed?: () => void }) {
     this.credential = credential
@@ -206,7 +210,10 @@ export class UpstreamConnections {
    * connections become raw byte pipes, so they never share a pooled connection.
    */
   connectTunnel(): tls.TLSSocket {
-    const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'] })
+    const session = this.#tlsSessions.get(this.credential, this.#authority)
+    const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'], ...(session !== undefined ? { session } : {}) })
+    // A set retired by a renewal keeps no session: the renewed certificate must do a full handshake.
+    socket.on('session', (s: Buffer) => this.#tlsSessions.remember(this.credential, this.#authority, s, this.#retired ? undefined : this.credential))
     armConnectTimeout(socket, this.#connectTimeoutMs, (err) => socket.destroy(err))
     return socket
   }
@@ -215,6 +222,7 @@ export class UpstreamConnections {
   retire(): void {
     if (this.#retired) return
     this.#retired = true
+    this.#tlsSessions.drop()
     // Keep-alive sockets returned after this point are closed instead of pooled.
     this.#agent.on('free', (socket: net.Socket) => socket.destroy())
     for (const list of Object.values(this.#agent.freeSockets)) for (const s of list ?? []) s.destroy()
@@ -233,6 +241,7 @@ export class UpstreamConnections {
     if (this.#closed) return
     this.#closed = true
     this.#agent.destroy()
+    this.#tlsSessions.drop()
     this.#h2?.destroy()
     this.#onClosed()
   }
