@@ -39,6 +39,16 @@ export function migrations(d: Dialect): string[] {
    CREATE TABLE audit_events (id ${d.autoId}, time TEXT NOT NULL, type TEXT NOT NULL, success INTEGER NOT NULL,
      code TEXT, message TEXT, bot TEXT, instance TEXT, remote_addr TEXT, fields TEXT NOT NULL);
    CREATE INDEX audit_events_time ON audit_events (time);`,
+    // fleet: one lock per (target, cause); indexes for the per-request lock check and for
+    // newest-first keyset paging of the admin listings.
+    `ALTER TABLE locks ADD COLUMN cause TEXT;
+   CREATE UNIQUE INDEX locks_target_cause ON locks ((COALESCE(bot, '')), (COALESCE(instance, '')), cause) WHERE cause IS NOT NULL;
+   CREATE INDEX locks_bot ON locks (bot);
+   CREATE INDEX locks_instance ON locks (instance);
+   CREATE INDEX bot_instances_created ON bot_instances (created_at, id);
+   CREATE INDEX bot_instances_bot_created ON bot_instances (bot, created_at, id);
+   CREATE INDEX bots_created ON bots (created_at, name);
+   CREATE INDEX join_tokens_created ON join_tokens (created_at, name);`,
   ]
 }
 

@@ -3,11 +3,12 @@ import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceFromRow, resourceLabel, roleFromRow,
   roleSpec, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, JoinToken, Lock, NewAuditEvent, Page, PageRequest, Resource, ResourceKind, Role, Store,
+  StoredCa,
 } from './store.ts'
 
 const MIGRATIONS = migrations(POSTGRES)
@@ -279,9 +280,16 @@ export class PostgresStore implements Store {
     })
   }
 
-  async createLock(lock: Lock): Promise<void> {
-    await this.#insert(`lock "${lock.id}"`, 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)',
-      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+  async createLock(lock: Lock): Promise<boolean> {
+    // With a cause, the unique (target, cause) index turns a second copy into a no-op,
+    // also when two servers insert at once (the later one waits, then does nothing).
+    const sql = `INSERT INTO locks (id, bot, instance, reason, created_at, cause) VALUES ($1, $2, $3, $4, $5, $6)${lock.cause !== undefined ? ' ON CONFLICT DO NOTHING' : ''}`
+    try {
+      return (await this.#run(sql, lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt, lock.cause ?? null)) > 0
+    } catch (err) {
+      if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `lock "${lock.id}" already exists`)
+      throw err
+    }
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -312,6 +320,35 @@ export class PostgresStore implements Store {
 
   async deleteResource(kind: ResourceKind, name: string): Promise<boolean> {
     return (await this.#run('DELETE FROM resources WHERE kind = $1 AND name = $2', kind, name)) > 0
+  }
+
+  async pageBots(req: PageRequest): Promise<Page<Bot>> {
+    const { sql, args } = pageQuery('bots', req, (n) => `$${n}`)
+    return pageFromRows('bots', await this.#all(sql, ...args), req.limit, botFromRow)
+  }
+
+  async pageTokens(req: PageRequest): Promise<Page<JoinToken>> {
+    const { sql, args } = pageQuery('join_tokens', req, (n) => `$${n}`)
+    return pageFromRows('join_tokens', await this.#all(sql, ...args), req.limit, tokenFromRow)
+  }
+
+  async pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
+    const { sql, args } = pageQuery('bot_instances', req, (n) => `$${n}`)
+    return pageFromRows('bot_instances', await this.#all(sql, ...args), req.limit, instanceFromRow)
+  }
+
+  async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {
+    const { sql, args } = auditPageQuery(req, (n) => `$${n}`)
+    return auditPageFromRows(await this.#all(sql, ...args), req.limit)
+  }
+
+  async deleteInstanceIfUnchanged(i: BotInstance): Promise<boolean> {
+    return (await this.#run('DELETE FROM bot_instances WHERE id = $1 AND generation = $2 AND pending_generation IS NOT DISTINCT FROM $3 AND data = $4',
+      i.id, i.generation, i.pendingGeneration, instanceData(i))) > 0
+  }
+
+  async pruneAudit(before: string, limit: number): Promise<number> {
+    return this.#run('DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE time < $1 ORDER BY time LIMIT $2)', before, Math.max(1, Math.trunc(limit)))
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {

@@ -9,6 +9,7 @@ import { PostgresStore } from '../../src/storage/postgres.ts'
 import { openStore } from '../../src/storage/open.ts'
 import { MemidError } from '../../src/core/errors.ts'
 import type { Store } from '../../src/storage/store.ts'
+import { POSTGRES, migrations } from '../../src/storage/migrations.ts'
 import { acceptUnused, instance, role, storeContract, token } from '../helpers/store-contract.ts'
 
 // Characters that must be percent-encoded in a URL, so both spellings are checked for leaks.
@@ -124,7 +125,7 @@ describe('PostgresStore connection', () => {
     const name = db.slice(db.lastIndexOf('/') + 1)
     const stores = await Promise.all(Array.from({ length: 4 }, () => PostgresStore.open(db, { max: 2 })))
     opened.push(...stores)
-    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), '1\n')
+    assert.equal(await server.sql('SELECT string_agg(version::text, \',\' ORDER BY version) FROM schema_migrations', name), `${migrations(POSTGRES).map((_, i) => i + 1).join(',')}\n`)
     const types = await server.sql(`SELECT column_name || ':' || data_type || ':' || is_identity FROM information_schema.columns
       WHERE (table_name, column_name) IN (('audit_events', 'id'), ('cas', 'private_key'), ('bots', 'max_ttl_ms')) ORDER BY column_name`, name)
     assert.deepEqual(types.trim().split('\n'), ['id:bigint:YES', 'max_ttl_ms:bigint:NO', 'private_key:bytea:NO'])
@@ -204,7 +205,7 @@ describe('memid auth start --storage postgres://… (end to end)', () => {
     assert.match(exported.stdout, /^ssh-ed25519 /, `export asks the running server: ${exported.stderr}`)
     const joins = await a.cli(['audit', '--type', 'join', '--format', 'json'])
     assert.equal(joins.code, 0, joins.stderr)
-    assert.equal((JSON.parse(joins.stdout) as unknown[]).length, 1)
+    assert.equal((JSON.parse(joins.stdout).items as unknown[]).length, 1)
   })
 
   it('an unreachable store: exit 1, one line naming host:port, no password', async () => {
