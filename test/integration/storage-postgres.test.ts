@@ -192,14 +192,14 @@ describe('memid auth start --storage postgres://… (end to end)', () => {
     } finally {
       assert.equal(await agent.stop(), 0)
     }
-    const inA = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout) as unknown[]
+    const inA = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout).items as unknown[]
     assert.equal(inA.length, 1, 'the instance created through b is seen by a')
 
     await a.restart()
     assert.equal(a.caPin, b.caPin, 'restart keeps the CAs')
     const bots = await a.cli(['bots', 'ls', '--format', 'json'])
     assert.deepEqual((JSON.parse(bots.stdout) as { name: string }[]).map((x) => x.name), ['pgbot'])
-    const again = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout) as unknown[]
+    const again = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout).items as unknown[]
     assert.equal(again.length, 1)
     const exported = await a.cli(['auth', 'export', '--kind', 'ssh-user'])
     assert.match(exported.stdout, /^ssh-ed25519 /, `export asks the running server: ${exported.stderr}`)
