@@ -198,7 +198,7 @@ describe('memid auth start --storage postgres://… (end to end)', () => {
     await a.restart()
     assert.equal(a.caPin, b.caPin, 'restart keeps the CAs')
     const bots = await a.cli(['bots', 'ls', '--format', 'json'])
-    assert.deepEqual((JSON.parse(bots.stdout) as { name: string }[]).map((x) => x.name), ['pgbot'])
+    assert.deepEqual((JSON.parse(bots.stdout).items as { name: string }[]).map((x) => x.name), ['pgbot'])
     const again = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout).items as unknown[]
     assert.equal(again.length, 1)
     const exported = await a.cli(['auth', 'export', '--kind', 'ssh-user'])
