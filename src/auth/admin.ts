@@ -4,7 +4,10 @@ import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import { durationSchema, nameSchema, parseWith, principalSchema } from '../core/validate.ts'
 import type { Clock } from '../core/clock.ts'
-import { CA_KINDS, PLATFORM_JOIN_METHODS, RESOURCE_CA_KIND, type JoinMethod, type PlatformJoinMethod, type AuditEvent, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store } from '../storage/store.ts'
+import {
+  CA_KINDS, MAX_PAGE, PLATFORM_JOIN_METHODS, RESOURCE_CA_KIND, type JoinMethod, type PlatformJoinMethod, type AuditEvent, type Page, type PageRequest, type Bot,
+  type BotInstance, type CaKind, type JoinToken, type Lock, type NewAuditEvent, type Resource, type ResourceKind, type Role, type Store,
+} from '../storage/store.ts'
 import { generateToken } from './tokens.ts'
 import { platformSpec } from './join/platform.ts'
 import { signHostCertificate } from './sign-host.ts'
@@ -64,11 +67,21 @@ const signHostInput = z.strictObject({
   ttl: durationSchema,
 })
 
+/** The default page of an admin listing; `--limit` asks for another (up to MAX_PAGE). */
+export const DEFAULT_PAGE = 100
+
+const pageFields = {
+  limit: z.coerce.number().int().min(1).max(MAX_PAGE).default(DEFAULT_PAGE),
+  after: z.string().min(1).max(1024).optional(),
+}
+const pageInput = z.strictObject(pageFields)
+const instancePageInput = z.strictObject({ ...pageFields, bot: nameSchema.optional() })
+
 const auditInput = z.strictObject({
   since: durationSchema.optional(),
   type: z.string().max(64).optional(),
   bot: nameSchema.optional(),
-  limit: z.number().int().min(1).max(10000).optional(),
+  ...pageFields,
 })
 
 /** A join token as shown to admins: the secret only once, at creation. */
@@ -155,8 +168,14 @@ export class AdminService {
     return { bot, token }
   }
 
-  listBots(): Promise<Bot[]> {
-    return this.#store.listBots()
+  /** Parses a listing's `limit` and `after` (query string or body); bad ones are ERR_BAD_REQUEST naming the field. */
+  pageRequest(input: unknown): PageRequest {
+    const q = parseWith(pageInput, input)
+    return q.after === undefined ? { limit: q.limit } : { limit: q.limit, after: q.after }
+  }
+
+  pageBots(req: PageRequest): Promise<Page<Bot>> {
+    return this.#store.pageBots(req)
   }
 
   /** Deletes the bot and ends its instances, in one transaction: their identities are refused from then on. */
@@ -198,8 +217,9 @@ export class AdminService {
     return { name, bot: input.bot, joinMethod: input.joinMethod, ...(token.expiresAt ? { expiresAt: token.expiresAt } : {}) }
   }
 
-  async listTokens(): Promise<PublicToken[]> {
-    return (await this.#store.listTokens()).map(({ secretHash: _s, ...rest }) => rest)
+  async pageTokens(req: PageRequest): Promise<Page<PublicToken>> {
+    const page = await this.#store.pageTokens(req)
+    return { ...page, items: page.items.map(({ secretHash: _s, ...rest }) => rest) }
   }
 
   async removeToken(name: string): Promise<void> {
@@ -252,8 +272,14 @@ export class AdminService {
     await this.#changed(`${kind}.deleted`, { name, keepCa })
   }
 
-  listInstances(bot?: string): Promise<BotInstance[]> {
-    return this.#store.listInstances(bot)
+  /** Parses an instance listing's query: `limit`, `after`, `bot`. */
+  instancePageRequest(input: unknown): PageRequest & { bot?: string } {
+    const { bot, ...page } = parseWith(instancePageInput, input)
+    return { ...this.pageRequest(page), ...(bot !== undefined ? { bot } : {}) }
+  }
+
+  pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
+    return this.#store.pageInstances(req)
   }
 
   async getInstance(bot: string, id: string): Promise<BotInstance> {
@@ -314,14 +340,19 @@ export class AdminService {
     return { certificate: certificate.endsWith('\n') ? certificate : `${certificate}\n` }
   }
 
-  async audit(body: unknown): Promise<AuditEvent[]> {
+  /** Parses an audit query: filters plus `limit` and `after`. */
+  auditRequest(body: unknown): PageRequest & { since?: string; type?: string; bot?: string } {
     const q = parseWith(auditInput, body)
     const since = q.since !== undefined ? new Date(this.#clock.now() - (parseDuration(q.since) as number)).toISOString() : undefined
-    return this.#store.queryAudit({
+    return {
+      ...this.pageRequest({ limit: q.limit, ...(q.after !== undefined ? { after: q.after } : {}) }),
       ...(since !== undefined ? { since } : {}),
       ...(q.type !== undefined ? { type: q.type } : {}),
       ...(q.bot !== undefined ? { bot: q.bot } : {}),
-      ...(q.limit !== undefined ? { limit: q.limit } : {}),
-    })
+    }
+  }
+
+  pageAudit(req: PageRequest & { since?: string; type?: string; bot?: string }): Promise<Page<AuditEvent>> {
+    return this.#store.pageAudit(req)
   }
 }

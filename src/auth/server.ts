@@ -19,6 +19,7 @@ import { AuthService } from './auth-service.ts'
 import { caPin, loadOrCreateCas, type CaSet } from './cas.ts'
 import { agentApiRouter } from './http-api.ts'
 import { RateLimiter } from './rate-limit.ts'
+import { Retention } from './retention.ts'
 
 const SERVER_CERT_TTL_MS = 365 * 24 * 3600 * 1000
 
@@ -32,6 +33,8 @@ export interface AuthServerOptions {
   clock?: Clock
   /** Join attempts per second per client address (burst is twice this). */
   joinRate?: number
+  /** `instance_ttl` and `audit_retention` (defaults 7 and 90 days); false: no background sweep. */
+  retention?: { instanceTtlMs?: number; auditRetentionMs?: number; intervalMs?: number } | false
 }
 
 export interface AuthServer {
@@ -92,12 +95,17 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
     adminAddr = await listen(adminServer, parseListenAddress(opts.adminSocket))
   }
 
+  const retention = opts.retention === false
+    ? undefined
+    : new Retention({ store: opts.store, clock, logger: log, audit: (ev) => auth.audit(ev), ...opts.retention })
+  retention?.start()
+
   let stopping: Promise<void> | undefined
   return {
     address, caPin: caPin(cas), cas, auth, admin,
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
-        await Promise.all([drainHttp(server, deadlineMs), adminServer ? drainHttp(adminServer, deadlineMs) : undefined])
+        await Promise.all([drainHttp(server, deadlineMs), adminServer ? drainHttp(adminServer, deadlineMs) : undefined, retention?.stop()])
         if (adminAddr) removeSocketFile(adminAddr)
         await opts.store.close()
       })()

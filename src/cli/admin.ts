@@ -5,7 +5,7 @@ import YAML from 'yaml'
 import { MemidError } from '../core/errors.ts'
 import { formatDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
-import type { AuditEvent, Bot, BotInstance, Lock, Resource, Role } from '../storage/store.ts'
+import type { AuditEvent, Bot, BotInstance, Lock, Page, Resource, Role } from '../storage/store.ts'
 import type { AddedResource, CreatedPlatformToken, CreatedToken, PublicToken } from '../auth/admin.ts'
 import { emit, list, parseFormat, table, type Format } from './output.ts'
 import { socketRequest } from './socket-client.ts'
@@ -43,6 +43,51 @@ function lsCommand<T>(group: Command, what: string, apiPath: string, headers: st
     const f = parseFormat(o.format)
     const rows = await adminCall<T[]>(o, 'GET', apiPath)
     emit(f, rows, () => table(headers, rows.map(row)))
+  })
+}
+
+interface Paging {
+  limit?: string
+  after?: string
+}
+
+/** Text shows the newest 100 by default; JSON and YAML, meant for scripts, 1000. */
+const TEXT_PAGE = 100
+const DATA_PAGE = 1000
+
+/** Adds `--limit` and `--after` to a listing. */
+function paged(cmd: Command): Command {
+  return cmd
+    .option('--limit <n>', `how many, newest first (default ${TEXT_PAGE} as text, ${DATA_PAGE} as json/yaml; at most 10000)`)
+    .option('--after <cursor>', 'continue after this cursor (the "next" of the page before)')
+}
+
+function pageParams(o: Paging, f: Format): { limit: number; after?: string } {
+  const limit = o.limit === undefined ? (f === 'text' ? TEXT_PAGE : DATA_PAGE) : Number(o.limit)
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 10_000) throw new MemidError('ERR_USAGE', '--limit: must be an integer from 1 to 10000')
+  return o.after === undefined ? { limit } : { limit, after: o.after }
+}
+
+function pageQuery(p: { limit: number; after?: string }): URLSearchParams {
+  const q = new URLSearchParams({ limit: String(p.limit) })
+  if (p.after !== undefined) q.set('after', p.after)
+  return q
+}
+
+/** Prints a page: JSON/YAML as `{ items, next }`, text as a table with a hint on stderr when more remain. */
+function emitPage<T>(f: Format, page: Page<T>, command: string, text: (items: T[]) => string): void {
+  emit(f, page, () => text(page.items))
+  if (f === 'text' && page.next !== undefined) {
+    process.stderr.write(`(the newest ${page.items.length} shown; more: ${command} --after ${page.next})\n`)
+  }
+}
+
+/** `GROUP ls` for a table that pages: GET one page of the collection. */
+function pagedLsCommand<T>(group: Command, what: string, apiPath: string, headers: string[], row: (item: T) => (string | number | undefined)[]): void {
+  paged(common(group.command('ls').description(`list ${what}, newest first`))).action(async (o: Common & Paging) => {
+    const f = parseFormat(o.format)
+    const page = await adminCall<Page<T>>(o, 'GET', `${apiPath}?${pageQuery(pageParams(o, f))}`)
+    emitPage(f, page, `memid ${group.name()} ls`, (items) => table(headers, items.map(row)))
   })
 }
 
@@ -87,7 +132,7 @@ export function registerAdminCommands(program: Command): void {
         `bot "${out.bot.name}" created with roles ${out.bot.roles.join(', ')} (max TTL ${formatDuration(out.bot.maxTtlMs)})\n` +
         `join token ${out.token.name}, single use, expires ${out.token.expiresAt}:\n${out.token.token}\n`)
     })
-  lsCommand<Bot>(bots, 'bots', '/v1/bots', ['Name', 'Roles', 'Max TTL', 'Created'], (b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])
+  pagedLsCommand<Bot>(bots, 'bots', '/v1/bots', ['Name', 'Roles', 'Max TTL', 'Created'], (b) => [b.name, list(b.roles), formatDuration(b.maxTtlMs), b.createdAt])
   rmCommand(bots, 'name', 'delete a bot and end its instances (final: a bot added later under the name is a new bot)', '/v1/bots', (n) => `bot "${n}" deleted`)
 
   const tokens = program.command('tokens').description('join tokens: single-use secrets, or platform join rules (github, gitlab, kubernetes, oidc)')
@@ -109,7 +154,7 @@ export function registerAdminCommands(program: Command): void {
       })
       emit(f, t, () => `${'token' in t ? t.token : t.name}\n`)
     })
-  lsCommand<PublicToken>(tokens, 'join tokens (names and rules, never secrets)', '/v1/tokens', ['Name', 'Bot', 'Join Method', 'Rules', 'Expires', 'Used By / Joins'],
+  pagedLsCommand<PublicToken>(tokens, 'join tokens (names and rules, never secrets)', '/v1/tokens', ['Name', 'Bot', 'Join Method', 'Rules', 'Expires', 'Used By / Joins'],
     (t) => [t.name, t.bot, t.joinMethod, t.platform?.rules.map((r) => Object.entries(r).map(([k, v]) => `${k}=${v}`).join(',')).join(' | '),
       t.expiresAt ?? 'never', t.platform ? `${t.joinCount ?? 0} joins` : t.usedByInstance])
   rmCommand(tokens, 'name', 'delete a join token', '/v1/tokens', (n) => `token "${n}" deleted`)
@@ -138,8 +183,8 @@ export function registerAdminCommands(program: Command): void {
       })
   }
 
-  common(program.command('get <resource>').description('show bot_instance, bot_instance/BOT or bot_instance/BOT/ID'))
-    .action(async (resource: string, o: Common) => {
+  paged(common(program.command('get <resource>').description('show bot_instance, bot_instance/BOT or bot_instance/BOT/ID')))
+    .action(async (resource: string, o: Common & Paging) => {
       const f = parseFormat(o.format)
       const parts = resource.split('/')
       if (parts[0] !== 'bot_instance' || parts.length > 3 || parts.some((p) => p === '')) {
@@ -150,9 +195,10 @@ export function registerAdminCommands(program: Command): void {
         emit(f, i, () => instanceText(i))
         return
       }
-      const q = parts.length === 2 ? `?bot=${encodeURIComponent(parts[1] as string)}` : ''
-      const rows = await adminCall<BotInstance[]>(o, 'GET', `/v1/instances${q}`)
-      emit(f, rows, () => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
+      const q = pageQuery(pageParams(o, f))
+      if (parts.length === 2) q.set('bot', parts[1] as string)
+      const page = await adminCall<Page<BotInstance>>(o, 'GET', `/v1/instances?${q}`)
+      emitPage(f, page, `memid get ${resource}`, (rows) => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
         const hb = i.heartbeats.at(-1)
         const last = [hb?.time, i.latestAuthentications.at(-1)?.time].filter(Boolean).sort().at(-1)
         return [i.bot, i.id, i.endedAt !== undefined ? `${i.generation} (ended)` : i.pendingGeneration !== null ? `${i.generation} (→${i.pendingGeneration})` : i.generation, i.createdAt, last, hb?.hostname, hb?.version]
@@ -173,14 +219,16 @@ export function registerAdminCommands(program: Command): void {
   lsCommand<Lock>(locks, 'locks', '/v1/locks', ['ID', 'Target', 'Reason', 'Created'], (l) => [l.id, l.bot ? `bot/${l.bot}` : `instance/${l.instance}`, l.reason, l.createdAt])
   rmCommand(locks, 'id', 'remove a lock', '/v1/locks', (id) => `lock ${id} removed`)
 
-  common(program.command('audit').description('show audit events'), ['text', 'json'])
+  paged(common(program.command('audit').description('show audit events, newest first'), ['text', 'json']))
     .option('--since <duration>', 'only events newer than this, e.g. 1h')
     .option('--type <type>', 'only this event type, e.g. join.failed')
     .option('--bot <name>', 'only events about this bot')
-    .action(async (o: Common & { since?: string; type?: string; bot?: string }) => {
+    .action(async (o: Common & Paging & { since?: string; type?: string; bot?: string }) => {
       const f = parseFormat(o.format, ['text', 'json'])
-      const rows = await adminCall<AuditEvent[]>(o, 'POST', '/v1/audit', { ...(o.since ? { since: o.since } : {}), ...(o.type ? { type: o.type } : {}), ...(o.bot ? { bot: o.bot } : {}) })
-      emit(f, rows, () => table(['Time', 'Type', 'Result', 'Bot', 'Instance', 'Details'], rows.map((e) => [
+      const filters = { ...(o.since ? { since: o.since } : {}), ...(o.type ? { type: o.type } : {}), ...(o.bot ? { bot: o.bot } : {}) }
+      const page = await adminCall<Page<AuditEvent>>(o, 'POST', '/v1/audit', { ...filters, ...pageParams(o, f) })
+      const again = ['memid audit', ...Object.entries(filters).map(([k, v]) => `--${k} ${v}`)].join(' ')
+      emitPage(f, page, again, (rows) => table(['Time', 'Type', 'Result', 'Bot', 'Instance', 'Details'], rows.map((e) => [
         e.time, e.type, e.success ? 'ok' : e.code ?? 'failed', e.bot, e.instance?.slice(0, 8),
         [e.message, ...Object.entries(e.fields).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)].filter(Boolean).join(' '),
       ])))

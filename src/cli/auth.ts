@@ -81,6 +81,10 @@ export function registerAuthCommands(program: Command): void {
       const store = await openStore(cfg.storage)
       const server = await startAuthServer({
         store, listen: cfg.listen, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock'), logger: log,
+        retention: {
+          ...(cfg.instanceTtlMs !== undefined ? { instanceTtlMs: cfg.instanceTtlMs } : {}),
+          ...(cfg.auditRetentionMs !== undefined ? { auditRetentionMs: cfg.auditRetentionMs } : {}),
+        },
       })
       log.info({ listen: server.address, caPin: server.caPin, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock') }, 'auth service ready')
       let closed!: (exit: { code: number }) => void

@@ -3,7 +3,8 @@ import path from 'node:path'
 import YAML from 'yaml'
 import { z } from 'zod'
 import { ConfigError } from '../core/errors.ts'
-import { nameSchema, parseWith } from '../core/validate.ts'
+import { durationSchema, nameSchema, parseWith } from '../core/validate.ts'
+import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from './paths.ts'
 
 const fileSchema = z.strictObject({
@@ -13,6 +14,8 @@ const fileSchema = z.strictObject({
   storage: z.string().min(1).optional(),
   cluster_name: nameSchema.optional(),
   log_format: z.enum(['json', 'text']).optional(),
+  instance_ttl: durationSchema.optional(),
+  audit_retention: durationSchema.optional(),
 })
 
 export interface AuthConfig {
@@ -21,6 +24,10 @@ export interface AuthConfig {
   storage: string
   clusterName: string
   logFormat: 'json' | 'text'
+  /** Kept after an instance's identity expired and it was last seen (`instance_ttl`). */
+  instanceTtlMs?: number
+  /** Audit events older than this are pruned (`audit_retention`). */
+  auditRetentionMs?: number
 }
 
 export interface AuthFlags {
@@ -63,6 +70,8 @@ export function loadAuthConfig(flags: AuthFlags): AuthConfig {
     storage: flags.storage ?? file?.storage ?? `sqlite:${path.join(dataDir, 'memid.db')}`,
     clusterName,
     logFormat,
+    ...(file?.instance_ttl !== undefined ? { instanceTtlMs: parseDuration(file.instance_ttl) as number } : {}),
+    ...(file?.audit_retention !== undefined ? { auditRetentionMs: parseDuration(file.audit_retention) as number } : {}),
   }
 }
 

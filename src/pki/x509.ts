@@ -1,6 +1,7 @@
 import 'reflect-metadata'
-import { randomBytes, webcrypto, createHash, X509Certificate, type KeyObject } from 'node:crypto'
+import { randomBytes, webcrypto, createHash, createPublicKey, sign, X509Certificate, type KeyObject } from 'node:crypto'
 import * as x509 from '@peculiar/x509'
+import { bitString, children, directoryString, ipBytes, octetString, oid, readTlv, seq, TAG, time, tlv, uint } from './der.ts'
 
 x509.cryptoProvider.set(webcrypto as never)
 
@@ -35,6 +36,8 @@ export interface LeafOptions {
   ttlMs: number
   usage: 'client' | 'server' | 'client-server'
   now?: number
+  /** Extensions after the standard ones (and after the SAN), in this order. */
+  extensions?: ExtraExtension[]
 }
 
 /** A random positive 128-bit serial, as hex. */
@@ -82,42 +85,199 @@ export async function createCaCertificate(key: KeyObject, publicKey: KeyObject, 
   return cert.toString('pem') + '\n'
 }
 
-/** Issues a leaf certificate signed by the CA. */
-export async function issueLeaf(opts: LeafOptions): Promise<IssuedX509> {
+/**
+ * An extra certificate extension, already DER-encoded: `value` is what goes inside the
+ * extension's OCTET STRING (for example `der.utf8String('…')` under a private OID).
+ */
+export interface ExtraExtension {
+  oid: string
+  critical?: boolean
+  value: Uint8Array
+}
+
+/** The parts of a CA that every leaf it signs repeats, computed once per CA object. */
+interface CaTemplate {
+  certPem: string
+  key: KeyObject
+  /** The CA's subject Name, byte for byte: the leaf's issuer. */
+  issuer: Buffer
+  /** The authorityKeyIdentifier extension naming the CA's subjectKeyIdentifier. */
+  authorityKeyId: Buffer
+  /** AlgorithmIdentifier of the signature the CA key makes. */
+  signatureAlgorithm: Buffer
+  /** `crypto.sign`'s digest argument for the CA key (null for Ed25519). */
+  digest: string | null
+}
+
+const OID_SKI = '2.5.29.14'
+const EXT_BASIC_CONSTRAINTS = oid('2.5.29.19')
+const EXT_KEY_USAGE = oid('2.5.29.15')
+const EXT_EKU = oid('2.5.29.37')
+const EXT_AKI = oid('2.5.29.35')
+const EXT_SAN = oid('2.5.29.17')
+const AT_CN = oid('2.5.4.3')
+const AT_O = oid('2.5.4.10')
+const EKU_SERVER_AUTH = oid('1.3.6.1.5.5.7.3.1')
+const EKU_CLIENT_AUTH = oid('1.3.6.1.5.5.7.3.2')
+const VERSION_3 = tlv(0xa0, uint(Buffer.of(2)))
+const CRITICAL = tlv(TAG.BOOLEAN, Buffer.of(0xff))
+
+function extension(id: Buffer, critical: boolean, value: Uint8Array): Buffer {
+  return critical ? seq(id, CRITICAL, octetString(value)) : seq(id, octetString(value))
+}
+
+/** basicConstraints CA:FALSE, keyUsage digitalSignature+keyEncipherment (both critical), then the EKU: the same for every leaf of a usage. */
+const USAGE_EXTENSIONS: Record<LeafOptions['usage'], Buffer> = (() => {
+  const fixed = Buffer.concat([
+    extension(EXT_BASIC_CONSTRAINTS, true, seq()),
+    extension(EXT_KEY_USAGE, true, tlv(TAG.BIT_STRING, Buffer.of(5, 0xa0))),
+  ])
+  const eku = (...ids: Buffer[]) => Buffer.concat([fixed, extension(EXT_EKU, false, seq(...ids))])
+  return { client: eku(EKU_CLIENT_AUTH), server: eku(EKU_SERVER_AUTH), 'client-server': eku(EKU_CLIENT_AUTH, EKU_SERVER_AUTH) }
+})()
+
+const templates = new WeakMap<X509Authority, CaTemplate>()
+
+function pemToDer(pem: string): Buffer {
+  const m = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/.exec(pem)
+  if (!m) throw new TypeError('CA certificate is not PEM')
+  return Buffer.from((m[1] as string).replace(/\s+/g, ''), 'base64')
+}
+
+function signatureParams(key: KeyObject): { signatureAlgorithm: Buffer; digest: string | null } {
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') {
+    return { signatureAlgorithm: seq(oid('1.2.840.10045.4.3.2')), digest: 'sha256' }
+  }
+  if (key.asymmetricKeyType === 'ed25519') return { signatureAlgorithm: seq(oid('1.3.101.112')), digest: null }
+  throw new TypeError(`unsupported CA key type ${String(key.asymmetricKeyType)} (P-256 or Ed25519)`)
+}
+
+/**
+ * Reads what a leaf needs from the CA certificate once: subject bytes, key identifier,
+ * signature algorithm. Also checks that the CA key is the certificate's key, so a
+ * mismatched pair fails here and not in every peer that verifies a leaf.
+ */
+function caTemplate(ca: X509Authority): CaTemplate {
+  const cached = templates.get(ca)
+  if (cached !== undefined && cached.certPem === ca.certPem && cached.key === ca.key) return cached
+  const der = pemToDer(ca.certPem)
+  const tbs = children(der, readTlv(der, 0))[0]
+  if (tbs === undefined) throw new TypeError('CA certificate has no tbsCertificate')
+  const fields = children(der, tbs)
+  const at = fields[0]?.tag === 0xa0 ? 1 : 0
+  const subject = fields[at + 4]
+  const spki = fields[at + 5]
+  if (subject === undefined || spki === undefined) throw new TypeError('CA certificate is truncated')
+  const spkiDer = der.subarray(spki.start, spki.end)
+  if (!createPublicKey(ca.key).export({ type: 'spki', format: 'der' }).equals(spkiDer)) {
+    throw new TypeError('CA key does not match the CA certificate')
+  }
+  let keyId: Buffer | undefined
+  const exts = fields.find((f) => f.tag === 0xa3)
+  if (exts !== undefined) {
+    const list = children(der, exts)[0]
+    for (const ext of list === undefined ? [] : children(der, list)) {
+      const parts = children(der, ext)
+      const id = parts[0]
+      const value = parts[parts.length - 1]
+      if (id === undefined || value === undefined) continue
+      if (der.subarray(id.start, id.end).equals(oid(OID_SKI))) {
+        const inner = readTlv(der, value.body, value.end)
+        keyId = Buffer.from(der.subarray(inner.body, inner.end))
+      }
+    }
+  }
+  if (keyId === undefined) {
+    // RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits.
+    const bits = children(der, spki)[1]
+    if (bits === undefined) throw new TypeError('CA certificate has no public key')
+    keyId = createHash('sha1').update(der.subarray(bits.body + 1, bits.end)).digest()
+  }
+  const made: CaTemplate = {
+    certPem: ca.certPem, key: ca.key,
+    issuer: Buffer.from(der.subarray(subject.start, subject.end)),
+    authorityKeyId: extension(EXT_AKI, false, seq(tlv(0x80, keyId))),
+    ...signatureParams(ca.key),
+  }
+  templates.set(ca, made)
+  return made
+}
+
+function nameDer(commonName: string, organizations: string[] = []): Buffer {
+  const rdn = (type: Buffer, value: string) => tlv(TAG.SET, seq(type, directoryString(value)))
+  return seq(rdn(AT_CN, commonName), ...organizations.map((o) => rdn(AT_O, o)))
+}
+
+function subjectAltNames(opts: LeafOptions): Buffer[] {
+  const names = [
+    ...(opts.dnsNames ?? []).map((d) => tlv(0x82, Buffer.from(d, 'latin1'))),
+    ...(opts.ipAddresses ?? []).map((ip) => tlv(0x87, ipBytes(ip))),
+    ...(opts.uris ?? []).map((u) => tlv(0x86, Buffer.from(u, 'latin1'))),
+  ]
+  return names.length === 0 ? [] : [extension(EXT_SAN, false, seq(...names))]
+}
+
+const SPKI_P256_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex')
+const SPKI_ED25519_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
+
+/**
+ * The SubjectPublicKeyInfo of a key. For P-256 and Ed25519 it is a fixed prefix and the
+ * point, read from the JWK export: OpenSSL 3's DER encoder costs as much as the signature.
+ */
+function spkiDer(key: KeyObject): Buffer {
+  if (key.asymmetricKeyType === 'rsa') return key.export({ type: 'spki', format: 'der' })
+  const jwk = key.export({ format: 'jwk' })
+  if (key.asymmetricKeyType === 'ed25519') return Buffer.concat([SPKI_ED25519_PREFIX, Buffer.from(jwk.x as string, 'base64url')])
+  return Buffer.concat([SPKI_P256_PREFIX, Buffer.of(4), Buffer.from(jwk.x as string, 'base64url'), Buffer.from(jwk.y as string, 'base64url')])
+}
+
+function toPem(der: Buffer): string {
+  const b64 = der.toString('base64')
+  let body = ''
+  for (let i = 0; i < b64.length; i += 64) body += b64.slice(i, i + 64) + '\n'
+  return `-----BEGIN CERTIFICATE-----\n${body}-----END CERTIFICATE-----\n`
+}
+
+/**
+ * Issues a leaf certificate signed by the CA, synchronously: the certificate is the CA's
+ * template (issuer, key identifier, fixed extensions) plus this leaf's serial, validity,
+ * subject, key and names, and one `crypto.sign` over it. Costs about one signature.
+ */
+export function issueLeafSync(opts: LeafOptions): IssuedX509 {
+  for (const s of [...(opts.dnsNames ?? []), ...(opts.uris ?? [])]) {
+    if (!/^[\x21-\x7e]+$/.test(s)) throw new TypeError(`subject alternative name "${s.replace(/[^\x20-\x7e]/g, '?').slice(0, 60)}" is not printable ASCII`)
+  }
+  const kind = opts.publicKey.asymmetricKeyType
+  const p256 = kind === 'ec' && opts.publicKey.asymmetricKeyDetails?.namedCurve === 'prime256v1'
+  if (!p256 && kind !== 'ed25519' && kind !== 'rsa') throw new TypeError(`unsupported public key type ${String(kind)}`)
+  const t = caTemplate(opts.ca)
   const now = opts.now ?? Date.now()
   const serial = newSerial()
   const notBefore = new Date(Math.floor((now - BACKDATE_MS) / 1000) * 1000)
   const notAfter = new Date(Math.floor((now + opts.ttlMs) / 1000) * 1000)
-  const caCert = new x509.X509Certificate(opts.ca.certPem)
-  const usages = opts.usage === 'client'
-    ? [x509.ExtendedKeyUsage.clientAuth]
-    : opts.usage === 'server'
-      ? [x509.ExtendedKeyUsage.serverAuth]
-      : [x509.ExtendedKeyUsage.clientAuth, x509.ExtendedKeyUsage.serverAuth]
-  const san: x509.JsonGeneralName[] = [
-    ...(opts.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
-    ...(opts.ipAddresses ?? []).map((value) => ({ type: 'ip' as const, value })),
-    ...(opts.uris ?? []).map((value) => ({ type: 'url' as const, value })),
+  const extensions = [
+    USAGE_EXTENSIONS[opts.usage],
+    t.authorityKeyId,
+    ...subjectAltNames(opts),
+    ...(opts.extensions ?? []).map((e) => extension(oid(e.oid), e.critical === true, e.value)),
   ]
-  const pub = toPublicCryptoKey(opts.publicKey)
-  const cert = await x509.X509CertificateGenerator.create({
-    serialNumber: serial,
-    subject: new x509.Name(jsonName(opts.commonName, opts.organizations)),
-    issuer: caCert.subjectName,
-    notBefore,
-    notAfter,
-    publicKey: pub,
-    signingKey: toSigningKey(opts.ca.key),
-    signingAlgorithm: SIGNING,
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
-      new x509.ExtendedKeyUsageExtension(usages, false),
-      await x509.AuthorityKeyIdentifierExtension.create(caCert, false),
-      ...(san.length > 0 ? [new x509.SubjectAlternativeNameExtension(san, false)] : []),
-    ],
-  })
-  return { pem: cert.toString('pem') + '\n', serial, notBefore, notAfter }
+  const tbs = seq(
+    VERSION_3,
+    uint(Buffer.from(serial, 'hex')),
+    t.signatureAlgorithm,
+    t.issuer,
+    seq(time(notBefore), time(notAfter)),
+    nameDer(opts.commonName, opts.organizations),
+    spkiDer(opts.publicKey),
+    tlv(0xa3, seq(...extensions)),
+  )
+  const signature = sign(t.digest, tbs, t.digest === null ? t.key : { key: t.key, dsaEncoding: 'der' })
+  return { pem: toPem(seq(tbs, t.signatureAlgorithm, bitString(signature))), serial, notBefore, notAfter }
+}
+
+/** Issues a leaf certificate signed by the CA (see {@link issueLeafSync}). */
+export async function issueLeaf(opts: LeafOptions): Promise<IssuedX509> {
+  return issueLeafSync(opts)
 }
 
 /** `sha256:<hex>` of a certificate's SubjectPublicKeyInfo: what agents pin. */

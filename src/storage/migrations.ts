@@ -74,6 +74,16 @@ export function migrations(d: Dialect): string[] {
    ALTER TABLE join_tokens ADD COLUMN join_count ${d.int64} NOT NULL DEFAULT 0;
    CREATE TABLE join_replays (key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at TEXT NOT NULL);
    CREATE INDEX join_replays_expires ON join_replays (expires_at);`,
+    // fleet: one lock per (target, cause); indexes for the per-request lock check and for
+    // newest-first keyset paging of the admin listings.
+    `ALTER TABLE locks ADD COLUMN cause TEXT;
+   CREATE UNIQUE INDEX locks_target_cause ON locks ((COALESCE(bot, '')), (COALESCE(instance, '')), cause) WHERE cause IS NOT NULL;
+   CREATE INDEX locks_bot ON locks (bot);
+   CREATE INDEX locks_instance ON locks (instance);
+   CREATE INDEX bot_instances_created ON bot_instances (created_at, id);
+   CREATE INDEX bot_instances_bot_created ON bot_instances (bot, created_at, id);
+   CREATE INDEX bots_created ON bots (created_at, name);
+   CREATE INDEX join_tokens_created ON join_tokens (created_at, name);`,
   ]
 }
 

@@ -3,11 +3,12 @@ import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
-  roleSpec, tokenColumns, tokenFromRow, type Row,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow,
+  resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, ReplayKey, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, Page, PageRequest, ReplayKey, Resource, ResourceKind,
+  Role, Store, StoredCa,
 } from './store.ts'
 
 const MIGRATIONS = migrations(POSTGRES)
@@ -293,13 +294,20 @@ export class PostgresStore implements Store {
       const change = decide(cur, locks.rows.map(lockFromRow))
       if (change.instance) await writeInstance(c, change.instance, false)
       for (const ev of change.audit ?? []) await insertAudit(c, ev)
-      for (const lock of change.locks ?? []) await c.query(INSERT_LOCK, lockArgs(lock))
+      for (const lock of change.locks ?? []) await c.query(insertLock(lock), lockArgs(lock))
       return change
     })
   }
 
-  async createLock(lock: Lock): Promise<void> {
-    await this.#insert(`lock "${lock.id}"`, INSERT_LOCK, ...lockArgs(lock))
+  async createLock(lock: Lock): Promise<boolean> {
+    // With a cause, the unique (target, cause) index turns a second copy into a no-op,
+    // also when two servers insert at once (the later one waits, then does nothing).
+    try {
+      return (await this.#run(insertLock(lock), ...lockArgs(lock))) > 0
+    } catch (err) {
+      if ((err as { code?: string }).code === '23505') throw new MemidError('ERR_ALREADY_EXISTS', `lock "${lock.id}" already exists`)
+      throw err
+    }
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -355,6 +363,35 @@ export class PostgresStore implements Store {
     })
   }
 
+  async pageBots(req: PageRequest): Promise<Page<Bot>> {
+    const { sql, args } = pageQuery('bots', req, (n) => `$${n}`)
+    return pageFromRows('bots', await this.#all(sql, ...args), req.limit, botFromRow)
+  }
+
+  async pageTokens(req: PageRequest): Promise<Page<JoinToken>> {
+    const { sql, args } = pageQuery('join_tokens', req, (n) => `$${n}`)
+    return pageFromRows('join_tokens', await this.#all(sql, ...args), req.limit, tokenFromRow)
+  }
+
+  async pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
+    const { sql, args } = pageQuery('bot_instances', req, (n) => `$${n}`)
+    return pageFromRows('bot_instances', await this.#all(sql, ...args), req.limit, instanceFromRow)
+  }
+
+  async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {
+    const { sql, args } = auditPageQuery(req, (n) => `$${n}`)
+    return auditPageFromRows(await this.#all(sql, ...args), req.limit)
+  }
+
+  async deleteInstanceIfUnchanged(i: BotInstance): Promise<boolean> {
+    return (await this.#run('DELETE FROM bot_instances WHERE id = $1 AND generation = $2 AND pending_generation IS NOT DISTINCT FROM $3 AND data = $4',
+      i.id, i.generation, i.pendingGeneration, instanceData(i))) > 0
+  }
+
+  async pruneAudit(before: string, limit: number): Promise<number> {
+    return this.#run('DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE time < $1 ORDER BY time LIMIT $2)', before, Math.max(1, Math.trunc(limit)))
+  }
+
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
     return this.#withClient((c) => insertAudit(c, ev))
   }
@@ -366,10 +403,13 @@ export class PostgresStore implements Store {
 }
 
 const LOCKS_FOR = 'SELECT * FROM locks WHERE bot = $1 OR instance = $2 ORDER BY created_at'
-const INSERT_LOCK = 'INSERT INTO locks (id, bot, instance, reason, created_at) VALUES ($1, $2, $3, $4, $5)'
+/** With a cause, a second lock for the same (target, cause) is a no-op (the unique index). */
+function insertLock(lock: Lock): string {
+  return `INSERT INTO locks (id, bot, instance, reason, created_at, cause) VALUES ($1, $2, $3, $4, $5, $6)${lock.cause !== undefined ? ' ON CONFLICT DO NOTHING' : ''}`
+}
 
 function lockArgs(lock: Lock): Arg[] {
-  return [lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt]
+  return [lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt, lock.cause ?? null]
 }
 
 async function insertAudit(c: PoolClient, ev: NewAuditEvent): Promise<AuditEvent> {

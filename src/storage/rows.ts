@@ -1,5 +1,6 @@
+import { MemidError } from '../core/errors.ts'
 import {
-  INSTANCE_HISTORY, RESOURCE_CA_KIND,
+  INSTANCE_HISTORY, MAX_PAGE, RESOURCE_CA_KIND, type Page, type PageRequest,
   type AuditEvent, type AuditQuery, type Bot, type BotInstance, type CaKind, type JoinToken, type Lock, type Resource, type ResourceKind, type Role,
   type StoredCa,
 } from './store.ts'
@@ -119,8 +120,10 @@ export function lockFromRow(r: Row): Lock {
   const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }
   const bot = optStr(r.bot)
   const instance = optStr(r.instance)
+  const cause = optStr(r.cause)
   if (bot !== undefined) l.bot = bot
   if (instance !== undefined) l.instance = instance
+  if (cause !== undefined) l.cause = cause
   return l
 }
 
@@ -153,16 +156,100 @@ export function auditFromRow(r: Row): AuditEvent {
  * spells the n-th parameter (`?` or `$n`). The limit is clamped to 1..10000 (default
  * 1000) and inlined: it is a number we computed, never caller text.
  */
-export function auditQuery(q: AuditQuery, placeholder: (n: number) => string): { sql: string; args: string[] } {
+export function auditQuery(q: AuditQuery & { beforeId?: number }, placeholder: (n: number) => string): { sql: string; args: (string | number)[] } {
   const where: string[] = []
-  const args: string[] = []
-  const add = (cond: string, v: string) => {
+  const args: (string | number)[] = []
+  const add = (cond: string, v: string | number) => {
     args.push(v)
     where.push(`${cond} ${placeholder(args.length)}`)
   }
   if (q.since !== undefined) add('time >=', q.since)
   if (q.type !== undefined) add('type =', q.type)
   if (q.bot !== undefined) add('bot =', q.bot)
-  const limit = Math.min(Math.max(Math.trunc(q.limit ?? 1000) || 1, 1), 10_000)
+  if (q.beforeId !== undefined) add('id <', q.beforeId)
+  const limit = Math.min(Math.max(Math.trunc(q.limit ?? 1000) || 1, 1), MAX_PAGE + 1)
   return { sql: `SELECT * FROM audit_events ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ${limit}`, args }
+}
+
+/** The tables that page by (created_at, key), newest first. */
+export type PagedTable = 'bots' | 'join_tokens' | 'bot_instances'
+const PAGE_KEY: Record<PagedTable, string> = { bots: 'name', join_tokens: 'name', bot_instances: 'id' }
+
+function badCursor(): MemidError {
+  return new MemidError('ERR_BAD_REQUEST', 'after: not a cursor from this listing (use the "next" value a listing printed)')
+}
+
+/** The cursor after `row`: opaque to callers, (created_at, key) or the audit id inside. */
+function cursorOf(position: (string | number)[]): string {
+  return Buffer.from(JSON.stringify(position)).toString('base64url')
+}
+
+function readCursor(after: string, shape: 'keyset' | 'id'): (string | number)[] {
+  let v: unknown
+  try {
+    v = JSON.parse(Buffer.from(after, 'base64url').toString('utf8'))
+  } catch {
+    throw badCursor()
+  }
+  if (!Array.isArray(v)) throw badCursor()
+  if (shape === 'id' && !(v.length === 1 && Number.isSafeInteger(v[0]))) throw badCursor()
+  if (shape === 'keyset' && !(v.length === 2 && v.every((x) => typeof x === 'string' && x.length <= 512))) throw badCursor()
+  return v as (string | number)[]
+}
+
+function pageLimit(limit: number): number {
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new MemidError('ERR_BAD_REQUEST', `limit: must be an integer from 1 to ${MAX_PAGE}`)
+  return limit
+}
+
+/**
+ * One newest-first page of a table as keyset SQL for every backend: it asks for one row
+ * more than the limit, which tells `pageFromRows` whether a next page exists.
+ */
+export function pageQuery(table: PagedTable, req: PageRequest & { bot?: string }, placeholder: (n: number) => string): { sql: string; args: string[] } {
+  const key = PAGE_KEY[table]
+  const limit = pageLimit(req.limit)
+  const where: string[] = []
+  const args: string[] = []
+  if (req.bot !== undefined) {
+    args.push(req.bot)
+    where.push(`bot = ${placeholder(args.length)}`)
+  }
+  if (req.after !== undefined) {
+    const [at, k] = readCursor(req.after, 'keyset') as [string, string]
+    args.push(at, k)
+    where.push(`(created_at, ${key}) < (${placeholder(args.length - 1)}, ${placeholder(args.length)})`)
+  }
+  return {
+    sql: `SELECT * FROM ${table} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, ${key} DESC LIMIT ${limit + 1}`,
+    args,
+  }
+}
+
+/** Trims the extra row `pageQuery` asked for into `next`. */
+export function pageFromRows<T>(table: PagedTable, rows: Row[], limit: number, map: (r: Row) => T): Page<T> {
+  const more = rows.length > limit
+  const kept = more ? rows.slice(0, limit) : rows
+  const last = kept.at(-1)
+  const page: Page<T> = { items: kept.map(map) }
+  if (more && last !== undefined) page.next = cursorOf([str(last.created_at), str(last[PAGE_KEY[table]])])
+  return page
+}
+
+/** `pageQuery` for the audit log: keyset on the id, with `queryAudit`'s filters. */
+export function auditPageQuery(req: PageRequest & Omit<AuditQuery, 'limit'>, placeholder: (n: number) => string): { sql: string; args: (string | number)[] } {
+  const limit = pageLimit(req.limit)
+  const q: AuditQuery & { beforeId?: number } = { limit: limit + 1 }
+  if (req.since !== undefined) q.since = req.since
+  if (req.type !== undefined) q.type = req.type
+  if (req.bot !== undefined) q.bot = req.bot
+  if (req.after !== undefined) q.beforeId = readCursor(req.after, 'id')[0] as number
+  return auditQuery(q, placeholder)
+}
+
+export function auditPageFromRows(rows: Row[], limit: number): Page<AuditEvent> {
+  const more = rows.length > limit
+  const items = (more ? rows.slice(0, limit) : rows).map(auditFromRow)
+  const last = items.at(-1)
+  return more && last !== undefined ? { items, next: cursorOf([last.id]) } : { items }
 }

@@ -3,11 +3,12 @@ import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditQuery, botFromRow, caFromRow, instanceData, instanceFromRow, lockFromRow, resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow,
-  roleSpec, tokenColumns, tokenFromRow, type Row,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow,
+  resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
-  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, ReplayKey, Resource, ResourceKind, Role, Store, StoredCa,
+  AuditEvent, AuditQuery, Bot, BotInstance, CaKind, InstanceChange, JoinToken, Lock, NewAuditEvent, Page, PageRequest, ReplayKey, Resource, ResourceKind,
+  Role, Store, StoredCa,
 } from './store.ts'
 
 /** Versioned migrations, shared with the PostgreSQL backend (migrations.ts). */
@@ -234,13 +235,18 @@ export class SqliteStore implements Store {
     })
   }
 
-  #insertLock(lock: Lock): void {
-    this.#run('INSERT INTO locks (id, bot, instance, reason, created_at) VALUES (?, ?, ?, ?, ?)',
-      lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt)
+  /** With a cause, the unique (target, cause) index turns a second copy into a no-op; true when a row was written. */
+  #insertLock(lock: Lock): boolean {
+    const sql = `INSERT INTO locks (id, bot, instance, reason, created_at, cause) VALUES (?, ?, ?, ?, ?, ?)${lock.cause !== undefined ? ' ON CONFLICT DO NOTHING' : ''}`
+    return this.#run(sql, lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt, lock.cause ?? null) > 0
   }
 
-  async createLock(lock: Lock): Promise<void> {
-    this.#insert(`lock "${lock.id}"`, () => this.#insertLock(lock))
+  async createLock(lock: Lock): Promise<boolean> {
+    let created = false
+    this.#insert(`lock "${lock.id}"`, () => {
+      created = this.#insertLock(lock)
+    })
+    return created
   }
 
   async listLocks(): Promise<Lock[]> {
@@ -302,6 +308,35 @@ export class SqliteStore implements Store {
       if (this.#insertResourceCa(kind, name, ca)) return ca
       return resourceCaFromRow(this.#get('SELECT * FROM resource_cas WHERE kind = ? AND name = ?', kind, name) as Row)
     })
+  }
+
+  async pageBots(req: PageRequest): Promise<Page<Bot>> {
+    const { sql, args } = pageQuery('bots', req, () => '?')
+    return pageFromRows('bots', this.#all(sql, ...args), req.limit, botFromRow)
+  }
+
+  async pageTokens(req: PageRequest): Promise<Page<JoinToken>> {
+    const { sql, args } = pageQuery('join_tokens', req, () => '?')
+    return pageFromRows('join_tokens', this.#all(sql, ...args), req.limit, tokenFromRow)
+  }
+
+  async pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
+    const { sql, args } = pageQuery('bot_instances', req, () => '?')
+    return pageFromRows('bot_instances', this.#all(sql, ...args), req.limit, instanceFromRow)
+  }
+
+  async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {
+    const { sql, args } = auditPageQuery(req, () => '?')
+    return auditPageFromRows(this.#all(sql, ...args), req.limit)
+  }
+
+  async deleteInstanceIfUnchanged(i: BotInstance): Promise<boolean> {
+    return this.#run('DELETE FROM bot_instances WHERE id = ? AND generation = ? AND pending_generation IS ? AND data = ?',
+      i.id, i.generation, i.pendingGeneration, instanceData(i)) > 0
+  }
+
+  async pruneAudit(before: string, limit: number): Promise<number> {
+    return this.#run('DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE time < ? ORDER BY time LIMIT ?)', before, Math.max(1, Math.trunc(limit)))
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {

@@ -132,6 +132,11 @@ export interface Lock {
   instance?: string
   reason: string
   createdAt: string
+  /**
+   * Why the service itself locked (e.g. `generation.mismatch`). At most one lock exists
+   * per target and cause: creating it again is a no-op. Admin locks have none.
+   */
+  cause?: string
 }
 
 export type ResourceKind = 'kube' | 'db'
@@ -179,6 +184,23 @@ export interface InstanceChange {
   audit?: NewAuditEvent[]
 }
 
+/** One page of a newest-first listing. `after` is the `next` of the page before. */
+export interface PageRequest {
+  /** 1 to MAX_PAGE. */
+  limit: number
+  /** An opaque cursor from a previous page's `next`. */
+  after?: string
+}
+
+export interface Page<T> {
+  items: T[]
+  /** Present when more items remain after this page. */
+  next?: string
+}
+
+/** The most items one page may ask for. */
+export const MAX_PAGE = 10_000
+
 /** Kept on every instance: the first authentication plus this many latest ones and heartbeats. */
 export const INSTANCE_HISTORY = 10
 
@@ -193,6 +215,17 @@ export interface Store {
   getRole(name: string): Promise<Role | undefined>
   listRoles(): Promise<Role[]>
   deleteRole(name: string): Promise<boolean>
+
+  /** Bots, newest first; the listings below page the same way (keyset on creation time and key). */
+  pageBots(req: PageRequest): Promise<Page<Bot>>
+  pageTokens(req: PageRequest): Promise<Page<JoinToken>>
+  pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>>
+  /** Audit events newest first, filtered as `queryAudit`. */
+  pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>>
+  /** Deletes the instance only if it is stored exactly as `instance` (nothing renewed or heartbeat since it was read). */
+  deleteInstanceIfUnchanged(instance: BotInstance): Promise<boolean>
+  /** Deletes up to `limit` audit events older than `before` (oldest first); how many went. */
+  pruneAudit(before: string, limit: number): Promise<number>
 
   createBot(bot: Bot): Promise<void>
   getBot(name: string): Promise<Bot | undefined>
@@ -229,7 +262,8 @@ export interface Store {
    */
   updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange>
 
-  createLock(lock: Lock): Promise<void>
+  /** Creates the lock; one with a `cause` that already exists for its target is not created again (false). */
+  createLock(lock: Lock): Promise<boolean>
   listLocks(): Promise<Lock[]>
   deleteLock(id: string): Promise<boolean>
   /** Locks that apply to this bot or this instance. */

@@ -616,5 +616,104 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal((await s.queryAudit({ limit: -5 })).length, 1, 'a silly limit is clamped, not passed through')
       })
     })
+
+    describe('paging, retention, idempotent locks (fleet)', () => {
+      const at = (ms: number) => new Date(Date.parse(T0) + ms).toISOString()
+      const newInstance = async (s: Store, n: number, bot = 'ci', createdAt = at(n)): Promise<BotInstance> => {
+        const name = `tok-${String(n).padStart(12, '0')}`
+        await s.createToken(token(name, bot))
+        return s.consumeToken(name, acceptUnused(instance(name, { bot, createdAt })))
+      }
+
+      it('pages instances newest first; every instance exactly once while others are being added', async () => {
+        const [a, b] = await pair()
+        const before: string[] = []
+        // Same creation time for some: the id breaks the tie.
+        for (let n = 0; n < 23; n++) before.push((await newInstance(a, n, 'ci', at(Math.floor(n / 3)))).id)
+        const seen: string[] = []
+        let after: string | undefined
+        let added = 100
+        let pages = 0
+        do {
+          const page = await b.pageInstances({ limit: 4, ...(after !== undefined ? { after } : {}) })
+          assert.ok(page.items.length <= 4)
+          seen.push(...page.items.map((i) => i.id))
+          after = page.next
+          pages++
+          // The other server keeps adding instances (newer ones, as real joins are) between pages.
+          await newInstance(a, added++, 'ci', at(1000 + added))
+        } while (after !== undefined)
+        assert.equal(pages, 6)
+        assert.equal(new Set(seen).size, seen.length, 'no instance twice')
+        for (const id of before) assert.ok(seen.includes(id), `instance ${id} listed`)
+        const created = seen.map((id) => id)
+        assert.deepEqual(created.slice(0, 1), [seen[0]])
+        const all = await a.pageInstances({ limit: 1000 })
+        assert.equal(all.next, undefined)
+        assert.ok(all.items.every((x, i) => i === 0 || `${all.items[i - 1]!.createdAt}${all.items[i - 1]!.id}` > `${x.createdAt}${x.id}`), 'newest first')
+        assert.deepEqual((await a.pageInstances({ limit: 5, bot: 'nobody' })).items, [])
+      })
+
+      it('pages bots, tokens and the audit log; a bad cursor or limit is ERR_BAD_REQUEST', async () => {
+        const s = await store()
+        for (let n = 0; n < 5; n++) await s.createBot({ id: randomUUID(), name: `bot-${n}`, roles: ['r'], maxTtlMs: 3_600_000, createdAt: at(n) })
+        for (let n = 0; n < 5; n++) await s.createToken(token(`tok-00000000000${n}`, 'bot-0', { createdAt: at(n) }))
+        for (let n = 0; n < 5; n++) await s.appendAudit({ time: at(n), type: n % 2 ? 'odd' : 'even', success: true, fields: { n } })
+        const p1 = await s.pageBots({ limit: 3 })
+        assert.deepEqual(p1.items.map((b) => b.name), ['bot-4', 'bot-3', 'bot-2'])
+        const p2 = await s.pageBots({ limit: 3, after: p1.next as string })
+        assert.deepEqual(p2.items.map((b) => b.name), ['bot-1', 'bot-0'])
+        assert.equal(p2.next, undefined)
+        const t1 = await s.pageTokens({ limit: 5 })
+        assert.deepEqual(t1.items.map((t) => t.name.slice(-1)), ['4', '3', '2', '1', '0'])
+        assert.equal(t1.next, undefined, 'exactly limit items left: no next')
+        const e1 = await s.pageAudit({ limit: 2 })
+        assert.deepEqual(e1.items.map((e) => e.fields.n), [4, 3])
+        const e2 = await s.pageAudit({ limit: 2, after: e1.next as string })
+        assert.deepEqual(e2.items.map((e) => e.fields.n), [2, 1])
+        assert.deepEqual((await s.pageAudit({ limit: 10, type: 'even', after: e1.next as string })).items.map((e) => e.fields.n), [2, 0])
+        await rejectsWith(s.pageBots({ limit: 3, after: 'not-a-cursor' }), 'ERR_BAD_REQUEST')
+        await rejectsWith(s.pageAudit({ limit: 3, after: p1.next as string }), 'ERR_BAD_REQUEST')
+        await rejectsWith(s.pageInstances({ limit: 0 }), 'ERR_BAD_REQUEST')
+        await rejectsWith(s.pageInstances({ limit: 10_001 }), 'ERR_BAD_REQUEST')
+        const injection = Buffer.from(JSON.stringify(["' OR 1=1 --", "') OR ('1'='1"])).toString('base64url')
+        assert.deepEqual((await s.pageBots({ limit: 3, after: injection })).items, [], 'a cursor is data, not SQL')
+      })
+
+      it('prunes audit events older than a time, in batches', async () => {
+        const s = await store()
+        for (let n = 0; n < 7; n++) await s.appendAudit({ time: at(n * 1000), type: 't', success: true, fields: { n } })
+        assert.equal(await s.pruneAudit(at(5000), 3), 3)
+        assert.equal(await s.pruneAudit(at(5000), 3), 2)
+        assert.equal(await s.pruneAudit(at(5000), 3), 0)
+        assert.deepEqual((await s.queryAudit({})).map((e) => e.fields.n), [5, 6])
+      })
+
+      it('deletes an instance only if nothing changed it since it was read', async () => {
+        const s = await store()
+        const i = await newInstance(s, 1)
+        const seen = await s.getInstance(i.id) as BotInstance
+        await s.updateInstance(i.id, (x) => ({ instance: { ...x!, heartbeats: [{ time: at(5), hostname: 'h', version: '0', os: 'linux', arch: 'x64', uptimeSeconds: 1, services: [] }] } }))
+        assert.equal(await s.deleteInstanceIfUnchanged(seen), false, 'a heartbeat since the read keeps it')
+        assert.equal(await s.deleteInstanceIfUnchanged(await s.getInstance(i.id) as BotInstance), true)
+        assert.equal(await s.getInstance(i.id), undefined)
+      })
+
+      it('one lock per (target, cause), also when two servers race; admin locks without a cause stay separate', async () => {
+        const [a, b] = await pair()
+        const target = randomUUID()
+        const results = await Promise.all(Array.from({ length: 12 }, (_, n) => (n % 2 ? a : b).createLock({
+          id: randomUUID(), instance: target, reason: 'stale generation', createdAt: at(n), cause: 'generation.mismatch',
+        })))
+        assert.equal(results.filter(Boolean).length, 1, 'exactly one copy created the lock')
+        assert.equal(await a.createLock({ id: randomUUID(), instance: target, reason: 'other cause', createdAt: at(0), cause: 'other' }), true)
+        assert.equal(await a.createLock({ id: randomUUID(), bot: 'ci', reason: 'same cause, other target', createdAt: at(0), cause: 'generation.mismatch' }), true)
+        assert.equal(await a.createLock({ id: randomUUID(), instance: target, reason: 'admin', createdAt: at(0) }), true)
+        assert.equal(await a.createLock({ id: randomUUID(), instance: target, reason: 'admin again', createdAt: at(0) }), true)
+        const locks = await b.locksFor('nobody', target)
+        assert.equal(locks.filter((l) => l.cause === 'generation.mismatch').length, 1)
+        assert.equal(locks.length, 4)
+      })
+    })
   })
 }

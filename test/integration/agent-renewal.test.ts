@@ -96,7 +96,7 @@ describe('agent renewal', () => {
       assert.equal(s.renewal.failed, 3)
       assert.equal(agent.process.proc.exitCode, null, 'still running')
       const instance = s.instanceId as string
-      const renewals = (await srv.admin.audit({ type: 'renew' })).filter((e) => e.instance === instance)
+      const renewals = (await srv.admin.pageAudit({ type: 'renew', limit: 10_000 })).items.filter((e) => e.instance === instance)
       assert.deepEqual(renewals.map((e) => [e.fields.generation, e.fields.retry]), [[2, false], [2, true], [2, true], [2, true]])
       assert.ok(!(await srv.admin.listLocks()).some((l) => l.instance === instance), 'no lock')
     } finally {
@@ -134,7 +134,7 @@ describe('agent renewal', () => {
       await sleep(500)
       assert.equal(agent.process.proc.exitCode, null, `still running:\n${agent.process.stderr.slice(-1500)}`)
       assert.ok(!(await srv.admin.listLocks()).some((l) => l.instance === s.instanceId), 'no lock')
-      assert.equal((await srv.admin.audit({ type: 'generation.mismatch' })).length, 0)
+      assert.equal((await srv.admin.pageAudit({ type: 'generation.mismatch', limit: 10_000 })).items.length, 0)
     } finally {
       srv.auth.issueSsh = orig
     }

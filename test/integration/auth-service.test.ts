@@ -118,7 +118,7 @@ describe('auth service', () => {
     assert.match(tok.stdout, /^tok-[0-9a-f]{12}\.[A-Za-z0-9_-]{43}\n$/, 'tokens add prints only the token')
     const name = tok.stdout.split('.')[0] as string
     const ls = await auth.cli(['tokens', 'ls', '--format', 'json'])
-    const listed = JSON.parse(ls.stdout)
+    const listed = JSON.parse(ls.stdout).items
     assert.ok(listed.some((t: any) => t.name === name))
     assert.ok(!ls.stdout.includes(tok.stdout.trim().split('.')[1] as string), 'secret never listed')
     assert.ok(!ls.stdout.includes('secretHash'))
@@ -130,7 +130,7 @@ describe('auth service', () => {
     assert.match(inUse.stderr, /used by bot b1/)
     assert.equal((await auth.cli(['bots', 'rm', 'b1'])).code, 0)
     assert.equal((await auth.cli(['roles', 'rm', 'deployers'])).code, 0)
-    const bots = JSON.parse((await auth.cli(['bots', 'ls', '--format', 'json'])).stdout)
+    const bots = JSON.parse((await auth.cli(['bots', 'ls', '--format', 'json'])).stdout).items
     assert.ok(!bots.some((b: any) => b.name === 'b1'))
   })
 
@@ -165,8 +165,8 @@ describe('auth service', () => {
     await rejectsCode(join(c, wrongSecret), 'ERR_TOKEN_INVALID')
     await join(c, fresh) // a wrong guess did not burn the real token
 
-    const audit = JSON.parse((await auth.cli(['audit', '--format', 'json', '--bot', 'joiner'])).stdout) as any[]
-    const failed = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'join.failed'])).stdout) as any[]
+    const audit = JSON.parse((await auth.cli(['audit', '--format', 'json', '--bot', 'joiner'])).stdout).items as any[]
+    const failed = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'join.failed'])).stdout).items as any[]
     assert.ok(audit.some((e) => e.type === 'join' && e.instance === id1.res.instanceId))
     assert.ok(audit.some((e) => e.type === 'renew' && e.fields.generation === 3))
     assert.ok(audit.some((e) => e.type === 'cert.issued' && e.fields.kind === 'bot' && e.fields.serial === id3.res.serial))
@@ -187,7 +187,7 @@ describe('auth service', () => {
     assert.match(err.message, /locked/)
     // The lock holds for every copy, including the legitimate newer generation.
     await rejectsCode(renew(c, next), 'ERR_LOCKED')
-    const events = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'generation.mismatch'])).stdout) as any[]
+    const events = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'generation.mismatch'])).stdout).items as any[]
     assert.ok(events.some((e) => e.instance === original.res.instanceId && e.fields.presented === 1))
     const locks = JSON.parse((await auth.cli(['locks', 'ls', '--format', 'json'])).stdout) as any[]
     assert.ok(locks.some((l) => l.instance === original.res.instanceId))
@@ -305,10 +305,10 @@ describe('auth service', () => {
     const d = await join(c, token2)
     assert.equal((await auth.cli(['bots', 'rm', 'deleteme'])).code, 0)
     await rejectsCode(renew(c, d), 'ERR_BOT_NOT_FOUND')
-    const audit = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'renew.failed'])).stdout) as any[]
+    const audit = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'renew.failed'])).stdout).items as any[]
     assert.ok(audit.some((e) => e.code === 'ERR_LOCKED' && e.bot === 'lockme'))
     assert.ok(audit.some((e) => e.code === 'ERR_BOT_NOT_FOUND' && e.bot === 'deleteme'))
-    const admin = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'bot.deleted'])).stdout) as any[]
+    const admin = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'bot.deleted'])).stdout).items as any[]
     assert.ok(admin.some((e) => e.bot === 'deleteme'))
   })
 
@@ -319,7 +319,7 @@ describe('auth service', () => {
     assert.deepEqual(ssh.principals, ['ci', 'deploy'])
     await rejectsCode(c.issueSsh(id.caller, { publicKey: newKey().publicKey, principals: ['root'] }), 'ERR_ACCESS_DENIED')
     await rejectsCode(c.issueKube(id.caller, { publicKey: newKey().publicKey, cluster: 'nowhere' }), 'ERR_NOT_FOUND')
-    const denied = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'cert.denied'])).stdout) as any[]
+    const denied = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'cert.denied'])).stdout).items as any[]
     assert.ok(denied.some((e) => e.bot === 'scoped' && e.code === 'ERR_ACCESS_DENIED' && /root/.test(e.message)))
   })
 
@@ -401,7 +401,7 @@ describe('auth service', () => {
       const next = await renew(c2, id)
       assert.equal(next.res.generation, 2)
       assert.equal(next.res.instanceId, id.res.instanceId)
-      const bots = JSON.parse((await auth.cli(['bots', 'ls', '--format', 'json'])).stdout) as any[]
+      const bots = JSON.parse((await auth.cli(['bots', 'ls', '--format', 'json'])).stdout).items as any[]
       assert.ok(bots.some((b) => b.name === 'survivor'))
     } finally {
       c2.close()

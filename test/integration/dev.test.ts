@@ -22,7 +22,7 @@ test('memid dev runs auth + bot + agent in one process and stops cleanly on Ctrl
     assert.equal(s.services[0].type, 'ssh-agent')
     assert.equal(s.services[0].status, 'ok')
     const bots = await runMemid(['bots', 'ls', '--data-dir', path.join(dir, 'memid', 'dev'), '--format', 'json'], { env })
-    assert.equal(JSON.parse(bots.stdout)[0].name, 'dev')
+    assert.equal(JSON.parse(bots.stdout).items[0].name, 'dev')
     const known = await runMemid(['known-hosts'], { env })
     assert.match(known.stdout, /^@cert-authority \* ssh-ed25519 \S+ memid dev ssh-host CA\n$/)
     // The in-memory store has no file: CA commands go to the running service's admin socket.

@@ -247,7 +247,7 @@ describe('the generation state machine on PostgreSQL, two auth servers on one da
     const s = await servers()
     const peer = await joined(s, 'ci')
     const instance = (await s.sb.listInstances('ci'))[0]!.id
-    s.hook.before = () => s.sb.createLock({ id: randomUUID(), instance, reason: 'compromised', createdAt: new Date().toISOString() })
+    s.hook.before = async () => void await s.sb.createLock({ id: randomUUID(), instance, reason: 'compromised', createdAt: new Date().toISOString() })
     await assert.rejects(s.a.renew({ publicKey: newKey().publicKey, ttl: '1h' }, peer), (e: unknown) => e instanceof MemidError && e.code === 'ERR_LOCKED')
     assert.equal((await s.sb.getInstance(instance))?.pendingGeneration, null)
 
@@ -284,20 +284,20 @@ describe('memid auth start --storage postgres://… (end to end)', () => {
     } finally {
       assert.equal(await agent.stop(), 0)
     }
-    const inA = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout) as unknown[]
+    const inA = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout).items as unknown[]
     assert.equal(inA.length, 1, 'the instance created through b is seen by a')
 
     await a.restart()
     assert.equal(a.caPin, b.caPin, 'restart keeps the CAs')
     const bots = await a.cli(['bots', 'ls', '--format', 'json'])
-    assert.deepEqual((JSON.parse(bots.stdout) as { name: string }[]).map((x) => x.name), ['pgbot'])
-    const again = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout) as unknown[]
+    assert.deepEqual((JSON.parse(bots.stdout).items as { name: string }[]).map((x) => x.name), ['pgbot'])
+    const again = JSON.parse((await a.cli(['get', 'bot_instance/pgbot', '--format', 'json'])).stdout).items as unknown[]
     assert.equal(again.length, 1)
     const exported = await a.cli(['auth', 'export', '--kind', 'ssh-user'])
     assert.match(exported.stdout, /^ssh-ed25519 /, `export asks the running server: ${exported.stderr}`)
     const joins = await a.cli(['audit', '--type', 'join', '--format', 'json'])
     assert.equal(joins.code, 0, joins.stderr)
-    assert.equal((JSON.parse(joins.stdout) as unknown[]).length, 1)
+    assert.equal((JSON.parse(joins.stdout).items as unknown[]).length, 1)
   })
 
   it('an unreachable store: exit 1, one line naming host:port, no password', async () => {

@@ -199,11 +199,11 @@ describe('generation state machine', () => {
     const w = await world()
     const id = await joinBot(w)
     // The lock commits after the request authenticated, before its generation transaction.
-    w.beforeUpdate = () => w.store.createLock({ id: randomUUID(), instance: id.res.instanceId, reason: 'compromised', createdAt: new Date().toISOString() })
+    w.beforeUpdate = async () => void await w.store.createLock({ id: randomUUID(), instance: id.res.instanceId, reason: 'compromised', createdAt: new Date().toISOString() })
     await rejects(renew(w, id), 'ERR_LOCKED')
     assert.deepEqual(await state(w, id), [1, null])
     assert.equal((await w.store.queryAudit({ type: 'renew' })).length, 0)
-    w.beforeUpdate = () => w.store.createLock({ id: randomUUID(), bot: 'ci', reason: 'bot compromised', createdAt: new Date().toISOString() })
+    w.beforeUpdate = async () => void await w.store.createLock({ id: randomUUID(), bot: 'ci', reason: 'bot compromised', createdAt: new Date().toISOString() })
     await rejects(w.auth.issueSsh({ publicKey: newKey().publicKey }, id.peer), 'ERR_LOCKED')
   })
 
