@@ -106,11 +106,11 @@ const KINDS: Kind[] = [
       const issued = await issueBotIdentity(ca, publicKey, { bot: 'ci-runner', botId: 'b0000000-0000-4000-8000-000000000001', instanceId: '0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f', generation: 7 }, 3_600_000, now)
       const opts: LeafOptions = {
         ca, publicKey, commonName: 'ci-runner', organizations: ['memid-bot'], usage: 'client', ttlMs: 3_600_000, now,
-        uris: ['memid://bot/ci-runner?instance=0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f&generation=7'],
+        uris: ['memid://bot/ci-runner?id=b0000000-0000-4000-8000-000000000001&instance=0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f&generation=7'],
       }
       return { opts, issued }
     },
-    expect: [/Subject: CN = ci-runner, O = memid-bot/, /URI:memid:\/\/bot\/ci-runner\?instance=0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f&generation=7/, /TLS Web Client Authentication$/],
+    expect: [/Subject: CN = ci-runner, O = memid-bot/, /URI:memid:\/\/bot\/ci-runner\?id=b0000000-0000-4000-8000-000000000001&instance=0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f&generation=7/, /TLS Web Client Authentication$/],
   },
   {
     name: 'kube client',
@@ -168,8 +168,8 @@ describe('DER-template leaf certificates', () => {
   it('bot claims read back from a template certificate', async () => {
     const issued = await issueBotIdentity(ca, ec(), { bot: 'a b/c', botId: 'b0000000-0000-4000-8000-000000000002', instanceId: '0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f', generation: 3 }, 60_000, Date.now())
     const claims = readBotClaims(Buffer.from(new X509Certificate(issued.pem).raw))
-    assert.deepEqual({ ...claims, notAfter: claims?.notAfter.getTime() }, {
-      bot: 'a b/c', instanceId: '0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f', generation: 3, serial: issued.serial, notAfter: issued.notAfter.getTime(),
+    assert.deepEqual({ ...claims, notAfter: claims?.notAfter.getTime(), notBefore: claims?.notBefore?.getTime() }, {
+      bot: 'a b/c', botId: 'b0000000-0000-4000-8000-000000000002', notBefore: issued.notBefore.getTime(), instanceId: '0b0c5f1e-9d7a-4c52-8f0e-2a1b3c4d5e6f', generation: 3, serial: issued.serial, notAfter: issued.notAfter.getTime(),
     })
   })
 
