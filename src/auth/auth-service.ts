@@ -229,7 +229,8 @@ export class AuthService {
    */
   #copyDetected(a: Authenticated, peer: Peer, op: string, expected: string): InstanceChange {
     const reason = `generation mismatch on ${op}: presented ${a.claims.generation}, expected ${expected} (identity copied?)`
-    const lock: Lock = { id: randomUUID(), instance: a.instance.id, reason, createdAt: new Date(this.#clock.now()).toISOString() }
+    // The cause makes the lock idempotent: copies racing on several replicas leave one row.
+    const lock: Lock = { id: randomUUID(), instance: a.instance.id, reason, cause: 'generation.mismatch', createdAt: new Date(this.#clock.now()).toISOString() }
     return {
       locks: [lock],
       audit: [
