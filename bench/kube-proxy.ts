@@ -1,7 +1,7 @@
 /**
  * Requests per second through memid's kube proxy versus `kubectl proxy`, on the same run,
- * against the same Kubernetes-API test server (mutual TLS, HTTP/2 offered), with the same
- * load generator (wrk). Each party runs in its own process. Prints both rates, the CPU
+ * against the same Kubernetes-API stand-in (`bench/_kube-apiserver.ts`: mutual TLS, HTTP/2
+ * offered), with the same load generator (wrk). Each party runs in its own process. Prints both rates, the CPU
  * time each proxy (and the API server behind it) spent per request, and the ratio
  * (target: memid ≥ 1.2× kubectl proxy).
  *
@@ -46,13 +46,9 @@ else await main()
 
 /** Child: the test API server, plus two client certificates (one per proxy) sent to the parent. */
 async function serveApiServer(): Promise<void> {
-  const { startKubeApiServer } = await import('../test/fixtures/kube-apiserver.ts')
+  const { startBenchApiServer } = await import('./_kube-apiserver.ts')
   const ca = await benchCa('bench kube-client CA')
-  // Big lists to several clients at once would otherwise hit the Node test server's own session memory cap.
-  const srv = await startKubeApiServer({ clientCaPem: ca.certPem, maxSessionMemoryMb: 256 })
-  for (let i = 1; i <= Number(args.pods); i++) srv.addPod(`p${i}`)
-  // The fixture records every request for the tests; a benchmark would only grow that list.
-  setInterval(() => srv.requests.splice(0), 1000).unref()
+  const srv = await startBenchApiServer(ca.certPem, Number(args.pods))
   const issue = async (user: string): Promise<ClientMaterial> => ({
     ...await benchLeaf(ca, user, 'client', { organizations: ['bench'] }),
     serverCaPem: srv.caPem, uri: srv.url, host: srv.host, port: srv.port,
