@@ -232,7 +232,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
         await this.#diag.start()
       }
       this.#loop = new RenewalLoop({
-        name: 'bot-identity', intervalMs: this.#intervalMs, run: () => this.#renewIdentity(), logger: this.#log,
+        name: 'bot-identity', intervalMs: this.#intervalMs, run: (commit) => this.#renewIdentity(commit), logger: this.#log,
         renewals: this.#renewals, onFatal: (err) => this.#fatal(err),
         onFailure: (err) => {
           // Services report the cause too: their certificates cannot renew without the identity.
@@ -295,11 +295,13 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
     this.#log.info({ bot: res.bot, instance: res.instanceId, generation: res.generation, serial: res.serial }, 'joined')
   }
 
-  async #renewIdentity(): Promise<void> {
+  /** `commit` counts the renewal in the loop's status in the same step as the new identity becomes visible. */
+  async #renewIdentity(commit: () => void): Promise<void> {
     const current = this.#identity.current()
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
     const res = await this.#client.renew(current.caller, { publicKey: spkiPem(privateKey), ttl: this.#ttlText() })
     const next = this.#buildIdentity(res, privateKey)
+    commit()
     this.#identity.set(next)
     // Old keep-alive sockets still authenticate as the previous generation; drop them.
     setTimeout(() => current.caller.agent.destroy(), 1_000).unref()
