@@ -2,10 +2,10 @@
  * memid as a library: embed the agent in a Node program, or start an auth service.
  * The CLI (`memid`) is built on exactly these exports.
  */
-export { startAgent } from './agent/agent.ts'
-export type { AgentHandle, AgentOptions, AgentStatus, AgentExit, ServiceStatus } from './agent/agent.ts'
-export type { ServiceConfig } from './config/agent.ts'
-export { loadAgentConfig } from './config/agent.ts'
+export { startAgent, createAgent } from './agent/agent.ts'
+export type { AgentHandle, AgentOptions, AgentRuntime, AgentStatus, AgentExit, ServiceStatus } from './agent/agent.ts'
+export type { AgentConfig, AgentConfigOptions, Onboarding, ServiceConfig, ServiceOptions, TokenSource } from './config/agent.ts'
+export { loadAgentConfig, resolveAgentOptions } from './config/agent.ts'
 export { startAuthServer } from './auth/server.ts'
 export type { AuthServer, AuthServerOptions } from './auth/server.ts'
 export { SqliteStore } from './storage/sqlite.ts'

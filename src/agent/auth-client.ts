@@ -2,6 +2,7 @@ import https from 'node:https'
 import type tls from 'node:tls'
 import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
+import { parseAuthServer, type AuthServerAddress } from '../config/agent.ts'
 import {
   AUTH_SERVER_NAME, type CasResponse, type DbCertRequest, type DbCertResponse, type HeartbeatRequest, type IdentityResponse,
   type JoinRequest, type KubeCertRequest, type KubeCertResponse, type RenewRequest, type SshCertRequest, type SshCertResponse,
@@ -10,8 +11,8 @@ import {
 const MAX_RESPONSE_BYTES = 1024 * 1024
 
 export interface AuthClientOptions {
-  /** `host:port` of the auth service. */
-  server: string
+  /** The auth service: `host:port`, or the address config already parsed. */
+  server: string | AuthServerAddress
   /** Accepted `sha256:<hex>` pins of the auth service's TLS CA. */
   caPins: string[]
   /** Per request: connect, TLS and answer together. */
@@ -37,16 +38,15 @@ export class AuthClient {
   #anonAgent: https.Agent | undefined
 
   constructor(opts: AuthClientOptions) {
-    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(opts.server)
-    if (!m) throw new MemidError('ERR_CONFIG', `auth_server: must be HOST:PORT, got "${opts.server}"`)
-    this.#host = m[1] as string
-    this.#port = Number(m[2])
+    const addr = typeof opts.server === 'string' ? parseAuthServer(opts.server) : opts.server
+    this.#host = addr.host
+    this.#port = addr.port
     this.#pins = opts.caPins
     this.#timeoutMs = opts.timeoutMs ?? 10_000
   }
 
   get server(): string {
-    return `${this.#host}:${this.#port}`
+    return this.#host.includes(':') ? `[${this.#host}]:${this.#port}` : `${this.#host}:${this.#port}`
   }
 
   /** The pinned CA bundle (after bootstrap). */
@@ -55,28 +55,48 @@ export class AuthClient {
     return this.#cas
   }
 
-  /** Fetches the CA bundle and checks it against the pins. */
+  /**
+   * Fetches the CA bundle over a connection verified against a pinned CA. The first,
+   * unverified connection only tells which certificate claims to be the TLS CA; nothing
+   * else it says is kept, because a man-in-the-middle could have written it. The bundle
+   * kept is the one read again over a connection that verified the server against that
+   * (pinned) CA and the name `memid-auth`.
+   */
   async bootstrap(): Promise<CasResponse> {
     const probe = new https.Agent({ rejectUnauthorized: false, keepAlive: false })
+    let claimedCa: string
     try {
-      const cas = await this.#request<CasResponse>('GET', '/v1/cas', undefined, probe, 'bootstrap')
-      if (typeof cas?.tls !== 'string' || typeof cas.sshHost !== 'string') throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a malformed CA bundle')
-      let pin: string
-      try {
-        pin = spkiPin(cas.tls)
-      } catch {
-        throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a TLS CA that is not a certificate')
-      }
-      if (!this.#pins.includes(pin)) {
-        throw new MemidError('ERR_CA_PIN_MISMATCH', `the auth server at ${this.server} presented CA ${pin}, which matches no --ca-pin; refusing to trust it`)
-      }
-      this.#cas = cas
-      this.#anonAgent?.destroy()
-      this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
-      return cas
+      claimedCa = this.#pinnedTlsCa(await this.#request<CasResponse>('GET', '/v1/cas', undefined, probe, 'bootstrap'))
     } finally {
       probe.destroy()
     }
+    const verified = new https.Agent({ keepAlive: false, ca: claimedCa, servername: AUTH_SERVER_NAME })
+    let cas: CasResponse
+    try {
+      cas = await this.#request<CasResponse>('GET', '/v1/cas', undefined, verified, 'bootstrap')
+      this.#pinnedTlsCa(cas)
+    } finally {
+      verified.destroy()
+    }
+    this.#cas = cas
+    this.#anonAgent?.destroy()
+    this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
+    return cas
+  }
+
+  /** The bundle's TLS CA, if the bundle is well formed and that CA matches a pin. */
+  #pinnedTlsCa(cas: CasResponse | undefined): string {
+    if (typeof cas?.tls !== 'string' || typeof cas.sshHost !== 'string') throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a malformed CA bundle')
+    let pin: string
+    try {
+      pin = spkiPin(cas.tls)
+    } catch {
+      throw new MemidError('ERR_AUTH_BAD_RESPONSE', 'the auth server sent a TLS CA that is not a certificate')
+    }
+    if (!this.#pins.includes(pin)) {
+      throw new MemidError('ERR_CA_PIN_MISMATCH', `the auth server at ${this.server} presented CA ${pin}, which matches no --ca-pin; refusing to trust it`)
+    }
+    return cas.tls
   }
 
   /** An https.Agent presenting the bot identity, for authenticated calls. */

@@ -1,7 +1,8 @@
 import type { Command } from 'commander'
-import type { AgentFlags } from '../config/agent.ts'
+import { serviceFlags, type AgentFlags } from '../config/agent.ts'
 import type { AgentStatus } from '../agent/agent.ts'
 import { defaultControlSocket } from '../config/paths.ts'
+import { hardenProcess } from '../core/harden.ts'
 import { emit, parseFormat, table } from './output.ts'
 import { socketRequest } from './socket-client.ts'
 import { registerDevCommand } from './dev-command.ts'
@@ -32,8 +33,8 @@ function statusText(s: AgentStatus): string {
 }
 
 export function registerAgentCommands(program: Command): void {
-  program.command('start')
-    .description('join the auth service and serve certificates from memory')
+  const start = program.command('start')
+  start.description('join the auth service and serve certificates from memory')
     .option('--config <file>', 'agent.yaml')
     .option('--auth-server <host:port>', 'auth service address')
     .option('--ca-pin <pin>', 'sha256:<hex> of the auth TLS CA (repeatable)', collect)
@@ -44,11 +45,13 @@ export function registerAgentCommands(program: Command): void {
     .option('--renewal-interval <duration>', 'renew this often (default 20m)')
     .option('--control-socket <path>', 'control socket path')
     .option('--diag-addr <host:port>', 'serve /livez, /readyz, /metrics')
-    .option('--ssh-agent <path>', 'serve an SSH agent on this socket')
-    .option('--kube-proxy <listen=cluster>', 'local Kubernetes API proxy (repeatable)', collect)
-    .option('--db-tunnel <listen=service/user[/db]>', 'database tunnel (repeatable)', collect)
-    .option('--log-format <format>', 'json or text')
+  for (const f of serviceFlags()) {
+    if (f.repeatable) start.option(`--${f.name} ${f.value}`, f.description, collect)
+    else start.option(`--${f.name} ${f.value}`, f.description)
+  }
+  start.option('--log-format <format>', 'json or text')
     .action(async (flags: AgentFlags) => {
+      hardenProcess()
       const { runStart } = await import('./start.ts')
       await runStart(flags)
     })

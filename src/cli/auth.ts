@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import path from 'node:path'
 import type { Command } from 'commander'
 import { MemidError } from '../core/errors.ts'
+import { hardenProcess } from '../core/harden.ts'
 import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
 
@@ -63,6 +64,7 @@ export function registerAuthCommands(program: Command): void {
     .option('--cluster-name <name>', 'cluster name (default memid)')
     .option('--log-format <format>', 'json or text', undefined)
     .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string }) => {
+      hardenProcess()
       const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }] = await Promise.all([
         import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'),
       ])

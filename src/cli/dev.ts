@@ -2,13 +2,12 @@ import os from 'node:os'
 import path from 'node:path'
 import { readFileSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
-import { parseDuration } from '../core/duration.ts'
 import { createLogger } from '../core/log.ts'
-import { defaultControlSocket, validateServices, type ServiceConfig } from '../config/agent.ts'
+import { defaultControlSocket, loadAgentConfig, parseAuthServer } from '../config/agent.ts'
 import { startAuthServer } from '../auth/server.ts'
 import { ensureDataDir } from '../config/auth.ts'
 import { SqliteStore } from '../storage/sqlite.ts'
-import { startAgent } from '../agent/agent.ts'
+import { createAgent } from '../agent/agent.ts'
 import { runAgentProcess } from './start.ts'
 
 export interface DevFlags {
@@ -52,15 +51,19 @@ function readPem(file: string | undefined, flag: string): string | undefined {
  * with --data-dir, the auth store, so API servers and databases can trust its CAs).
  */
 export async function runDev(f: DevFlags): Promise<void> {
-  const ttl = parseDuration(f.certificateTtl)
-  const interval = parseDuration(f.renewalInterval)
-  if (ttl === undefined || interval === undefined || interval >= ttl) {
-    throw new MemidError('ERR_CONFIG', '--renewal-interval: must be a duration shorter than --certificate-ttl')
-  }
-  if (f.logFormat !== 'json' && f.logFormat !== 'text') throw new MemidError('ERR_CONFIG', '--log-format: must be json or text')
-  const log = createLogger({ format: f.logFormat })
   const runtime = path.dirname(defaultControlSocket())
   const devDir = f.dataDir !== undefined ? path.resolve(f.dataDir) : path.join(runtime, 'dev')
+  const dbPath = f.dbName ? `dev/${f.dbUser}/${f.dbName}` : `dev/${f.dbUser}`
+  // The agent's whole config is resolved before the auth service starts; only the auth
+  // address, its pin and the token are unknown yet, and are filled in once they exist.
+  const planned = loadAgentConfig({
+    authServer: '127.0.0.1:1', caPin: [`sha256:${'0'.repeat(64)}`], token: 'dev',
+    certificateTtl: f.certificateTtl, renewalInterval: f.renewalInterval, diagAddr: f.diagAddr, logFormat: f.logFormat,
+    controlSocket: defaultControlSocket(), sshAgent: path.join(devDir, 'agent.sock'),
+    ...(f.kubeServer ? { kubeProxy: [`${f.kubeListen}=dev`] } : {}),
+    ...(f.dbUri ? { dbTunnel: [`${f.dbListen}=${dbPath}`] } : {}),
+  }, {})
+  const log = createLogger({ format: planned.logFormat })
   if (f.dataDir !== undefined) ensureDataDir(devDir)
   const me = os.userInfo().username
 
@@ -70,18 +73,14 @@ export async function runDev(f: DevFlags): Promise<void> {
   })
   const kubeCa = readPem(f.kubeCaFile, '--kube-ca-file')
   const dbCa = readPem(f.dbCaFile, '--db-ca-file')
-  const services: ServiceConfig[] = [{ type: 'ssh-agent', path: path.join(devDir, 'agent.sock'), keyType: 'ed25519' }]
   if (f.kubeServer) {
     await existing(auth.admin.removeResource('kube', 'dev'))
     await auth.admin.addResource('kube', { name: 'dev', uri: f.kubeServer, ...(kubeCa ? { caPem: kubeCa } : {}) })
-    services.push({ type: 'kube-proxy', cluster: 'dev', listen: f.kubeListen })
   }
   if (f.dbUri) {
     await existing(auth.admin.removeResource('db', 'dev'))
     await auth.admin.addResource('db', { name: 'dev', uri: f.dbUri, ...(dbCa ? { caPem: dbCa } : {}) })
-    services.push({ type: 'database-tunnel', service: 'dev', username: f.dbUser, listen: f.dbListen, protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000, ...(f.dbName ? { database: f.dbName } : {}) })
   }
-  validateServices(services)
   // With --data-dir a second run finds last run's bot and role: start them afresh.
   await existing(auth.admin.removeBot('dev'))
   await existing(auth.admin.removeRole('dev'))
@@ -91,10 +90,9 @@ export async function runDev(f: DevFlags): Promise<void> {
   })
   const { token } = await auth.admin.addBot({ name: 'dev', roles: ['dev'] })
 
-  const agent = startAgent({
-    authServer: auth.address, caPins: [auth.caPin], token: token.token, certificateTtlMs: ttl, renewalIntervalMs: interval,
-    controlSocket: defaultControlSocket(), diagnostics: f.diagAddr, services, logger: log.child({ component: 'agent' }),
-  })
+  const agent = createAgent({
+    ...planned, authServer: parseAuthServer(auth.address), caPins: [auth.caPin], onboarding: { method: 'token', token: { kind: 'value', value: token.token } },
+  }, { logger: log.child({ component: 'agent' }) })
   agent.closed.then(() => auth.stop(2_000)).catch(() => undefined)
   agent.ready.then(() => {
     const s = agent.status()

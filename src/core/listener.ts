@@ -1,7 +1,7 @@
 import { mkdirSync, lstatSync, chmodSync, unlinkSync, statSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { MemidError } from './errors.ts'
+import { ConfigError, MemidError } from './errors.ts'
 
 /** Where a local service listens: TCP on a host and port, or a unix socket path. */
 export type ListenAddress =
@@ -27,6 +27,15 @@ export function parseListenAddress(text: string): ListenAddress {
   if (port > 65535) throw new MemidError('ERR_CONFIG', `port ${port} is out of range`)
   const host = (m[1] as string).replace(/^\[(.*)\]$/, '$1')
   return { kind: 'tcp', host, port }
+}
+
+/** `parseListenAddress` for a config value: the error is a ConfigError naming the key (`listen: …`). */
+export function parseListenAt(text: string, key: string): ListenAddress {
+  try {
+    return parseListenAddress(text)
+  } catch (err) {
+    throw new ConfigError(`${key}: ${err instanceof Error ? err.message : String(err)}`)
+  }
 }
 
 /** True for addresses only reachable from this machine. */

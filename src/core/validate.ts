@@ -9,16 +9,25 @@ import { parseDuration } from './duration.ts'
 export function parseWith<T>(schema: z.ZodType<T>, value: unknown, code: ErrorCode = 'ERR_BAD_REQUEST', prefix = ''): T {
   const r = schema.safeParse(value)
   if (r.success) return r.data
-  const issue = r.error.issues[0]
-  if (issue === undefined) throw new MemidError(code, `${prefix}invalid value`)
-  const at = formatPath(issue.path)
-  let message = issue.message
-  if (issue.code === 'unrecognized_keys') message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`
-  throw new MemidError(code, `${prefix}${at ? `${at}: ` : ''}${message}`)
+  throw new MemidError(code, `${prefix}${issueText(r.error)}`)
 }
 
-export function formatPath(path: readonly PropertyKey[]): string {
-  let out = ''
+/**
+ * The first problem of a failed parse as one line, `path: message`, its path appended to
+ * `base` (`services[1]` + `listen` gives `services[1].listen`). Unknown keys are named.
+ */
+export function issueText(error: z.ZodError, base = ''): string {
+  const issue = error.issues[0]
+  if (issue === undefined) return base ? `${base}: invalid value` : 'invalid value'
+  let message = issue.message
+  if (issue.code === 'unrecognized_keys') message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`
+  const at = formatPath(issue.path, base)
+  return at ? `${at}: ${message}` : message
+}
+
+/** `['services', 1, 'listen']` as `services[1].listen`, appended to `base` when given. */
+export function formatPath(path: readonly PropertyKey[], base = ''): string {
+  let out = base
   for (const p of path) {
     if (typeof p === 'number') out += `[${p}]`
     else out += out ? `.${String(p)}` : String(p)

@@ -315,6 +315,15 @@ function decodeCertificate(blob: Buffer): { cert: ParsedSshCertificate; signed: 
   return { cert, signed }
 }
 
+/**
+ * The plain public key blob of a key or certificate blob: a certificate's certified key,
+ * anything else unchanged. Signatures made by a certificate's holder verify with it.
+ */
+export function sshPlainKeyBlob(blob: Buffer): Buffer {
+  const type = new SshReader(blob, 'SSH public key').text()
+  return type.endsWith(CERT_SUFFIX) ? decodeCertificate(blob).cert.publicKeyBlob : blob
+}
+
 /** Parses an OpenSSH certificate line (`TYPE BASE64 [COMMENT]`). */
 export function parseSshCertificateLine(line: string): ParsedSshCertificate {
   const { type, blob } = splitKeyLine(line, 'certificate')

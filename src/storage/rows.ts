@@ -14,7 +14,15 @@ export type Row = Record<string, unknown>
 const str = (v: unknown): string => String(v)
 const optStr = (v: unknown): string | undefined => (v === null || v === undefined ? undefined : String(v))
 
-/** The driver's row buffer is wiped once copied: the copy is the only one the caller has to wipe. */
+/**
+ * Wipes the driver's buffer once copied, so the copy returned is the only one in our
+ * hands. That is all it does: it does not make the key vanish from the process.
+ * SQLite keeps the page in its cache (and the key is in the database file by design);
+ * pg receives bytea as hex text, a JS string that cannot be wiped and stays on the heap
+ * until the GC reuses its memory (and sends it as one on insert). The auth service's CA
+ * keys are protected by the store's access rights and by the process itself refusing a
+ * debugger and core dumps (core/harden.ts), not by this wipe.
+ */
 export function caFromRow(r: Row): StoredCa {
   const raw = r.private_key as Uint8Array
   const privateKeyDer = Buffer.from(raw)

@@ -150,7 +150,7 @@ describe('agent (memid start)', () => {
       const base = ['start', '--auth-server', auth.addr, '--ca-pin', auth.caPin, '--control-socket', path.join(dir, 'c.sock')]
       const interval = await runMemid([...base, '--token', 'x', '--certificate-ttl', '10m', '--renewal-interval', '20m'])
       assert.equal(interval.code, 2)
-      assert.match(interval.stderr, /^memid: --renewal-interval: \(20m\) must be shorter than certificate_ttl \(10m\)\n$/)
+      assert.match(interval.stderr, /^memid: --renewal-interval: \(20m\) must be shorter than --certificate-ttl \(10m\)\n$/)
 
       const noToken = await runMemid(base, { env: { MEMID_TOKEN: '' } })
       assert.equal(noToken.code, 2)

@@ -1,6 +1,7 @@
 import path from 'node:path'
-import { ConfigError, MemidError } from '../../core/errors.ts'
-import { parseListenAddress, type ListenAddress } from '../../core/listener.ts'
+import { ConfigError } from '../../core/errors.ts'
+import { parseListenAt, type ListenAddress } from '../../core/listener.ts'
+import { nameSchema, principalSchema } from '../../core/validate.ts'
 
 /** How a database tunnel is configured (`services[].type: database-tunnel`). */
 export interface DbTunnelConfig {
@@ -34,21 +35,21 @@ const PG_SOCKET = /^\.s\.PGSQL\.(\d{1,5})$/
  * prefixes the path of the service entry (`services[2].`).
  */
 export function resolveDbTunnelConfig(cfg: DbTunnelConfig): ResolvedDbTunnelConfig {
-  let address: ListenAddress
-  try {
-    address = parseListenAddress(cfg.listen)
-  } catch (err) {
-    throw new ConfigError(`listen: ${err instanceof MemidError ? err.message : String(err)}`)
-  }
+  const address = parseListenAt(cfg.listen, 'listen')
   if (address.kind === 'unix' && cfg.protocol === 'postgres' && !PG_SOCKET.test(path.basename(address.path))) {
     throw new ConfigError(
       `listen: name the socket <dir>/.s.PGSQL.<port> so that psql -h <dir> -p <port> finds it (got ${path.basename(address.path)})`,
     )
   }
   if (typeof cfg.service !== 'string' || cfg.service.length === 0) throw new ConfigError('service: should not be empty')
+  if (!nameSchema.safeParse(cfg.service).success) throw new ConfigError(`service: "${printable(cfg.service)}" is not a valid service name`)
   if (typeof cfg.username !== 'string' || cfg.username.length === 0) throw new ConfigError('username: should not be empty')
+  if (!principalSchema.safeParse(cfg.username).success) throw new ConfigError(`username: "${printable(cfg.username)}" is not a valid user name`)
   if (cfg.database !== undefined && (typeof cfg.database !== 'string' || cfg.database.length === 0)) {
     throw new ConfigError('database: should not be empty when given')
+  }
+  if (cfg.database !== undefined && !principalSchema.safeParse(cfg.database).success) {
+    throw new ConfigError(`database: "${printable(cfg.database)}" is not a valid database name`)
   }
   if (cfg.protocol !== 'postgres' && cfg.protocol !== 'tls') throw new ConfigError(`protocol: must be postgres or tls`)
   if (!Number.isInteger(cfg.maxConnections) || cfg.maxConnections < 1) throw new ConfigError('max_connections: must be a positive integer')
@@ -63,4 +64,8 @@ export function resolveDbTunnelConfig(cfg: DbTunnelConfig): ResolvedDbTunnelConf
 export function socketPort(socketPath: string): number | undefined {
   const m = PG_SOCKET.exec(path.basename(socketPath))
   return m ? Number(m[1]) : undefined
+}
+
+function printable(s: string): string {
+  return s.replace(/[^\x20-\x7e]/g, '?').slice(0, 64)
 }

@@ -1,6 +1,6 @@
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import type { Service, ServiceDeps } from '../service.ts'
-import { resolveDbTunnelConfig, type DbTunnelConfig } from './config.ts'
+import { resolveDbTunnelConfig, type DbTunnelConfig, type ResolvedDbTunnelConfig } from './config.ts'
 import { DbTunnelService } from './tunnel.ts'
 
 export type { DbTunnelConfig } from './config.ts'
@@ -20,4 +20,9 @@ export { resolveDbTunnelConfig } from './config.ts'
  */
 export function createDbTunnelService(cfg: DbTunnelConfig, deps: ServiceDeps<TlsClientCredential>): Service {
   return new DbTunnelService(resolveDbTunnelConfig(cfg), deps)
+}
+
+/** Builds the tunnel from settings the agent already resolved. */
+export function buildDbTunnelService(cfg: ResolvedDbTunnelConfig, deps: ServiceDeps<TlsClientCredential>): Service {
+  return new DbTunnelService(cfg, deps)
 }

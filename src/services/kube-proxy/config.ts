@@ -1,5 +1,5 @@
-import { ConfigError, MemidError } from '../../core/errors.ts'
-import { parseListenAddress, type ListenAddress } from '../../core/listener.ts'
+import { ConfigError } from '../../core/errors.ts'
+import { parseListenAt, type ListenAddress } from '../../core/listener.ts'
 
 /** What the agent passes to build a kube proxy (one per cluster). */
 export interface KubeProxyConfig {
@@ -27,12 +27,7 @@ export interface ResolvedKubeProxyConfig {
 
 /** Validates the config once, at the edge; messages name the key. */
 export function resolveKubeProxyConfig(cfg: KubeProxyConfig): ResolvedKubeProxyConfig {
-  let listen: ListenAddress
-  try {
-    listen = parseListenAddress(cfg.listen)
-  } catch (err) {
-    throw new ConfigError(`listen: ${err instanceof MemidError ? err.message : String(err)}`)
-  }
+  const listen = parseListenAt(cfg.listen, 'listen')
   if (typeof cfg.cluster !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(cfg.cluster)) {
     throw new ConfigError(`cluster: "${String(cfg.cluster).slice(0, 64)}" is not a valid cluster name`)
   }

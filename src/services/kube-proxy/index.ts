@@ -44,7 +44,12 @@ export interface KubeProxyTuning {
  * forwarded with whatever `deps.credentials.current()` holds at that moment.
  */
 export function createKubeProxyService(cfg: KubeProxyConfig & KubeProxyTuning, deps: ServiceDeps<TlsClientCredential>): Service {
-  return new KubeProxyService(resolveKubeProxyConfig(cfg), { upstreamProtocol: cfg.upstreamProtocol ?? 'auto', connectTimeoutMs: cfg.connectTimeoutMs ?? CONNECT_TIMEOUT_MS }, deps)
+  return buildKubeProxyService(resolveKubeProxyConfig(cfg), deps, cfg)
+}
+
+/** Builds the proxy from settings the agent already resolved. */
+export function buildKubeProxyService(cfg: ResolvedKubeProxyConfig, deps: ServiceDeps<TlsClientCredential>, tuning: KubeProxyTuning = {}): Service {
+  return new KubeProxyService(cfg, { upstreamProtocol: tuning.upstreamProtocol ?? 'auto', connectTimeoutMs: tuning.connectTimeoutMs ?? CONNECT_TIMEOUT_MS }, deps)
 }
 
 class KubeProxyService implements Service {

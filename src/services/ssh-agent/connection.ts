@@ -1,5 +1,5 @@
 import type net from 'node:net'
-import { parseSshPublicKeyBlob, sshFingerprint, verifySshSignature } from '../../pki/openssh.ts'
+import { parseSshPublicKeyBlob, sshFingerprint, sshPlainKeyBlob, verifySshSignature } from '../../pki/openssh.ts'
 import { SshReader } from '../../pki/ssh-wire.ts'
 import type { Logger } from '../../core/log.ts'
 import type { Keyring } from './keyring.ts'
@@ -178,24 +178,28 @@ export class AgentConnection {
    * session-bind@openssh.com: ssh tells the agent which server (host key) this
    * connection authenticates to, proven by the host's signature over the session id.
    * We verify and record it; a connection bound for forwarding may not sign, because
-   * the bot's identity is meant for this machine only.
+   * the bot's identity is meant for this machine only. ssh sends the host key as the
+   * server presented it, often a host certificate (what `memid auth sign-host` makes):
+   * the signature is the certified key's, so that is what it is checked with, as
+   * OpenSSH's own agent does. Whether the certificate is trusted is ssh's business.
    */
   #sessionBind(hostKey: Buffer, sessionId: Buffer, signature: Buffer, forwarding: boolean): boolean {
     if (this.#binds >= MAX_SESSION_BINDS || this.#authBound) return false
-    let ok = false
+    let plain: Buffer | undefined
     try {
-      ok = verifySshSignature(parseSshPublicKeyBlob(hostKey), signature, sessionId)
+      plain = sshPlainKeyBlob(hostKey)
+      if (!verifySshSignature(parseSshPublicKeyBlob(plain), signature, sessionId)) plain = undefined
     } catch {
-      ok = false
+      plain = undefined
     }
-    if (!ok) {
+    if (plain === undefined) {
       this.#ctx.logger.warn('ssh-agent session-bind with a bad host signature refused')
       return false
     }
     this.#binds++
     if (forwarding) this.#forwarded = true
     else this.#authBound = true
-    this.#ctx.logger.debug({ hostKey: sshFingerprint(hostKey), forwarding }, 'ssh-agent connection bound to a session')
+    this.#ctx.logger.debug({ hostKey: sshFingerprint(plain), forwarding }, 'ssh-agent connection bound to a session')
     return true
   }
 }

@@ -1,21 +1,12 @@
 import net from 'node:net'
 import type { SshCredential } from '../../credentials/credentials.ts'
-import { ConfigError, describeError } from '../../core/errors.ts'
+import { describeError } from '../../core/errors.ts'
 import type { Health, Service, ServiceDeps } from '../service.ts'
-import { closeServer, ConnectionTracker, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
+import { closeServer, ConnectionTracker, listen, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
+import { resolveSshAgentConfig, type ResolvedSshAgentConfig, type SshAgentConfig } from './config.ts'
 import { AgentConnection, type AgentContext } from './connection.ts'
 import { Keyring } from './keyring.ts'
 import { sshAgentMetrics, type SshAgentMetrics } from './metrics.ts'
-
-export interface SshAgentConfig {
-  /** Absolute path of the agent socket (`SSH_AUTH_SOCK`). */
-  path: string
-  /**
-   * Also list the plain public key beside the certificate (default true), as OpenSSH's
-   * agent does for a key added with its certificate.
-   */
-  plainKey?: boolean
-}
 
 /**
  * How long a sign request naming the certificate of the previous renewal is still
@@ -40,17 +31,11 @@ class SshAgentService implements Service {
   #refusing: string | undefined
   readonly #onRenewed: (c: SshCredential) => void
 
-  constructor(cfg: SshAgentConfig, deps: ServiceDeps<SshCredential>) {
-    let addr: ListenAddress
-    try {
-      addr = parseListenAddress(cfg.path)
-    } catch (err) {
-      throw new ConfigError(`ssh-agent path: ${describeError(err)}`)
-    }
-    if (addr.kind !== 'unix') throw new ConfigError(`ssh-agent path: must be an absolute unix socket path, got "${cfg.path}"`)
+  constructor(cfg: ResolvedSshAgentConfig, deps: ServiceDeps<SshCredential>) {
+    const addr = cfg.address
     this.#addr = addr
     this.address = addr.path
-    this.#plainKey = cfg.plainKey ?? true
+    this.#plainKey = cfg.plainKey
     this.#deps = deps
     this.#metrics = sshAgentMetrics(deps.metrics)
     this.#ctx = {
@@ -174,10 +159,19 @@ class SshAgentService implements Service {
   }
 }
 
+export type { SshAgentConfig } from './config.ts'
+
 /**
  * The SSH agent service: the ssh-agent protocol on a unix socket (0600 in a 0700
  * directory), serving the bot's OpenSSH certificate and key from memory. Read-only.
+ *
+ * @throws ConfigError when the config is invalid; the message names the key.
  */
 export function createSshAgentService(cfg: SshAgentConfig, deps: ServiceDeps<SshCredential>): Service {
+  return new SshAgentService(resolveSshAgentConfig(cfg), deps)
+}
+
+/** Builds the service from settings the agent already resolved. */
+export function buildSshAgentService(cfg: ResolvedSshAgentConfig, deps: ServiceDeps<SshCredential>): Service {
   return new SshAgentService(cfg, deps)
 }

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { loadAgentConfig, validateServices, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
+import { loadAgentConfig, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
+import { formatAddress } from '../../../src/core/listener.ts'
 import { ConfigError } from '../../../src/core/errors.ts'
 
 const PIN = `sha256:${'0123456789abcdef'.repeat(4)}`
@@ -24,23 +25,36 @@ services:
   - { type: database-tunnel, service: orders, username: app, database: orders, listen: 127.0.0.1:6432 }
 `
 
-const SPEC_CONFIG: AgentConfig = {
+/** The resolved config in comparable form: addresses as text, services by type, name and address. */
+function plain(cfg: AgentConfig) {
+  const { authServer, diagnostics, services, ...rest } = cfg
+  return {
+    ...rest,
+    authServer: `${authServer.host}:${authServer.port}`,
+    ...(diagnostics ? { diagnostics: formatAddress(diagnostics) } : {}),
+    services: services.map((s) => ({ type: s.type, name: s.name, address: formatAddress(s.address) })),
+  }
+}
+
+/** A resolved service's settings, for the keys a test is about. */
+function settings(cfg: AgentConfig, i: number): Record<string, unknown> {
+  return cfg.services[i]?.settings as Record<string, unknown>
+}
+
+const SPEC_CONFIG = {
   authServer: '127.0.0.1:3025',
   caPins: [PIN],
-  joinMethod: 'token',
-  token: { kind: 'file', path: '/run/secrets/memid-token' },
+  onboarding: { method: 'token', token: { kind: 'file', path: '/run/secrets/memid-token' } },
   certificateTtlMs: 3_600_000,
   renewalIntervalMs: 1_200_000,
   controlSocket: '/run/memid/control.sock',
   diagnostics: '127.0.0.1:9090',
   logFormat: 'json',
+  drainMs: 10_000,
   services: [
-    { type: 'ssh-agent', path: '/run/memid/agent.sock', keyType: 'ed25519' },
-    { type: 'kube-proxy', cluster: 'prod', listen: '127.0.0.1:8001' },
-    {
-      type: 'database-tunnel', service: 'orders', username: 'app', database: 'orders', listen: '127.0.0.1:6432',
-      protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
-    },
+    { type: 'ssh-agent', name: 'ssh-agent', address: '/run/memid/agent.sock' },
+    { type: 'kube-proxy', name: 'kube-proxy:prod', address: '127.0.0.1:8001' },
+    { type: 'database-tunnel', name: 'db-tunnel:orders', address: '127.0.0.1:6432' },
   ],
 }
 
@@ -84,13 +98,17 @@ const FLAGS: AgentFlags = { authServer: '127.0.0.1:3025', caPin: [PIN], tokenFil
 
 describe('loadAgentConfig: the file', () => {
   it("parses SPEC.md's example into the expected config", () => {
-    assert.deepEqual(load(SPEC_EXAMPLE), SPEC_CONFIG)
+    assert.deepEqual(plain(load(SPEC_EXAMPLE)), SPEC_CONFIG)
+    assert.deepEqual(settings(load(SPEC_EXAMPLE), 2), {
+      service: 'orders', username: 'app', database: 'orders', listen: '127.0.0.1:6432', address: { kind: 'tcp', host: '127.0.0.1', port: 6432 },
+      protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
+    })
   })
 
   it('parses examples/agent.yaml once its pin placeholder is filled in', () => {
     const text = readFileSync(new URL('../../../examples/agent.yaml', import.meta.url), 'utf8')
     assert.match(text, /sha256:REPLACE/)
-    assert.deepEqual(load(text.replace(/sha256:REPLACE[A-Za-z_-]*/, PIN)), SPEC_CONFIG)
+    assert.deepEqual(plain(load(text.replace(/sha256:REPLACE[A-Za-z_-]*/, PIN))), SPEC_CONFIG)
   })
 
   it('reads the optional service keys', () => {
@@ -108,14 +126,18 @@ services:
     idle_timeout: 10m
 `)
     assert.equal(cfg.logFormat, 'text')
-    assert.deepEqual(cfg.services, [
-      { type: 'ssh-agent', path: '/run/m/agent.sock', keyType: 'rsa', principals: ['deploy', 'ops'] },
-      { type: 'kube-proxy', cluster: 'prod', listen: '/run/m/kube.sock', allowedHosts: ['localhost'], user: 'ci-bot' },
-      {
-        type: 'database-tunnel', service: 'cache', username: 'default', listen: '127.0.0.1:6380', protocol: 'tls',
-        maxConnections: 5, connectTimeoutMs: 3_000, idleTimeoutMs: 600_000,
-      },
+    assert.deepEqual(plain(cfg).services, [
+      { type: 'ssh-agent', name: 'ssh-agent', address: '/run/m/agent.sock' },
+      { type: 'kube-proxy', name: 'kube-proxy:prod', address: '/run/m/kube.sock' },
+      { type: 'database-tunnel', name: 'db-tunnel:cache', address: '127.0.0.1:6380' },
     ])
+    assert.equal(settings(cfg, 0).keyType, 'rsa')
+    assert.deepEqual(settings(cfg, 0).principals, ['deploy', 'ops'])
+    assert.equal(settings(cfg, 1).user, 'ci-bot')
+    assert.equal((settings(cfg, 1).allowedHosts as { allows(h: string): boolean }).allows('localhost:1'), true)
+    assert.equal((settings(cfg, 1).allowedHosts as { allows(h: string): boolean }).allows('127.0.0.1:1'), false)
+    const db = settings(cfg, 2)
+    assert.deepEqual([db.protocol, db.maxConnections, db.connectTimeoutMs, db.idleTimeoutMs], ['tls', 5, 3_000, 600_000])
   })
 
   it('unknown keys are refused, naming them and where they are', () => {
@@ -160,7 +182,7 @@ services:
 describe('loadAgentConfig: flags', () => {
   it('flags alone are enough', () => {
     const cfg = load(undefined, { ...FLAGS, controlSocket: '/run/m/c.sock' })
-    assert.equal(cfg.authServer, '127.0.0.1:3025')
+    assert.deepEqual(cfg.authServer, { host: '127.0.0.1', port: 3025 })
     assert.deepEqual(cfg.caPins, [PIN])
     assert.equal(cfg.certificateTtlMs, 3_600_000, 'default TTL 1h')
     assert.equal(cfg.renewalIntervalMs, 1_200_000, 'default interval 20m')
@@ -174,13 +196,13 @@ describe('loadAgentConfig: flags', () => {
       authServer: 'auth.example.com:443', caPin: [PIN2], tokenFile: '/other/token', certificateTtl: '30m', renewalInterval: '5m',
       controlSocket: '/run/other/control.sock', diagAddr: '127.0.0.1:9999', logFormat: 'text',
     })
-    assert.equal(cfg.authServer, 'auth.example.com:443')
+    assert.deepEqual(cfg.authServer, { host: 'auth.example.com', port: 443 })
     assert.deepEqual(cfg.caPins, [PIN2])
-    assert.deepEqual(cfg.token, { kind: 'file', path: '/other/token' })
+    assert.deepEqual(cfg.onboarding.token, { kind: 'file', path: '/other/token' })
     assert.equal(cfg.certificateTtlMs, 1_800_000)
     assert.equal(cfg.renewalIntervalMs, 300_000)
     assert.equal(cfg.controlSocket, '/run/other/control.sock')
-    assert.equal(cfg.diagnostics, '127.0.0.1:9999')
+    assert.deepEqual(cfg.diagnostics, { kind: 'tcp', host: '127.0.0.1', port: 9999 })
     assert.equal(cfg.logFormat, 'text')
     assert.equal(cfg.services.length, 3, 'file services are kept')
   })
@@ -190,19 +212,15 @@ describe('loadAgentConfig: flags', () => {
       sshAgent: '/run/m/agent.sock', kubeProxy: ['127.0.0.1:8001=prod', '/run/m/kube.sock=staging'],
       dbTunnel: ['127.0.0.1:6432=orders/app/orders', '/run/m/.s.PGSQL.5432=billing/reader'],
     })
-    assert.deepEqual(cfg.services, [
-      { type: 'ssh-agent', path: '/run/m/agent.sock', keyType: 'ed25519' },
-      { type: 'kube-proxy', listen: '127.0.0.1:8001', cluster: 'prod' },
-      { type: 'kube-proxy', listen: '/run/m/kube.sock', cluster: 'staging' },
-      {
-        type: 'database-tunnel', listen: '127.0.0.1:6432', service: 'orders', username: 'app', database: 'orders',
-        protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
-      },
-      {
-        type: 'database-tunnel', listen: '/run/m/.s.PGSQL.5432', service: 'billing', username: 'reader',
-        protocol: 'postgres', maxConnections: 100, connectTimeoutMs: 10_000,
-      },
+    assert.deepEqual(plain(cfg).services, [
+      { type: 'ssh-agent', name: 'ssh-agent', address: '/run/m/agent.sock' },
+      { type: 'kube-proxy', name: 'kube-proxy:prod', address: '127.0.0.1:8001' },
+      { type: 'kube-proxy', name: 'kube-proxy:staging', address: '/run/m/kube.sock' },
+      { type: 'database-tunnel', name: 'db-tunnel:orders', address: '127.0.0.1:6432' },
+      { type: 'database-tunnel', name: 'db-tunnel:billing', address: '/run/m/.s.PGSQL.5432' },
     ])
+    assert.equal(settings(cfg, 3).database, 'orders')
+    assert.equal(settings(cfg, 4).username, 'reader')
   })
 
   it('bad --kube-proxy forms are refused with the flag and the value', () => {
@@ -247,8 +265,8 @@ describe('loadAgentConfig: impossible values', () => {
   })
 
   it('too short TTL or interval is refused', () => {
-    refused(() => load(MIN, { certificateTtl: '4s', renewalInterval: '1s' }), 'certificate_ttl: ')
-    refused(() => load(MIN, { certificateTtl: '10s', renewalInterval: '500ms' }), 'renewal_interval: ')
+    refused(() => load(MIN, { certificateTtl: '4s', renewalInterval: '1s' }), '--certificate-ttl: ')
+    refused(() => load(MIN, { certificateTtl: '10s', renewalInterval: '500ms' }), '--renewal-interval: ')
     refused(() => load(MIN, { certificateTtl: 'soon' }), '--certificate-ttl: ')
   })
 
@@ -272,30 +290,30 @@ describe('loadAgentConfig: impossible values', () => {
 
 describe('loadAgentConfig: the join token source', () => {
   it('--token-file PATH names a file and never reads it here', () => {
-    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') }).token, { kind: 'file', path: path.join(dir, 'does-not-exist') })
+    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: path.join(dir, 'does-not-exist') }).onboarding.token, { kind: 'file', path: path.join(dir, 'does-not-exist') })
   })
 
   it("--token-file - is stdin", () => {
-    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: '-' }).token, { kind: 'stdin' })
+    assert.deepEqual(load(undefined, { ...FLAGS, tokenFile: '-' }).onboarding.token, { kind: 'stdin' })
   })
 
   it('$MEMID_TOKEN is used when no flag names a token, and its value is not copied into the config', () => {
     const secret = 'tok-0123456789ab.abcdefghijabcdefghijabcdefghijabcdefghijabc'
     const cfg = load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN] }, { MEMID_TOKEN: secret })
-    assert.deepEqual(cfg.token, { kind: 'env' })
+    assert.deepEqual(cfg.onboarding.token, { kind: 'env' })
     assert.ok(!JSON.stringify(cfg).includes(secret))
   })
 
   it('$MEMID_TOKEN wins over the file, a flag wins over $MEMID_TOKEN', () => {
     const env = { MEMID_TOKEN: 'x' }
-    assert.deepEqual(load(MIN, {}, env).token, { kind: 'env' })
-    assert.deepEqual(load(MIN, { tokenFile: '/f' }, env).token, { kind: 'file', path: '/f' })
-    assert.deepEqual(load(MIN, { token: 'literal' }, env).token, { kind: 'value', value: 'literal' })
-    assert.deepEqual(load(MIN, {}, { MEMID_TOKEN: '' }).token, { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
+    assert.deepEqual(load(MIN, {}, env).onboarding.token, { kind: 'env' })
+    assert.deepEqual(load(MIN, { tokenFile: '/f' }, env).onboarding.token, { kind: 'file', path: '/f' })
+    assert.deepEqual(load(MIN, { token: 'literal' }, env).onboarding.token, { kind: 'value', value: 'literal' })
+    assert.deepEqual(load(MIN, {}, { MEMID_TOKEN: '' }).onboarding.token, { kind: 'file', path: '/run/secrets/t' }, 'an empty variable is no token')
   })
 
   it('--token VALUE is accepted (the CLI warns about argv)', () => {
-    assert.deepEqual(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' }).token, { kind: 'value', value: 'v' })
+    assert.deepEqual(load(undefined, { authServer: '127.0.0.1:1', caPin: [PIN], token: 'v' }).onboarding.token, { kind: 'value', value: 'v' })
   })
 
   it('no token source at all is refused with the ways to give one', () => {
@@ -303,12 +321,3 @@ describe('loadAgentConfig: the join token source', () => {
   })
 })
 
-describe('validateServices', () => {
-  it('accepts distinct addresses and refuses a clash', () => {
-    validateServices([{ type: 'kube-proxy', cluster: 'a', listen: '127.0.0.1:1' }, { type: 'ssh-agent', path: '/run/a.sock', keyType: 'ed25519' }])
-    refused(() => validateServices([
-      { type: 'ssh-agent', path: '/run/a.sock', keyType: 'ed25519' },
-      { type: 'kube-proxy', cluster: 'a', listen: '/run/a.sock' },
-    ]), 'services[1]: ')
-  })
-})
