@@ -33,9 +33,16 @@ function fn(file: string, opening: string): string {
   const start = lines.findIndex((l) => l.includes(opening))
   if (start < 0) throw new Error(`${file}: no line contains ${JSON.stringify(opening)} (update scripts/mutate.ts)`)
   const indent = /^\s*/.exec(lines[start] as string)?.[0] ?? ''
-  const end = lines.findIndex((l, i) => i > start && l === `${indent}}`)
+  const end = lines.findIndex((l, i) => i > start && (l === `${indent}}` || l === `${indent}]`))
   if (end < 0) throw new Error(`${file}: cannot find the end of ${JSON.stringify(opening)}`)
   return `${file}:${start + 1}-${end + 1}`
+}
+
+/** The one line that contains `text` (a constant such as a regular expression). */
+function line(file: string, text: string): string {
+  const at = readFileSync(file, 'utf8').split('\n').findIndex((l) => l.includes(text))
+  if (at < 0) throw new Error(`${file}: no line contains ${JSON.stringify(text)} (update scripts/mutate.ts)`)
+  return `${file}:${at + 1}-${at + 1}`
 }
 
 const GROUPS: Group[] = [
@@ -56,7 +63,11 @@ const GROUPS: Group[] = [
   },
   {
     name: 'log',
-    mutate: ['src/core/log.ts'],
+    // The redaction, not the text renderer: the list, the two scrub layers, their patterns.
+    mutate: [
+      fn('src/core/log.ts', 'export const REDACTED_FIELDS = ['), fn('src/core/log.ts', 'function scrub('), fn('src/core/log.ts', 'function scrubLine('),
+      ...['const REDACT_PATHS', 'const PEM_BLOCK', 'const OPENSSH_CERT', 'const PEM_IN_JSON', 'const JOIN_TOKEN', 'const BUFFER_JSON', 'redact: {', 'formatters: {', 'hooks: {'].map((t) => line('src/core/log.ts', t)),
+    ],
     tests: ['test/unit/core/log*.test.ts'],
   },
   {

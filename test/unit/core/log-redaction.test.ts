@@ -23,3 +23,16 @@ for (const format of ['json', 'text'] as LogFormat[]) {
     for (const [i, f] of MUST_REDACT.entries()) assert.match(lines[i]!, new RegExp(`field ${f}`), 'the line itself is kept')
   })
 }
+
+it('key bytes in a typed array or DataView are censored, not written as numbers', () => {
+  const lines: string[] = []
+  const log = createLogger({ level: 'info', sink: { write: (l) => void lines.push(l) } })
+  const bytes = new Uint8Array([0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86])
+  log.info({ material: bytes, view: new DataView(bytes.buffer), nested: { deeper: { raw: bytes } } }, 'typed arrays')
+  assert.equal(lines.length, 1)
+  assert.doesNotMatch(lines[0]!, /"0":48|48,129,135/, 'no byte values in the line')
+  const rec = JSON.parse(lines[0]!) as Record<string, any>
+  assert.equal(rec.material, '[redacted]')
+  assert.equal(rec.view, '[redacted]')
+  assert.equal(rec.nested.deeper.raw, '[redacted]')
+})
