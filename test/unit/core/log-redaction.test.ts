@@ -36,3 +36,17 @@ it('key bytes in a typed array or DataView are censored, not written as numbers'
   assert.equal(rec.view, '[redacted]')
   assert.equal(rec.nested.deeper.raw, '[redacted]')
 })
+
+it('the field scrub censors a whole PEM block even where the line scrub would stop (a quote inside the body)', () => {
+  // The two layers overlap on purpose; this case reaches only the first, so the test notices
+  // it being weakened although the second still covers ordinary PEM.
+  const lines: string[] = []
+  const log = createLogger({ level: 'info', sink: { write: (l) => void lines.push(l) } })
+  const pem = '-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG"tail-of-the-key-body-abc\n-----END PRIVATE KEY-----\n'
+  log.info({ note: `before ${pem} after`, nested: { deeper: [pem] } }, 'pem with a quote')
+  assert.equal(lines.length, 1)
+  assert.doesNotMatch(lines[0]!, /MIGHAgEAMBMG|tail-of-the-key-body/)
+  const rec = JSON.parse(lines[0]!) as Record<string, any>
+  assert.equal(rec.note, 'before [redacted]\n after')
+  assert.equal(rec.nested.deeper[0], '[redacted]\n')
+})
