@@ -50,3 +50,18 @@ it('the field scrub censors a whole PEM block even where the line scrub would st
   assert.equal(rec.note, 'before [redacted]\n after')
   assert.equal(rec.nested.deeper[0], '[redacted]\n')
 })
+
+it('secrets in the message itself (which no field scrub sees) are censored by the line scrub', () => {
+  const lines: string[] = []
+  const log = createLogger({ level: 'info', sink: { write: (l) => void lines.push(l) } })
+  const secret = 'Q2hhbmdlTWVQbGVhc2VJdElzQVZlcnlMb25nU2VjcmV'
+  const pem = '-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----'
+  log.info(`joining with tok-0123456789ab.${secret} now`)
+  log.info(`loaded ${pem} from memory`)
+  log.info(`cert ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29t and more`)
+  assert.equal(lines.length, 3)
+  const msgs = lines.map((l) => String((JSON.parse(l) as { msg: string }).msg))
+  assert.equal(msgs[0], 'joining with tok-0123456789ab.[redacted] now', 'the token name stays, its secret goes')
+  assert.equal(msgs[1], 'loaded [redacted] from memory')
+  assert.equal(msgs[2], 'cert [redacted] and more')
+})
