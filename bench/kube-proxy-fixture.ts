@@ -1,11 +1,12 @@
 /**
- * Second figure, fixture upstream (the Node test API server, not native): Requests per second through memid's kube proxy versus `kubectl proxy`, on the same run,
- * against the same Kubernetes-API test server (mutual TLS, HTTP/2 offered), with the same
- * load generator (wrk). Each party runs in its own process. Prints both rates, the CPU
+ * Second figure, fixture upstream (a Node stand-in, not native; bench/kube-proxy.ts is the
+ * main figure against nginx). Requests per second through memid's kube proxy versus `kubectl proxy`, on the same run,
+ * against the same Kubernetes-API stand-in (`bench/_kube-apiserver.ts`: mutual TLS, HTTP/2
+ * offered), with the same load generator (wrk). Each party runs in its own process. Prints both rates, the CPU
  * time each proxy (and the API server behind it) spent per request, and the ratio
  * (target: memid ≥ 1.2× kubectl proxy).
  *
- *   node bench/kube-proxy.ts [--seconds 5] [--connections 16] [--rounds 5] [--quiet-wait 60]
+ *   node bench/kube-proxy-fixture.ts [--seconds 5] [--connections 16] [--rounds 5] [--quiet-wait 60]
  *                            [--path /api/v1/namespaces/default/pods/p1] [--upstream auto|http/1.1] [--pods 1]
  *
  * `--pods 3000 --path /api/v1/namespaces/default/pods --connections 4` measures big list
@@ -15,12 +16,14 @@
  * (waiting up to --quiet-wait seconds); medians are reported, and the ratio is the median
  * of the per-round ratios (each round compares the two under the same background load).
  */
-import { execFileSync } from 'node:child_process'
+import { spawn, execFileSync } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
   alternateRounds, benchCa, benchLeaf, benchServiceDeps, cpuSeconds, firstMessage, ForeignLoad, machineLine, median, requireTool,
-  startKubectlProxy, startRole, withBenchDir, type ClientMaterial,
+  startRole, withBenchDir, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -44,13 +47,9 @@ else await main()
 
 /** Child: the test API server, plus two client certificates (one per proxy) sent to the parent. */
 async function serveApiServer(): Promise<void> {
-  const { startKubeApiServer } = await import('../test/fixtures/kube-apiserver.ts')
+  const { startBenchApiServer } = await import('./_kube-apiserver.ts')
   const ca = await benchCa('bench kube-client CA')
-  // Big lists to several clients at once would otherwise hit the Node test server's own session memory cap.
-  const srv = await startKubeApiServer({ clientCaPem: ca.certPem, maxSessionMemoryMb: 256 })
-  for (let i = 1; i <= Number(args.pods); i++) srv.addPod(`p${i}`)
-  // The fixture records every request for the tests; a benchmark would only grow that list.
-  setInterval(() => srv.requests.splice(0), 1000).unref()
+  const srv = await startBenchApiServer(ca.certPem, Number(args.pods))
   const issue = async (user: string): Promise<ClientMaterial> => ({
     ...await benchLeaf(ca, user, 'client', { organizations: ['bench'] }),
     serverCaPem: srv.caPem, uri: srv.url, host: srv.host, port: srv.port,
@@ -79,6 +78,31 @@ function wrk(url: string, seconds: number, connections: number): number {
   const m = /Requests\/sec:\s+([\d.]+)/.exec(out)
   if (m === null) throw new Error(`cannot read wrk output:\n${out}`)
   return Number(m[1])
+}
+
+/** `kubectl proxy` on a free port with the given client certificate; resolves to its URL. */
+async function startKubectlProxy(dir: string, k: ClientMaterial) {
+  // kubectl proxy reads its client certificate from a kubeconfig: that file is the peer's
+  // requirement (and this bench's temp dir), not memid's.
+  const b64 = (s: string) => Buffer.from(s).toString('base64')
+  const kubeconfig = path.join(dir, 'kubeconfig')
+  writeFileSync(kubeconfig, [
+    'apiVersion: v1', 'kind: Config', 'current-context: bench',
+    `clusters: [{name: bench, cluster: {server: "${k.uri}", certificate-authority-data: ${b64(k.serverCaPem)}}}]`,
+    `users: [{name: bench, user: {client-certificate-data: ${b64(k.certPem)}, client-key-data: ${b64(k.keyPem)}}}]`,
+    'contexts: [{name: bench, context: {cluster: bench, user: bench}}]', '',
+  ].join('\n'), { mode: 0o600 })
+  const child = spawn('kubectl', ['proxy', '--port=0', '--kubeconfig', kubeconfig], { env: { PATH: process.env.PATH, HOME: dir }, stdio: ['ignore', 'pipe', 'ignore'] })
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+      const m = /Starting to serve on ([\d.:[\]]+)/.exec(out)
+      if (m) resolve(`http://${m[1]}`)
+    })
+    child.once('exit', (code) => reject(new Error(`kubectl proxy exited (${code}): ${out}`)))
+  })
+  return { child, url }
 }
 
 async function main(): Promise<void> {
@@ -133,7 +157,7 @@ async function main(): Promise<void> {
       return `${(who === 'memid' ? 'memid kube proxy' : 'kubectl proxy').padEnd(16)} ${median(p.rates).toFixed(0)} req/s (${list(p.rates)})   ` +
         `CPU ${median(p.usPerReq).toFixed(0)} µs/request (${list(p.usPerReq)}), API server behind it ${median(p.apiUsPerReq).toFixed(0)} µs/request`
     }
-    console.log(`[fixture upstream, second figure] ${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds, memid upstream ${args.upstream}`)
+    console.log(`${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds, memid upstream ${args.upstream}`)
     console.log(line('memid'))
     console.log(line('kubectl'))
     console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)

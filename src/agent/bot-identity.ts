@@ -78,7 +78,7 @@ export class BotIdentityKeeper {
     this.#o = o
     this.source = new CredentialSource<BotIdentity>('bot identity', o.clock)
     this.#loop = new RenewalLoop({
-      name: 'bot-identity', intervalMs: () => this.#nextRenewalMs(), run: () => this.#renew(), logger: o.logger,
+      name: 'bot-identity', intervalMs: () => this.#nextRenewalMs(), run: (commit) => this.#renew(commit), logger: o.logger,
       renewals: o.renewals, onFatal: o.onFatal,
       onFailure: (err) => {
         // After expiry the identity keeps the last real cause (e.g. the auth service being
@@ -187,12 +187,13 @@ export class BotIdentityKeeper {
   }
 
   /** Makes `next` current once every request under the previous identity has settled. */
-  async #swap(next: BotIdentity): Promise<void> {
+  async #swap(next: BotIdentity, commit?: () => void): Promise<void> {
     let done!: () => void
     this.#swapping = new Promise((resolve) => (done = resolve))
     try {
       if (this.#inflight > 0) await new Promise<void>((resolve) => this.#drained.push(resolve))
       this.source.set(next)
+      commit?.()
     } finally {
       this.#swapping = undefined
       done()
@@ -215,7 +216,8 @@ export class BotIdentityKeeper {
     }
   }
 
-  async #renew(): Promise<void> {
+  /** `commit` counts the renewal in the loop's status in the same step as the new identity becomes visible. */
+  async #renew(commit: () => void): Promise<void> {
     const onboarding = this.#onboarding
     const platform = onboarding !== undefined && onboarding.method !== 'token' ? onboarding : undefined
     const current = this.source.peek()
@@ -244,7 +246,7 @@ export class BotIdentityKeeper {
     }
     const next = this.#build(res, privateKey)
     this.#nextKey = undefined
-    await this.#swap(next)
+    await this.#swap(next, commit)
     // Old keep-alive sockets still authenticate as the previous generation; drop them.
     setTimeout(() => current.caller.agent.destroy(), 1_000).unref()
     this.#o.logger.info({ generation: next.generation, serial: next.serial, notAfter: next.notAfter.toISOString() }, 'identity renewed')

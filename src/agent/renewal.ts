@@ -1,4 +1,5 @@
 import type { Counter } from 'prom-client'
+import { systemClock, type TimerClock, type TimerHandle } from '../core/clock.ts'
 import type { Logger } from '../core/log.ts'
 import { FATAL_IDENTITY_CODES, MemidError, describeError } from '../core/errors.ts'
 
@@ -14,12 +15,20 @@ export interface RenewalOptions {
   jitter?: number
   backoffMinMs?: number
   backoffMaxMs?: number
-  run: () => Promise<void>
+  /**
+   * One renewal. A run that makes its result visible before it returns (and then does more
+   * work) calls `commit()` in the same synchronous step as publishing the result, so that
+   * no status read sees the new result while the run is not yet counted as a success.
+   * A run that does not call it is counted when it resolves.
+   */
+  run: (commit: () => void) => Promise<void>
   /** Called once with the error when an answer means renewal can never succeed again. */
   onFatal: (err: MemidError) => void
   onFailure?: (err: unknown) => void
   logger: Logger
   renewals?: Counter<'credential' | 'result'>
+  /** Time, timers and jitter; the system clock unless a test passes a manual one. */
+  clock?: TimerClock
 }
 
 export interface RenewalStatus {
@@ -40,15 +49,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1
  * default), an early run on demand (SIGHUP), fatal answers reported once, and metrics.
  */
 export class RenewalLoop {
-  readonly #o: Required<Pick<RenewalOptions, 'jitter' | 'backoffMinMs' | 'backoffMaxMs'>> & RenewalOptions
-  #timer: NodeJS.Timeout | undefined
+  readonly #o: Required<Pick<RenewalOptions, 'jitter' | 'backoffMinMs' | 'backoffMaxMs' | 'clock'>> & RenewalOptions
+  #timer: TimerHandle | undefined
   #running: Promise<void> | undefined
   #again = false
   #stopped = false
   #status: RenewalStatus = { consecutiveFailures: 0, succeeded: 0, failed: 0 }
 
   constructor(opts: RenewalOptions) {
-    this.#o = { jitter: 0.1, backoffMinMs: 1_000, backoffMaxMs: 60_000, ...opts }
+    this.#o = { jitter: 0.1, backoffMinMs: 1_000, backoffMaxMs: 60_000, clock: systemClock, ...opts }
   }
 
   /** Schedules the first periodic run (the first credential is obtained by the caller). */
@@ -84,17 +93,23 @@ export class RenewalLoop {
   }
 
   async #runOnce(): Promise<void> {
+    let committed = false
+    const commit = () => {
+      if (committed) return
+      committed = true
+      this.#succeeded()
+    }
     try {
-      await this.#o.run()
-      this.#status.lastSuccess = new Date().toISOString()
-      this.#status.consecutiveFailures = 0
-      this.#status.succeeded++
-      delete this.#status.lastError
-      this.#o.renewals?.inc({ credential: this.#o.name, result: 'success' })
-      this.#schedulePeriodic()
+      await this.#o.run(commit)
+      commit()
     } catch (err) {
+      if (committed) {
+        // The new result is already in place and counted; what failed was follow-up work.
+        this.#o.logger.warn({ credential: this.#o.name, reason: describeError(err) }, 'after renewal')
+        return
+      }
       const previous = this.#status.lastError
-      this.#status.lastFailure = new Date().toISOString()
+      this.#status.lastFailure = this.#iso(this.#o.clock.now())
       this.#status.lastError = describeError(err)
       this.#status.consecutiveFailures++
       this.#status.failed++
@@ -116,14 +131,27 @@ export class RenewalLoop {
     }
   }
 
+  #succeeded(): void {
+    this.#status.lastSuccess = this.#iso(this.#o.clock.now())
+    this.#status.consecutiveFailures = 0
+    this.#status.succeeded++
+    delete this.#status.lastError
+    this.#o.renewals?.inc({ credential: this.#o.name, result: 'success' })
+    this.#schedulePeriodic()
+  }
+
   #schedulePeriodic(): void {
     const every = this.#o.intervalMs
     if (every !== undefined) this.#schedule(this.#jittered(typeof every === 'function' ? every() : every))
   }
 
+  #iso(ms: number): string {
+    return new Date(ms).toISOString()
+  }
+
   #jittered(ms: number): number {
     const j = this.#o.jitter
-    return Math.max(50, Math.round(ms * (1 - j + Math.random() * 2 * j)))
+    return Math.max(50, Math.round(ms * (1 - j + this.#o.clock.random() * 2 * j)))
   }
 
   #schedule(delayMs: number): void {
@@ -131,13 +159,13 @@ export class RenewalLoop {
     this.#clear()
     // setTimeout fires after 1 ms for anything above 2^31-1 ms (~24.8 days); renewing early is safe.
     delayMs = Math.min(delayMs, MAX_TIMER_MS)
-    this.#status.nextRunAt = new Date(Date.now() + delayMs).toISOString()
-    this.#timer = setTimeout(() => void this.trigger(), delayMs)
+    this.#status.nextRunAt = this.#iso(this.#o.clock.now() + delayMs)
+    this.#timer = this.#o.clock.setTimeout(() => void this.trigger(), delayMs)
     this.#timer.unref?.()
   }
 
   #clear(): void {
-    if (this.#timer) clearTimeout(this.#timer)
+    if (this.#timer) this.#o.clock.clearTimeout(this.#timer)
     this.#timer = undefined
     delete this.#status.nextRunAt
   }

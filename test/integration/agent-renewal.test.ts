@@ -96,7 +96,7 @@ describe('agent renewal', () => {
       assert.equal(s.renewal.failed, 3)
       assert.equal(agent.process.proc.exitCode, null, 'still running')
       const instance = s.instanceId as string
-      const renewals = (await srv.admin.pageAudit({ type: 'renew', limit: 10_000 })).items.filter((e) => e.instance === instance)
+      const renewals = (await srv.admin.pageAudit({ type: 'renew', limit: 10_000 })).items.reverse().filter((e) => e.instance === instance)
       assert.deepEqual(renewals.map((e) => [e.fields.generation, e.fields.retry]), [[2, false], [2, true], [2, true], [2, true]])
       assert.ok(!(await srv.admin.listLocks()).some((l) => l.instance === instance), 'no lock')
     } finally {
