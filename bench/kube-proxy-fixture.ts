@@ -16,14 +16,12 @@
  * (waiting up to --quiet-wait seconds); medians are reported, and the ratio is the median
  * of the per-round ratios (each round compares the two under the same background load).
  */
-import { spawn, execFileSync } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
-import path from 'node:path'
+import { execFileSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
   alternateRounds, benchCa, benchLeaf, benchServiceDeps, cpuSeconds, firstMessage, ForeignLoad, machineLine, median, requireTool,
-  startRole, withBenchDir, type ClientMaterial,
+  startKubectlProxy, startRole, withBenchDir, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -78,31 +76,6 @@ function wrk(url: string, seconds: number, connections: number): number {
   const m = /Requests\/sec:\s+([\d.]+)/.exec(out)
   if (m === null) throw new Error(`cannot read wrk output:\n${out}`)
   return Number(m[1])
-}
-
-/** `kubectl proxy` on a free port with the given client certificate; resolves to its URL. */
-async function startKubectlProxy(dir: string, k: ClientMaterial) {
-  // kubectl proxy reads its client certificate from a kubeconfig: that file is the peer's
-  // requirement (and this bench's temp dir), not memid's.
-  const b64 = (s: string) => Buffer.from(s).toString('base64')
-  const kubeconfig = path.join(dir, 'kubeconfig')
-  writeFileSync(kubeconfig, [
-    'apiVersion: v1', 'kind: Config', 'current-context: bench',
-    `clusters: [{name: bench, cluster: {server: "${k.uri}", certificate-authority-data: ${b64(k.serverCaPem)}}}]`,
-    `users: [{name: bench, user: {client-certificate-data: ${b64(k.certPem)}, client-key-data: ${b64(k.keyPem)}}}]`,
-    'contexts: [{name: bench, context: {cluster: bench, user: bench}}]', '',
-  ].join('\n'), { mode: 0o600 })
-  const child = spawn('kubectl', ['proxy', '--port=0', '--kubeconfig', kubeconfig], { env: { PATH: process.env.PATH, HOME: dir }, stdio: ['ignore', 'pipe', 'ignore'] })
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = ''
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-      const m = /Starting to serve on ([\d.:[\]]+)/.exec(out)
-      if (m) resolve(`http://${m[1]}`)
-    })
-    child.once('exit', (code) => reject(new Error(`kubectl proxy exited (${code}): ${out}`)))
-  })
-  return { child, url }
 }
 
 async function main(): Promise<void> {
