@@ -166,7 +166,7 @@ describe('a bad agent config is refused before the join token is spent (memid st
   it('the token was never consumed: memid tokens ls shows it unused, and it still joins', async () => {
     const ls = await auth.cli(['tokens', 'ls', '--format', 'json'])
     assert.equal(ls.code, 0, ls.stderr)
-    const tokens = JSON.parse(ls.stdout) as { bot: string; usedByInstance?: string }[]
+    const tokens = JSON.parse(ls.stdout).items as { bot: string; usedByInstance?: string }[]
     const mine = tokens.filter((x) => x.bot === 'cfg')
     assert.equal(mine.length, 1)
     assert.equal(mine[0]?.usedByInstance, undefined, 'unused')

@@ -235,7 +235,7 @@ describe('auth service', () => {
       const id2 = asCaller(c, k.key, res)
       await heartbeat(c, id2)
       assert.equal((await renew(c, id2)).res.generation, 3)
-      const renewals = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'renew', '--bot', 'partitioned'])).stdout) as any[]
+      const renewals = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'renew', '--bot', 'partitioned'])).stdout).items as any[]
       assert.equal(renewals.filter((e) => e.fields.generation === 2).length, 6, 'the server answered every lost request')
       const locks = JSON.parse((await auth.cli(['locks', 'ls', '--format', 'json'])).stdout) as any[]
       assert.ok(!locks.some((l) => l.instance === id1.res.instanceId), 'no lock')
@@ -254,7 +254,7 @@ describe('auth service', () => {
     const err = await rejectsCode(renew(c, original), 'ERR_STALE_GENERATION')
     assert.match(err.message, /locked/)
     await rejectsCode(c.renew(original.caller, { publicKey: k.publicKey, ttl: '1h' }), 'ERR_LOCKED')
-    const events = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'generation.mismatch'])).stdout) as any[]
+    const events = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'generation.mismatch'])).stdout).items as any[]
     assert.ok(events.some((e) => e.instance === original.res.instanceId))
     const locks = JSON.parse((await auth.cli(['locks', 'ls', '--format', 'json'])).stdout) as any[]
     assert.ok(locks.some((l) => l.instance === original.res.instanceId))

@@ -226,7 +226,7 @@ describe('a client CA per kube cluster and per database', () => {
       assert.match(readded.stdout, /keeps the client CA kept by rm --keep-ca/)
       assert.equal(await exportCa(['--kind', 'kube-client', '--cluster', 'staging']), second)
 
-      const audit = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'kube.created'])).stdout) as { fields: Record<string, unknown> }[]
+      const audit = JSON.parse((await auth.cli(['audit', '--format', 'json', '--type', 'kube.created'])).stdout).items.reverse() as { fields: Record<string, unknown> }[]
       assert.deepEqual(audit.filter((e) => e.fields.name === 'staging').map((e) => e.fields.clientCa), ['new', 'new', 'kept'])
     })
 

@@ -51,7 +51,7 @@ describe('platform joins (agent side)', () => {
   const runnerEnv = (ep: GithubEndpoint) => ({ ACTIONS_ID_TOKEN_REQUEST_URL: ep.requestUrl, ACTIONS_ID_TOKEN_REQUEST_TOKEN: ep.requestToken, NODE_EXTRA_CA_CERTS: issuer.caFile })
   const baseArgs = (name: string, extra: string[] = []) => ['start', '--auth-server', auth.addr, '--ca-pin', auth.caPin, '--join-method', 'github', '--join-token', name,
     '--control-socket', path.join(tmp.dir, name, 'control.sock'), ...extra]
-  const instances = async (): Promise<any[]> => JSON.parse((await auth.cli(['get', 'bot_instance/ci', '--format', 'json'])).stdout)
+  const instances = async (): Promise<any[]> => JSON.parse((await auth.cli(['get', 'bot_instance/ci', '--format', 'json'])).stdout).items
 
   test('without permissions: id-token: write the agent says exactly that, exit 1, before contacting anything', async () => {
     const before = (await instances()).length
@@ -76,7 +76,7 @@ describe('platform joins (agent side)', () => {
     assert.match(r.stderr, /^memid: join: join token gh-deploy: claim repository \("evil\/deploy"\) matches no --allow rule$/m)
     assert.deepEqual(ep.audiences, ['memid'], 'the agent asked for the audience the auth service announced')
     assert.equal((await instances()).length, before)
-    const failed = JSON.parse((await auth.cli(['audit', '--type', 'join.failed', '--format', 'json'])).stdout).at(-1)
+    const failed = JSON.parse((await auth.cli(['audit', '--type', 'join.failed', '--format', 'json'])).stdout).items[0]
     assert.equal(failed.fields.claim, 'repository')
     assert.ok(!r.stderr.includes('eyJ'), 'no JWT in the output')
   })

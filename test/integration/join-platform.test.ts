@@ -60,8 +60,9 @@ describe('platform joins (auth side)', () => {
 
   // The admin socket directly: the CLI's own output is checked once, in its test; a process per look is slow.
   const admin = <T>(method: string, p: string, body?: unknown) => socketRequest<T>(path.join(auth.dataDir, 'admin.sock'), method, p, body, 'admin socket', '')
-  const instances = () => admin<any[]>('GET', '/v1/instances?bot=ci')
-  const audit = (type: string) => admin<any[]>('POST', '/v1/audit', { type })
+  const instances = async () => (await admin<{ items: any[] }>('GET', '/v1/instances?bot=ci&limit=10000')).items
+  // Paged newest first; oldest first here, as the assertions read them.
+  const audit = async (type: string) => (await admin<{ items: any[] }>('POST', '/v1/audit', { type, limit: 10_000 })).items.reverse()
 
   function join(joinMethod: 'github' | 'gitlab' | 'kubernetes' | 'oidc', tokenName: string, idToken: string) {
     return c.join({ joinMethod, tokenName, idToken, publicKey: newKey().publicKey })
@@ -107,7 +108,7 @@ describe('platform joins (auth side)', () => {
 
     const name = await addToken(['--join-method', 'github', '--name', 'gh-listed', '--issuer', issuer.url, '--allow', 'repository=acme/deploy,ref=refs/heads/main', '--allow', 'repository_owner=acme,environment=prod', '--ttl', '0'])
     assert.equal(name, 'gh-listed')
-    const ls = JSON.parse((await auth.cli(['tokens', 'ls', '--format', 'json'])).stdout).find((t: any) => t.name === name)
+    const ls = JSON.parse((await auth.cli(['tokens', 'ls', '--format', 'json'])).stdout).items.find((t: any) => t.name === name)
     assert.equal(ls.joinMethod, 'github')
     assert.deepEqual(ls.platform.rules, [{ repository: 'acme/deploy', ref: 'refs/heads/main' }, { repository_owner: 'acme', environment: 'prod' }])
     assert.equal(ls.platform.audience, CLUSTER, 'the audience defaults to the cluster name')
@@ -133,7 +134,7 @@ describe('platform joins (auth side)', () => {
     assert.deepEqual(inst.claims, { repository: 'acme/deploy', workflow: 'deploy', ref: 'refs/heads/main', run_id: '4242' })
     const ok = (await audit('join')).at(-1)
     assert.equal(ok.fields.joinMethod, 'github')
-    const ls = JSON.parse((await auth.cli(['tokens', 'ls', '--format', 'json'])).stdout).find((t: any) => t.name === name)
+    const ls = JSON.parse((await auth.cli(['tokens', 'ls', '--format', 'json'])).stdout).items.find((t: any) => t.name === name)
     assert.equal(ls.joinCount, 2)
 
     await refused('github', name, await issuer.mint({ ...githubClaims({ repository: 'evil/deploy' }), aud: CLUSTER }), { code: 'ERR_JOIN_RULE_MISMATCH', message: /claim repository \("evil\/deploy"\) matches no --allow rule/, claim: 'repository' })

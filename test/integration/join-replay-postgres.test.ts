@@ -49,10 +49,10 @@ describe('platform join replay across replicas', () => {
       ca.close()
       cb.close()
     }
-    const failed = JSON.parse((await a.cli(['audit', '--type', 'join.failed', '--format', 'json'])).stdout)
+    const failed = JSON.parse((await a.cli(['audit', '--type', 'join.failed', '--format', 'json'])).stdout).items.reverse()
     assert.equal(failed.at(-1).code, 'ERR_JOIN_JWT_REPLAYED')
     assert.equal(failed.at(-1).fields.tokenName, name)
-    assert.equal(JSON.parse((await b.cli(['get', 'bot_instance/ci', '--format', 'json'])).stdout).length, 1)
+    assert.equal(JSON.parse((await b.cli(['get', 'bot_instance/ci', '--format', 'json'])).stdout).items.length, 1)
     assert.equal(await pg.sql('SELECT count(*) FROM join_replays', 'joins'), '1\n')
   })
 })
