@@ -37,7 +37,7 @@ export function registerAgentCommands(program: Command): void {
   const start = program.command('start')
   start.description('join the auth service and serve certificates from memory')
     .option('--config <file>', 'agent.yaml')
-    .option('--auth-server <host:port>', 'auth service address')
+    .option('--auth-server <host:port,...>', 'auth service address; several replicas comma-separated, tried in turn')
     .option('--ca-pin <pin>', 'sha256:<hex> of the auth TLS CA (repeatable)', collect)
     .option('--join-method <method>', 'join method: token | github | gitlab | kubernetes | oidc (default token)')
     .option('--join-token <name>', 'platform join methods: the join token\'s name (memid tokens add --join-method … prints it)')
