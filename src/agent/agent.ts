@@ -221,6 +221,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
   #view(): AgentView {
     return {
       authServer: this.#client.server,
+      authServers: this.#client.servers,
       identity: this.#identity.source,
       renewal: this.#identity.status(),
       heartbeatFailures: this.#identity.heartbeatFailures,

@@ -20,7 +20,7 @@ function statusText(s: AgentStatus): string {
     `Bot:            ${s.bot ?? '-'}`,
     `Instance:       ${s.instanceId ?? '-'}`,
     `Generation:     ${s.generation ?? '-'}`,
-    `Auth server:    ${s.authServer}`,
+    `Auth server:    ${s.authServer}${s.authServers.length > 1 ? ` (in use; configured: ${s.authServers.join(', ')})` : ''}`,
     `Join method:    ${s.joinMethod ?? '-'} (${s.joins} join${s.joins === 1 ? '' : 's'} by this process)`,
     `Identity:       ${id.status}${'serial' in id && id.serial ? ` (serial ${id.serial}, expires ${id.notAfter}${id.expiresInSeconds !== undefined ? `, in ${id.expiresInSeconds}s` : ''})` : ''}`,
     `Last renewal:   ${s.renewal.lastSuccess ?? '-'}`,

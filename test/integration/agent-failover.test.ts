@@ -46,6 +46,7 @@ describe('an agent given several auth servers (three replicas on one PostgreSQL 
     await agent.ready
     const first = await agent.status()
     assert.equal(first.authServer, a.addr, 'keeps to the first server while it answers')
+    assert.deepEqual(first.authServers, [a.addr, b.addr, c.addr])
 
     // The replica in use dies between renewals: the next renewal goes to b.
     a.process.signal('SIGKILL')
@@ -73,6 +74,8 @@ describe('an agent given several auth servers (three replicas on one PostgreSQL 
     const r3 = await renewed
     assert.equal(r3.generation, first.generation + 3)
     assert.equal((await agent.status()).authServer, c.addr)
+    const text = await agent.cli(['status'])
+    assert.ok(text.stdout.includes(`Auth server:    ${c.addr} (in use; configured: ${a.addr}, ${b.addr}, ${c.addr})`), text.stdout)
 
     assert.equal((await auditOf(c, 'renew')).length, 3, 'three renewals, each recorded once (the filter works)')
     assert.deepEqual(await auditOf(c, 'generation.mismatch'), [], 'no generation.mismatch audit event')
