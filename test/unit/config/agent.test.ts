@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { loadAgentConfig, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
+import { loadAgentConfig, resolveAgentOptions, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
 import { formatAddress } from '../../../src/core/listener.ts'
 import { ConfigError, MemidError } from '../../../src/core/errors.ts'
 
@@ -388,5 +388,14 @@ describe('loadAgentConfig: several auth servers', () => {
     refused(() => load(`${BASE}auth_servers: []\n`), 'auth_servers', /at least one/)
     refused(() => load(`${BASE}auth_server: a:1\nauth_servers: [b:1]\n`), 'auth_servers: give either auth_server or auth_servers')
     refused(() => load(BASE), 'auth_server: is required', /auth_servers/)
+  })
+
+  it('startAgent() takes authServer (one, or a comma list) or authServers, not both', () => {
+    const base = { caPins: [PIN], token: 't' }
+    assert.deepEqual(addrs(resolveAgentOptions({ ...base, authServers: ['a:1', 'b:2'] })), ['a:1', 'b:2'])
+    assert.deepEqual(addrs(resolveAgentOptions({ ...base, authServer: 'a:1,b:2' })), ['a:1', 'b:2'])
+    refused(() => resolveAgentOptions({ ...base, authServers: ['a:1', 'b'] }), 'authServers[1]: ', /HOST:PORT/)
+    refused(() => resolveAgentOptions({ ...base, authServer: 'a:1', authServers: ['b:2'] }), 'authServers: give either authServer or authServers')
+    refused(() => resolveAgentOptions(base), 'authServer: is required')
   })
 })
