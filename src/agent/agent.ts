@@ -111,7 +111,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
     this.#cfg = cfg
     this.#log = rt.logger ?? silentLogger()
     this.#clock = rt.clock ?? systemClock
-    this.#client = new AuthClient({ server: cfg.authServer, caPins: cfg.caPins })
+    this.#client = new AuthClient({ server: cfg.authServers, caPins: cfg.caPins })
     this.#renewals = new Counter({ name: 'memid_renewals_total', help: 'Credential renewals by credential and result', labelNames: ['credential', 'result'], registers: [this.#registry] })
     this.#identity = new BotIdentityKeeper({
       client: this.#client, certificateTtlMs: cfg.certificateTtlMs, renewalIntervalMs: cfg.renewalIntervalMs, clock: this.#clock, logger: this.#log,
@@ -221,6 +221,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
   #view(): AgentView {
     return {
       authServer: this.#client.server,
+      authServers: this.#client.servers,
       identity: this.#identity.source,
       renewal: this.#identity.status(),
       heartbeatFailures: this.#identity.heartbeatFailures,

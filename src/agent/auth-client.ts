@@ -16,8 +16,11 @@ import {
 const MAX_RESPONSE_BYTES = 1024 * 1024
 
 export interface AuthClientOptions {
-  /** The auth service: `host:port`, or the address config already parsed. */
-  server: string | AuthServerAddress
+  /**
+   * The auth service: `host:port`, or the addresses config already parsed. Several are
+   * replicas of one cluster (one CA, one pin), tried in turn.
+   */
+  server: string | AuthServerAddress | AuthServerAddress[]
   /** Accepted `sha256:<hex>` pins of the auth service's TLS CA. */
   caPins: string[]
   /** Per request: connect, TLS and answer together. */
@@ -30,28 +33,54 @@ export interface CallerIdentity {
 }
 
 /**
+ * A failure that says nothing about the request, only about the server it went to (no
+ * connection, a reset, a timeout, a 5xx): the same request may be tried on another replica.
+ * A 4xx is the cluster's answer and is never retried elsewhere.
+ */
+class ServerFailure extends Error {
+  readonly error: MemidError
+  constructor(error: MemidError) {
+    super(error.message)
+    this.error = error
+  }
+}
+
+/**
  * The typed client of the auth API. Trust starts from the CA pin: `bootstrap` fetches the
  * CA bundle once, accepts it only if its key matches a pin, and from then on every
  * connection verifies the server against that CA and the name `memid-auth`.
+ *
+ * With several servers the client keeps to the one in use while it answers; on a server
+ * failure (see ServerFailure) it moves to the next and sends the same request again,
+ * each server at most once per request. Every request is safe to repeat on another
+ * replica: a renewal retried with the same new key is the same renewal (the auth service
+ * answers it with the same pending generation), heartbeats and certificate issues are
+ * reads or fresh issues. Only a join whose answer was lost cannot be repeated (its token
+ * is single use); the retry is refused as a used token, as it would be on one server.
  */
 export class AuthClient {
-  readonly #host: string
-  readonly #port: number
+  readonly #servers: AuthServerAddress[]
+  #current = 0
   readonly #pins: string[]
   readonly #timeoutMs: number
   #cas: CasResponse | undefined
   #anonAgent: https.Agent | undefined
 
   constructor(opts: AuthClientOptions) {
-    const addr = typeof opts.server === 'string' ? parseAuthServer(opts.server) : opts.server
-    this.#host = addr.host
-    this.#port = addr.port
+    this.#servers = typeof opts.server === 'string' ? [parseAuthServer(opts.server)] : Array.isArray(opts.server) ? [...opts.server] : [opts.server]
+    if (this.#servers.length === 0) throw new TypeError('AuthClient: no auth server given')
     this.#pins = opts.caPins
     this.#timeoutMs = opts.timeoutMs ?? 10_000
   }
 
+  /** The server in use: the one that answered last (or will be asked next). */
   get server(): string {
-    return this.#host.includes(':') ? `[${this.#host}]:${this.#port}` : `${this.#host}:${this.#port}`
+    return formatServer(this.#servers[this.#current]!)
+  }
+
+  /** Every configured server, in the order they are tried. */
+  get servers(): string[] {
+    return this.#servers.map(formatServer)
   }
 
   /** The pinned CA bundle (after bootstrap). */
@@ -147,22 +176,44 @@ export class AuthClient {
     return this.#anonAgent
   }
 
-  #request<T>(method: string, path: string, body: unknown, agent: https.Agent, what: string, schema: z.ZodType<T>): Promise<T> {
+  /**
+   * Sends the request to the server in use, and on a server failure to the next, until one
+   * answers or each has been tried once. The last failure is the error.
+   */
+  async #request<T>(method: string, path: string, body: unknown, agent: https.Agent, what: string, schema: z.ZodType<T>): Promise<T> {
+    let last: MemidError | undefined
+    for (let tried = 0; tried < this.#servers.length; tried++) {
+      const index = this.#current
+      try {
+        return await this.#attempt(this.#servers[index]!, method, path, body, agent, what, schema)
+      } catch (err) {
+        if (!(err instanceof ServerFailure)) throw err
+        last = err.error
+        // Another request may have moved on already; move only from the server this one used.
+        if (this.#current === index) this.#current = (index + 1) % this.#servers.length
+      }
+    }
+    throw last!
+  }
+
+  /** One try against one server; a failure of that server is thrown as ServerFailure. */
+  #attempt<T>(server: AuthServerAddress, method: string, path: string, body: unknown, agent: https.Agent, what: string, schema: z.ZodType<T>): Promise<T> {
+    const where = formatServer(server)
     return new Promise<T>((resolve, reject) => {
       const payload = body === undefined ? undefined : JSON.stringify(body)
       let settled = false
-      const done = (err: Error | undefined, value?: unknown) => {
+      const done = (err: MemidError | undefined, value?: unknown, serverFailure = false) => {
         if (settled) return
         settled = true
         clearTimeout(timer)
-        if (err) return reject(err)
+        if (err) return reject(serverFailure ? new ServerFailure(err) : err)
         // Checked with the contract's schema: inner code trusts these types.
         const r = schema.safeParse(value)
         if (r.success) resolve(r.data)
         else reject(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server sent a malformed answer: ${issueText(r.error)}`))
       }
       const req = https.request({
-        host: this.#host, port: this.#port, method, path, agent,
+        host: server.host, port: server.port, method, path, agent,
         headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
       }, (res) => {
         const chunks: Buffer[] = []
@@ -176,37 +227,43 @@ export class AuthClient {
           }
           chunks.push(c)
         })
-        res.on('error', () => done(new MemidError('ERR_AUTH_UNREACHABLE', `${what}: the connection to the auth server broke mid-answer`)))
+        res.on('error', () => done(new MemidError('ERR_AUTH_UNREACHABLE', `${what}: the connection to the auth server at ${where} broke mid-answer`), undefined, true))
         res.on('end', () => {
           let parsed: unknown
           try {
             parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'))
           } catch {
-            return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server answered ${res.statusCode} with something that is not JSON`))
+            // A 5xx without JSON is a proxy or a dying process in front of the replica.
+            return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: the auth server at ${where} answered ${res.statusCode} with something that is not JSON`), undefined, (res.statusCode ?? 0) >= 500)
           }
           const status = res.statusCode ?? 0
           if (status >= 200 && status < 300) return done(undefined, parsed)
           const e = (parsed as { error?: { code?: unknown; message?: unknown } } | null)?.error
           const code = typeof e?.code === 'string' && e.code in ERROR_STATUS ? (e.code as ErrorCode) : 'ERR_AUTH_BAD_RESPONSE'
           const message = typeof e?.message === 'string' ? e.message.slice(0, 500) : `the auth server answered ${status}`
-          done(new MemidError(code, `${what}: ${message}`))
+          done(new MemidError(code, `${what}: ${message}`), undefined, status >= 500)
         })
       })
       const timer = setTimeout(() => {
         req.destroy()
-        done(new MemidError('ERR_AUTH_TIMEOUT', `${what}: the auth server at ${this.server} did not answer within ${Math.round(this.#timeoutMs / 1000)}s`))
+        done(new MemidError('ERR_AUTH_TIMEOUT', `${what}: the auth server at ${where} did not answer within ${Math.round(this.#timeoutMs / 1000)}s`), undefined, true)
       }, this.#timeoutMs)
       req.on('error', (err: NodeJS.ErrnoException) => {
         const code = err.code ?? ''
         if (code.startsWith('ERR_TLS') || code.includes('CERT') || code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE') {
           return done(new MemidError('ERR_CA_PIN_MISMATCH', `${what}: the auth server's certificate did not verify against the pinned CA (${code})`))
         }
+        // A reset is also what a replica killed mid-request looks like: try the next one.
         if (code === 'EPROTO' || code === 'ECONNRESET' || code === 'HPE_INVALID_CONSTANT') {
-          return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: ${this.server} did not answer as a memid auth service over TLS (${code})`))
+          return done(new MemidError('ERR_AUTH_BAD_RESPONSE', `${what}: ${where} did not answer as a memid auth service over TLS (${code})`), undefined, true)
         }
-        done(new MemidError('ERR_AUTH_UNREACHABLE', `${what}: cannot reach the auth server at ${this.server} (${code || err.message})`))
+        done(new MemidError('ERR_AUTH_UNREACHABLE', `${what}: cannot reach the auth server at ${where} (${code || err.message})`), undefined, true)
       })
       req.end(payload)
     })
   }
+}
+
+function formatServer(s: AuthServerAddress): string {
+  return s.host.includes(':') ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`
 }

@@ -22,7 +22,10 @@ export interface ServiceStatus {
 /** What `memid status` shows: never any key or certificate body. */
 export interface AgentStatus {
   version: string
+  /** The auth server in use (the one that answered last). */
   authServer: string
+  /** Every configured auth server, in the order they are tried. */
+  authServers: string[]
   bot?: string
   instanceId?: string
   generation?: number
@@ -48,6 +51,7 @@ export interface ServiceView {
 /** Everything status and readiness are computed from. */
 export interface AgentView {
   authServer: string
+  authServers: string[]
   identity: CredentialSource<BotIdentity>
   renewal: RenewalStatus
   heartbeatFailures: number
@@ -100,6 +104,7 @@ export function agentStatus(view: AgentView): AgentStatus {
   return {
     version: VERSION,
     authServer: view.authServer,
+    authServers: view.authServers,
     ...(id ? { bot: id.bot, instanceId: id.instanceId, generation: id.generation } : {}),
     ...(view.joinMethod !== undefined ? { joinMethod: view.joinMethod } : {}),
     joins: view.joins,

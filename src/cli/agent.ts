@@ -20,7 +20,7 @@ function statusText(s: AgentStatus): string {
     `Bot:            ${s.bot ?? '-'}`,
     `Instance:       ${s.instanceId ?? '-'}`,
     `Generation:     ${s.generation ?? '-'}`,
-    `Auth server:    ${s.authServer}`,
+    `Auth server:    ${s.authServer}${s.authServers.length > 1 ? ` (in use; configured: ${s.authServers.join(', ')})` : ''}`,
     `Join method:    ${s.joinMethod ?? '-'} (${s.joins} join${s.joins === 1 ? '' : 's'} by this process)`,
     `Identity:       ${id.status}${'serial' in id && id.serial ? ` (serial ${id.serial}, expires ${id.notAfter}${id.expiresInSeconds !== undefined ? `, in ${id.expiresInSeconds}s` : ''})` : ''}`,
     `Last renewal:   ${s.renewal.lastSuccess ?? '-'}`,
@@ -37,7 +37,7 @@ export function registerAgentCommands(program: Command): void {
   const start = program.command('start')
   start.description('join the auth service and serve certificates from memory')
     .option('--config <file>', 'agent.yaml')
-    .option('--auth-server <host:port>', 'auth service address')
+    .option('--auth-server <host:port,...>', 'auth service address; several replicas comma-separated, tried in turn')
     .option('--ca-pin <pin>', 'sha256:<hex> of the auth TLS CA (repeatable)', collect)
     .option('--join-method <method>', 'join method: token | github | gitlab | kubernetes | oidc (default token)')
     .option('--join-token <name>', 'platform join methods: the join token\'s name (memid tokens add --join-method … prints it)')

@@ -92,7 +92,7 @@ export async function runDev(f: DevFlags): Promise<void> {
   const { token } = await auth.admin.addBot({ name: 'dev', roles: ['dev'] })
 
   const agent = createAgent({
-    ...planned, authServer: parseAuthServer(auth.address), caPins: [auth.caPin], onboarding: { method: 'token', token: { kind: 'value', value: token.token } },
+    ...planned, authServers: [parseAuthServer(auth.address)], caPins: [auth.caPin], onboarding: { method: 'token', token: { kind: 'value', value: token.token } },
   }, { logger: log.child({ component: 'agent' }) })
   agent.ready.then(() => {
     const s = agent.status()

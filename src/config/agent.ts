@@ -47,7 +47,8 @@ export interface AuthServerAddress {
  * (`resolveAgentOptions`), before any token is read or the auth service contacted.
  */
 export interface AgentConfig {
-  authServer: AuthServerAddress
+  /** One or more replicas of one auth cluster, tried in this order (see AuthClient). */
+  authServers: AuthServerAddress[]
   caPins: string[]
   onboarding: Onboarding
   certificateTtlMs: number
@@ -65,8 +66,10 @@ export interface AgentConfig {
 
 /** What `startAgent()` accepts: the options form of the config (camelCase, durations in ms). */
 export interface AgentConfigOptions {
-  /** `host:port` of the auth service. */
-  authServer: string
+  /** `host:port` of the auth service; several replicas as `a:3025,b:3025`. */
+  authServer?: string
+  /** Several replicas of one auth cluster (instead of `authServer`). */
+  authServers?: string[]
   /** `sha256:<hex>` pins of the auth service's TLS CA. */
   caPins: string[]
   /** The join token value (single use). Shorthand for `onboarding: { method: 'token', token: { kind: 'value', value } }`. */
@@ -111,7 +114,8 @@ interface Given {
 
 /** Everything `resolveAgentConfig` needs, whichever entry point gathered it. */
 interface AgentInput {
-  authServer: Given & { hint: string }
+  /** One Given holding a list (`a:1,b:2`) or one Given per element. */
+  authServers: { items: Given[]; at: string; hint: string }
   caPins: { items: Given[]; at: string; hint: string }
   onboarding: Given & { value: Onboarding | undefined; hint: string }
   certificateTtl: Given
@@ -131,6 +135,31 @@ const PIN = /^sha256:[0-9a-f]{64}$/
 
 function fail(at: string, message: string): never {
   throw new ConfigError(`${at}: ${message}`)
+}
+
+/**
+ * The auth servers from given values, each `host:port` or a comma-separated list of them;
+ * an element is named `at[i]` when the value held a list. Duplicates are refused: a
+ * replica listed twice would be retried as if it were another.
+ */
+function parseAuthServers(items: Given[]): AuthServerAddress[] {
+  const out: AuthServerAddress[] = []
+  const seen = new Map<string, string>()
+  for (const g of items) {
+    if (typeof g.value !== 'string') fail(g.at, 'must be a string HOST:PORT')
+    const parts = g.value.split(',')
+    parts.forEach((part, i) => {
+      const at = parts.length > 1 ? `${g.at}[${i}]` : g.at
+      if (part.trim() === '') fail(at, 'is empty (a stray comma?)')
+      const addr = parseAuthServer(part.trim(), at)
+      const key = `${addr.host.toLowerCase()}:${addr.port}`
+      const prev = seen.get(key)
+      if (prev !== undefined) fail(at, `${part.trim().slice(0, 80)} is listed twice (also ${prev})`)
+      seen.set(key, at)
+      out.push(addr)
+    })
+  }
+  return out
 }
 
 /** `host:port` or `[v6]:port`, the same rule as every TCP listen address. */
@@ -187,8 +216,8 @@ function listenAddress(g: Given): ListenAddress | undefined {
  * naming the flag, key or option.
  */
 function resolveAgentConfig(input: AgentInput): AgentConfig {
-  if (input.authServer.value === undefined) fail(input.authServer.at, `is required${input.authServer.hint}`)
-  const authServer = parseAuthServer(input.authServer.value, input.authServer.at)
+  if (input.authServers.items.length === 0) fail(input.authServers.at, `is required${input.authServers.hint}`)
+  const authServers = parseAuthServers(input.authServers.items)
   if (input.caPins.items.length === 0) fail(input.caPins.at, `at least one CA pin is required${input.caPins.hint}`)
   const caPins = input.caPins.items.map((p) => {
     if (typeof p.value !== 'string' || !PIN.test(p.value)) fail(p.at, 'must be sha256:<64 hex digits> (memid auth ca-pin prints it)')
@@ -217,7 +246,7 @@ function resolveAgentConfig(input: AgentInput): AgentConfig {
   const services = input.services.map((resolve) => resolve())
   checkServices(services)
   return {
-    authServer, caPins, onboarding, certificateTtlMs, renewalIntervalMs,
+    authServers, caPins, onboarding, certificateTtlMs, renewalIntervalMs,
     ...(controlSocket !== undefined ? { controlSocket } : {}), ...(diagnostics !== undefined ? { diagnostics } : {}),
     logFormat, drainMs, services,
   }
@@ -244,6 +273,7 @@ function checkServices(services: ResolvedService[]): void {
 const fileSchema = z.strictObject({
   version: z.literal('v1', { error: 'must be v1' }),
   auth_server: z.string().optional(),
+  auth_servers: z.array(z.string()).min(1, { error: 'must list at least one HOST:PORT' }).max(64).optional(),
   ca_pins: z.array(z.string()).min(1).optional(),
   onboarding: z.strictObject({
     join_method: z.enum(JOIN_METHODS, { error: `must be one of ${JOIN_METHODS.join(', ')}` }).optional(),
@@ -323,8 +353,12 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
   }
 
   const pinsFromFlags = flags.caPin !== undefined && flags.caPin.length > 0
+  if (file?.auth_server !== undefined && file.auth_servers !== undefined) fail('auth_servers', 'give either auth_server or auth_servers, not both')
+  const authServers: Given[] = flags.authServer !== undefined ? [{ value: flags.authServer, at: '--auth-server' }]
+    : file?.auth_servers !== undefined ? file.auth_servers.map((value, i) => ({ value, at: `auth_servers[${i}]` }))
+      : file?.auth_server !== undefined ? [{ value: file.auth_server, at: 'auth_server' }] : []
   return resolveAgentConfig({
-    authServer: { ...pick(flags.authServer, '--auth-server', file?.auth_server, 'auth_server'), hint: ' (--auth-server HOST:PORT)' },
+    authServers: { items: authServers, at: 'auth_server', hint: ' (--auth-server HOST:PORT[,HOST:PORT…], or auth_servers: [...] in the config file)' },
     caPins: {
       items: pinsFromFlags ? (flags.caPin ?? []).map((value) => ({ value, at: '--ca-pin' })) : (file?.ca_pins ?? []).map((value, i) => ({ value, at: `ca_pins[${i}]` })),
       at: 'ca_pins', hint: ' (--ca-pin sha256:…; memid auth ca-pin prints it)',
@@ -410,8 +444,13 @@ export function resolveAgentOptions(o: AgentConfigOptions): AgentConfig {
   if (onboarding !== undefined) checkOnboarding(onboarding)
   if (o.services !== undefined && !Array.isArray(o.services)) fail('services', 'must be an array')
   if (o.caPins !== undefined && !Array.isArray(o.caPins)) fail('caPins', 'must be an array')
+  if (o.authServer !== undefined && o.authServers !== undefined) fail('authServers', 'give either authServer or authServers, not both')
+  if (o.authServers !== undefined && !Array.isArray(o.authServers)) fail('authServers', 'must be an array')
   return resolveAgentConfig({
-    authServer: { ...given('authServer'), hint: '' },
+    authServers: {
+      items: o.authServers !== undefined ? o.authServers.map((value, i) => ({ value, at: `authServers[${i}]` })) : o.authServer !== undefined ? [given('authServer')] : [],
+      at: 'authServer', hint: '',
+    },
     caPins: { items: (o.caPins ?? []).map((value, i) => ({ value, at: `caPins[${i}]` })), at: 'caPins', hint: '' },
     onboarding: { value: onboarding, at: 'token', hint: ': pass token (or onboarding)' },
     certificateTtl: given('certificateTtlMs'),

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { loadAgentConfig, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
+import { loadAgentConfig, resolveAgentOptions, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
 import { formatAddress } from '../../../src/core/listener.ts'
 import { ConfigError, MemidError } from '../../../src/core/errors.ts'
 
@@ -30,10 +30,10 @@ services:
 
 /** The resolved config in comparable form: addresses as text, services by type, name and address. */
 function plain(cfg: AgentConfig) {
-  const { authServer, diagnostics, services, ...rest } = cfg
+  const { authServers, diagnostics, services, ...rest } = cfg
   return {
     ...rest,
-    authServer: `${authServer.host}:${authServer.port}`,
+    authServers: authServers.map((a) => `${a.host}:${a.port}`),
     ...(diagnostics ? { diagnostics: formatAddress(diagnostics) } : {}),
     services: services.map((s) => ({ type: s.type, name: s.name, address: formatAddress(s.address) })),
   }
@@ -45,7 +45,7 @@ function settings(cfg: AgentConfig, i: number): Record<string, unknown> {
 }
 
 const SPEC_CONFIG = {
-  authServer: '127.0.0.1:3025',
+  authServers: ['127.0.0.1:3025'],
   caPins: [PIN],
   onboarding: { method: 'token', token: { kind: 'file', path: '/run/secrets/memid-token' } },
   certificateTtlMs: 3_600_000,
@@ -187,7 +187,7 @@ services:
 describe('loadAgentConfig: flags', () => {
   it('flags alone are enough', () => {
     const cfg = load(undefined, { ...FLAGS, controlSocket: '/run/m/c.sock' })
-    assert.deepEqual(cfg.authServer, { host: '127.0.0.1', port: 3025 })
+    assert.deepEqual(cfg.authServers, [{ host: '127.0.0.1', port: 3025 }])
     assert.deepEqual(cfg.caPins, [PIN])
     assert.equal(cfg.certificateTtlMs, 3_600_000, 'default TTL 1h')
     assert.equal(cfg.renewalIntervalMs, 1_200_000, 'default interval 20m')
@@ -201,7 +201,7 @@ describe('loadAgentConfig: flags', () => {
       authServer: 'auth.example.com:443', caPin: [PIN2], tokenFile: '/other/token', certificateTtl: '30m', renewalInterval: '5m',
       controlSocket: '/run/other/control.sock', diagAddr: '127.0.0.1:9999', logFormat: 'text',
     })
-    assert.deepEqual(cfg.authServer, { host: 'auth.example.com', port: 443 })
+    assert.deepEqual(cfg.authServers, [{ host: 'auth.example.com', port: 443 }])
     assert.deepEqual(cfg.caPins, [PIN2])
     assert.deepEqual(tokenOf(cfg), { kind: 'file', path: '/other/token' })
     assert.equal(cfg.certificateTtlMs, 1_800_000)
@@ -362,5 +362,40 @@ describe('loadAgentConfig: platform joins', () => {
     refused(() => load(undefined, { ...FLAGS, joinToken: 'gh' }), '--join-token: is for the github, gitlab, kubernetes and oidc join methods')
     refused(() => load(undefined, { ...base, joinMethod: 'azure', joinToken: 'x' }), '--join-method: "azure" is not one of token, github, gitlab, kubernetes, oidc')
     refused(() => load(undefined, { ...base, joinMethod: 'kubernetes', joinToken: 'k', idTokenFile: 'relative' }), '--id-token-file: must be an absolute path')
+  })
+})
+
+describe('loadAgentConfig: several auth servers', () => {
+  const BASE = `version: v1\nca_pins: ["${PIN}"]\nonboarding: { token_file: /run/secrets/t }\n`
+  const addrs = (cfg: AgentConfig) => cfg.authServers.map((a) => `${a.host}:${a.port}`)
+
+  it('--auth-server takes a comma-separated list, in order', () => {
+    const cfg = load(undefined, { ...FLAGS, authServer: 'a.example:3025,b.example:3025,[::1]:3026' })
+    assert.deepEqual(addrs(cfg), ['a.example:3025', 'b.example:3025', '::1:3026'])
+  })
+
+  it('auth_servers in the file is a list; auth_server (one) still works; the flag overrides both', () => {
+    assert.deepEqual(addrs(load(`${BASE}auth_servers: [a:3025, b:3025, c:3025]\n`)), ['a:3025', 'b:3025', 'c:3025'])
+    assert.deepEqual(addrs(load(`${BASE}auth_server: a:3025\n`)), ['a:3025'])
+    assert.deepEqual(addrs(load(`${BASE}auth_servers: [a:3025, b:3025]\n`, { authServer: 'z:1' })), ['z:1'])
+  })
+
+  it('a bad element is refused before anything is contacted, named by flag or key and position', () => {
+    refused(() => load(undefined, { ...FLAGS, authServer: 'a:3025,nope' }), '--auth-server[1]: ', /HOST:PORT/)
+    refused(() => load(undefined, { ...FLAGS, authServer: 'a:3025,' }), '--auth-server[1]: is empty')
+    refused(() => load(undefined, { ...FLAGS, authServer: 'a:3025,b:1,A:3025' }), '--auth-server[2]: ', /listed twice \(also --auth-server\[0\]\)/)
+    refused(() => load(`${BASE}auth_servers: [a:3025, "b:0"]\n`), 'auth_servers[1]: port 0')
+    refused(() => load(`${BASE}auth_servers: []\n`), 'auth_servers', /at least one/)
+    refused(() => load(`${BASE}auth_server: a:1\nauth_servers: [b:1]\n`), 'auth_servers: give either auth_server or auth_servers')
+    refused(() => load(BASE), 'auth_server: is required', /auth_servers/)
+  })
+
+  it('startAgent() takes authServer (one, or a comma list) or authServers, not both', () => {
+    const base = { caPins: [PIN], token: 't' }
+    assert.deepEqual(addrs(resolveAgentOptions({ ...base, authServers: ['a:1', 'b:2'] })), ['a:1', 'b:2'])
+    assert.deepEqual(addrs(resolveAgentOptions({ ...base, authServer: 'a:1,b:2' })), ['a:1', 'b:2'])
+    refused(() => resolveAgentOptions({ ...base, authServers: ['a:1', 'b'] }), 'authServers[1]: ', /HOST:PORT/)
+    refused(() => resolveAgentOptions({ ...base, authServer: 'a:1', authServers: ['b:2'] }), 'authServers: give either authServer or authServers')
+    refused(() => resolveAgentOptions(base), 'authServer: is required')
   })
 })
