@@ -18,7 +18,7 @@ import { adminRouter } from './admin-socket.ts'
 import { AuthService } from './auth-service.ts'
 import { caPin, loadOrCreateCas, type CaSet } from './cas.ts'
 import { agentApiRouter } from './http-api.ts'
-import { RateLimiter } from './rate-limit.ts'
+import { DEFAULT_JOIN_RATE, RateLimiter } from './rate-limit.ts'
 import { Retention } from './retention.ts'
 import { startApiWorkers } from './workers.ts'
 
@@ -138,7 +138,7 @@ export interface RunningApi {
 export async function serveAgentApi(o: {
   auth: AuthService; cas: CaSet; identity: ServerIdentity; addr: ListenAddress; logger: Logger; joinRate?: number; reusePort?: boolean
 }): Promise<RunningApi> {
-  const api = agentApiRouter(o.auth, new RateLimiter(o.joinRate ?? 10, (o.joinRate ?? 10) * 2))
+  const api = agentApiRouter(o.auth, new RateLimiter(o.joinRate ?? DEFAULT_JOIN_RATE, (o.joinRate ?? DEFAULT_JOIN_RATE) * 2))
   const server = withPrivateKeyPem(o.identity.key, (keyPem) => https.createServer({
     key: keyPem,
     cert: o.identity.certPem + o.cas.tls.certPem,

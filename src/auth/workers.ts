@@ -5,6 +5,7 @@ import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import type { ListenAddress } from '../core/listener.ts'
 import type { Logger, LogFormat } from '../core/log.ts'
 import type { CaSet } from './cas.ts'
+import { DEFAULT_JOIN_RATE } from './rate-limit.ts'
 import type { RunningApi, ServerIdentity } from './server.ts'
 
 /** What a worker needs besides the keys (cloned at start; holds no key material). */
@@ -70,7 +71,10 @@ export async function startApiWorkers(o: {
   count: number; storage: string; logFormat: LogFormat; cas: CaSet; identity: ServerIdentity; addr: ListenAddress & { kind: 'tcp' }
   clusterName: string; logger: Logger; joinRate?: number
 }): Promise<RunningApi> {
-  const base = { storage: o.storage, host: o.addr.host, clusterName: o.clusterName, logFormat: o.logFormat, ...(o.joinRate !== undefined ? { joinRate: o.joinRate } : {}) }
+  // Each worker limits joins on its own; the kernel spreads a client's connections evenly
+  // over the workers, so each gets its share and the address's total stays the configured one.
+  const joinRate = (o.joinRate ?? DEFAULT_JOIN_RATE) / o.count
+  const base = { storage: o.storage, host: o.addr.host, clusterName: o.clusterName, logFormat: o.logFormat, joinRate }
   const running: Running[] = []
   const stopAll = () => Promise.all(running.map((r) => r.worker.terminate()))
   let port: number
