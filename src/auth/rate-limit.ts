@@ -1,3 +1,6 @@
+/** Join attempts per second per client address (the burst is twice this). */
+export const DEFAULT_JOIN_RATE = 10
+
 /** A token bucket per client address: `rate` per second, `burst` at most. */
 export class RateLimiter {
   readonly #rate: number

@@ -1,4 +1,4 @@
-import { constants as cryptoConstants, generateKeyPairSync, createPublicKey } from 'node:crypto'
+import { constants as cryptoConstants, generateKeyPairSync, createPublicKey, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
@@ -6,7 +6,7 @@ import os from 'node:os'
 import type { Socket } from 'node:net'
 import type { Clock } from '../core/clock.ts'
 import { systemClock } from '../core/clock.ts'
-import type { Logger } from '../core/log.ts'
+import type { Logger, LogFormat } from '../core/log.ts'
 import { MemidError } from '../core/errors.ts'
 import { issueLeaf } from '../pki/x509.ts'
 import { withPrivateKeyPem } from '../pki/pem.ts'
@@ -18,8 +18,9 @@ import { adminRouter } from './admin-socket.ts'
 import { AuthService } from './auth-service.ts'
 import { caPin, loadOrCreateCas, type CaSet } from './cas.ts'
 import { agentApiRouter } from './http-api.ts'
-import { RateLimiter } from './rate-limit.ts'
+import { DEFAULT_JOIN_RATE, RateLimiter } from './rate-limit.ts'
 import { Retention } from './retention.ts'
+import { startApiWorkers } from './workers.ts'
 
 const SERVER_CERT_TTL_MS = 365 * 24 * 3600 * 1000
 
@@ -35,6 +36,11 @@ export interface AuthServerOptions {
   joinRate?: number
   /** `instance_ttl` and `audit_retention` (defaults 7 and 90 days); false: no background sweep. */
   retention?: { instanceTtlMs?: number; auditRetentionMs?: number; intervalMs?: number } | false
+  /**
+   * Serve the agent API from `count` worker threads (more than one), each opening its own
+   * connection to `storage`. Admin socket, migrations and retention stay on this thread.
+   */
+  workers?: { count: number; storage: string; logFormat: LogFormat }
 }
 
 export interface AuthServer {
@@ -44,6 +50,8 @@ export interface AuthServer {
   cas: CaSet
   auth: AuthService
   admin: AdminService
+  /** Resolves (with why) if an API worker thread dies while serving; never with one worker. */
+  failed?: Promise<string>
   /** Stops accepting, finishes in-flight requests (up to the deadline), closes the store. */
   stop(deadlineMs?: number): Promise<void>
 }
@@ -58,33 +66,11 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
   const auth = new AuthService({ store: opts.store, cas, clock, logger: log })
   const admin = new AdminService({ store: opts.store, clock, audit: (ev) => auth.audit(ev), sshHostCa: cas.sshHost.key, clusterName: cas.clusterName })
 
-  const serverKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
-  const ips = new Set(['127.0.0.1', '::1'])
-  if (net.isIP(addr.host) && addr.host !== '0.0.0.0' && addr.host !== '::') ips.add(addr.host)
-  const dns = new Set([AUTH_SERVER_NAME, 'localhost', os.hostname()])
-  if (!net.isIP(addr.host)) dns.add(addr.host)
-  const serverCert = await issueLeaf({
-    ca: cas.tls, publicKey: createPublicKey(serverKey), commonName: AUTH_SERVER_NAME,
-    dnsNames: [...dns].filter((d) => /^[A-Za-z0-9.-]+$/.test(d)), ipAddresses: [...ips], ttlMs: SERVER_CERT_TTL_MS, usage: 'server',
-  })
-
-  const api = agentApiRouter(auth, new RateLimiter(opts.joinRate ?? 10, (opts.joinRate ?? 10) * 2))
-  const server = withPrivateKeyPem(serverKey, (keyPem) => https.createServer({
-    key: keyPem,
-    cert: serverCert.pem + cas.tls.certPem,
-    ca: [cas.bot.certPem],
-    requestCert: true,
-    rejectUnauthorized: false,
-    minVersion: 'TLSv1.2',
-    // No session resumption: a resumed session skips verifying the client certificate
-    // (its expiry included) and carries over `authorized` from a handshake long past.
-    // Without tickets and without a session cache every connection is a full handshake.
-    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
-  }, (req, res) => void api.handle(req, res)))
-  hardenServer(server, log)
-
-  const bound = await listen(server, addr)
-  const address = formatAddress(bound)
+  const identity = await serverIdentity(cas, addr)
+  const api = opts.workers !== undefined && opts.workers.count > 1
+    ? await startApiWorkers({ ...opts.workers, cas, identity, addr, clusterName: opts.clusterName, logger: log, ...(opts.joinRate !== undefined ? { joinRate: opts.joinRate } : {}) })
+    : await serveAgentApi({ auth, cas, identity, addr, logger: log, ...(opts.joinRate !== undefined ? { joinRate: opts.joinRate } : {}) })
+  const address = formatAddress(api.address)
 
   let adminServer: http.Server | undefined
   let adminAddr: ListenAddress | undefined
@@ -103,15 +89,75 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
   let stopping: Promise<void> | undefined
   return {
     address, caPin: caPin(cas), cas, auth, admin,
+    ...(api.failed !== undefined ? { failed: api.failed } : {}),
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
-        await Promise.all([drainHttp(server, deadlineMs), adminServer ? drainHttp(adminServer, deadlineMs) : undefined, retention?.stop()])
+        await Promise.all([api.stop(deadlineMs), adminServer ? drainHttp(adminServer, deadlineMs) : undefined, retention?.stop()])
         if (adminAddr) removeSocketFile(adminAddr)
         await opts.store.close()
       })()
       return stopping
     },
   }
+}
+
+/** The auth server's TLS key and certificate (signed by the TLS CA), made fresh at each start. */
+export interface ServerIdentity {
+  key: KeyObject
+  certPem: string
+}
+
+/** A fresh server key and its certificate for the names and addresses agents may dial. */
+export async function serverIdentity(cas: CaSet, addr: { host: string }): Promise<ServerIdentity> {
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
+  const ips = new Set(['127.0.0.1', '::1'])
+  if (net.isIP(addr.host) && addr.host !== '0.0.0.0' && addr.host !== '::') ips.add(addr.host)
+  const dns = new Set([AUTH_SERVER_NAME, 'localhost', os.hostname()])
+  if (!net.isIP(addr.host)) dns.add(addr.host)
+  const cert = await issueLeaf({
+    ca: cas.tls, publicKey: createPublicKey(key), commonName: AUTH_SERVER_NAME,
+    dnsNames: [...dns].filter((d) => /^[A-Za-z0-9.-]+$/.test(d)), ipAddresses: [...ips], ttlMs: SERVER_CERT_TTL_MS, usage: 'server',
+  })
+  return { key, certPem: cert.pem }
+}
+
+/** The agent API listening, and how to drain it. */
+export interface RunningApi {
+  address: ListenAddress
+  stop(deadlineMs: number): Promise<void>
+  /** Requests this API has answered so far (each worker reports its own at stop). */
+  served(): number
+  /** Worker threads only: resolves with why one died while serving. */
+  failed?: Promise<string>
+}
+
+/**
+ * Serves the agent-facing HTTPS API on this thread. With `reusePort` it shares the port
+ * with the other workers (see auth/api-worker.ts).
+ */
+export async function serveAgentApi(o: {
+  auth: AuthService; cas: CaSet; identity: ServerIdentity; addr: ListenAddress; logger: Logger; joinRate?: number; reusePort?: boolean
+}): Promise<RunningApi> {
+  const api = agentApiRouter(o.auth, new RateLimiter(o.joinRate ?? DEFAULT_JOIN_RATE, (o.joinRate ?? DEFAULT_JOIN_RATE) * 2))
+  const server = withPrivateKeyPem(o.identity.key, (keyPem) => https.createServer({
+    key: keyPem,
+    cert: o.identity.certPem + o.cas.tls.certPem,
+    ca: [o.cas.bot.certPem],
+    requestCert: true,
+    rejectUnauthorized: false,
+    minVersion: 'TLSv1.2',
+    // No session resumption: a resumed session skips verifying the client certificate
+    // (its expiry included) and carries over `authorized` from a handshake long past.
+    // Without tickets and without a session cache every connection is a full handshake.
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+  }, (req, res) => {
+    served++
+    void api.handle(req, res)
+  }))
+  let served = 0
+  hardenServer(server, o.logger)
+  const address = await listen(server, o.addr, { reusePort: o.reusePort === true })
+  return { address, served: () => served, stop: (deadlineMs) => drainHttp(server, deadlineMs) }
 }
 
 /** Timeouts and error handling so a slow, garbled or hostile client affects only itself. */
@@ -129,7 +175,7 @@ function hardenServer(server: http.Server, log: Logger): void {
   server.on('tlsClientError', (err: NodeJS.ErrnoException) => log.debug({ err: err.code ?? err.message }, 'TLS handshake failed'))
 }
 
-async function drainHttp(server: http.Server, deadlineMs: number): Promise<void> {
+export async function drainHttp(server: http.Server, deadlineMs: number): Promise<void> {
   const closed = new Promise<void>((resolve) => server.close(() => resolve()))
   server.closeIdleConnections()
   const timer = setTimeout(() => server.closeAllConnections(), deadlineMs)

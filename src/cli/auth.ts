@@ -66,7 +66,8 @@ export function registerAuthCommands(program: Command): void {
     .option('--storage <uri>', 'sqlite:PATH (default <data-dir>/memid.db) or postgres://USER@HOST:PORT/DB')
     .option('--cluster-name <name>', 'cluster name (default memid)')
     .option('--log-format <format>', 'json or text', undefined)
-    .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string }) => {
+    .option('--workers <n>', 'API worker threads sharing the port (default: the number of CPUs)')
+    .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string; workers?: string }) => {
       hardenProcess()
       const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }, { runUntilSignal }] = await Promise.all([
         import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'), import('./run.ts'),
@@ -81,13 +82,19 @@ export function registerAuthCommands(program: Command): void {
       const store = await openStore(cfg.storage)
       const server = await startAuthServer({
         store, listen: cfg.listen, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock'), logger: log,
+        workers: { count: cfg.workers, storage: cfg.storage, logFormat: cfg.logFormat },
         retention: {
           ...(cfg.instanceTtlMs !== undefined ? { instanceTtlMs: cfg.instanceTtlMs } : {}),
           ...(cfg.auditRetentionMs !== undefined ? { auditRetentionMs: cfg.auditRetentionMs } : {}),
         },
       })
-      log.info({ listen: server.address, caPin: server.caPin, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock') }, 'auth service ready')
+      log.info({ listen: server.address, caPin: server.caPin, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock'), workers: cfg.workers }, 'auth service ready')
       let closed!: (exit: { code: number }) => void
+      // A dead worker leaves a process that serves only part of its connections: stop it all.
+      void server.failed?.then((reason) => {
+        log.error({ reason }, 'auth worker failed: stopping')
+        void server.stop(10_000).finally(() => closed({ code: EXIT_ERROR }))
+      })
       await runUntilSignal({
         ready: Promise.resolve(),
         closed: new Promise((resolve) => (closed = resolve)),

@@ -119,7 +119,7 @@ function socketAnswers(socketPath: string): Promise<boolean> {
  * synchronous bind, then chmod to be sure). Resolves with the real address, so
  * `127.0.0.1:0` comes back with the port the kernel picked.
  */
-export async function listen(server: net.Server, addr: ListenAddress): Promise<ListenAddress> {
+export async function listen(server: net.Server, addr: ListenAddress, opts: { reusePort?: boolean } = {}): Promise<ListenAddress> {
   if (addr.kind === 'unix') await prepareSocketPath(addr.path)
   await new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
@@ -138,7 +138,9 @@ export async function listen(server: net.Server, addr: ListenAddress): Promise<L
         process.umask(old)
       }
     } else {
-      server.listen({ host: addr.host, port: addr.port, exclusive: true }, done)
+      // reusePort: several worker threads each bind the same port (SO_REUSEPORT, which
+      // Linux grants only to sockets of the same user) and the kernel spreads connections.
+      server.listen(opts.reusePort === true ? { host: addr.host, port: addr.port, reusePort: true } : { host: addr.host, port: addr.port, exclusive: true }, done)
     }
   })
   if (addr.kind === 'unix') {

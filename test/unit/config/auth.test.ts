@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { availableParallelism, tmpdir } from 'node:os'
 import path from 'node:path'
 import { ensureDataDir, loadAuthConfig, readYamlFile, resolveDataDir } from '../../../src/config/auth.ts'
 import { MemidError } from '../../../src/core/errors.ts'
@@ -51,6 +51,7 @@ describe('loadAuthConfig', () => {
       storage: `sqlite:${path.resolve('memid-data', 'memid.db')}`,
       clusterName: 'memid',
       logFormat: 'json',
+      workers: Math.max(1, availableParallelism()),
     })
   })
 
@@ -67,6 +68,7 @@ describe('loadAuthConfig', () => {
     const file = new URL('../../../examples/auth.yaml', import.meta.url).pathname
     assert.deepEqual(loadAuthConfig({ config: file }), {
       dataDir: '/var/lib/memid', listen: '0.0.0.0:3025', storage: 'sqlite:/var/lib/memid/memid.db', clusterName: 'prod', logFormat: 'json',
+      workers: Math.max(1, availableParallelism()),
     })
   })
 
@@ -75,7 +77,7 @@ describe('loadAuthConfig', () => {
     const cfg = loadAuthConfig({
       config: file, dataDir: path.join(dir, 'd'), listen: '127.0.0.1:0', storage: 'sqlite::memory:', clusterName: 'dev', logFormat: 'text',
     })
-    assert.deepEqual(cfg, { dataDir: path.join(dir, 'd'), listen: '127.0.0.1:0', storage: 'sqlite::memory:', clusterName: 'dev', logFormat: 'text' })
+    assert.deepEqual(cfg, { dataDir: path.join(dir, 'd'), listen: '127.0.0.1:0', storage: 'sqlite::memory:', clusterName: 'dev', logFormat: 'text', workers: 1 })
   })
 
   it('the default store follows a data dir given in the file', () => {
@@ -147,5 +149,23 @@ describe('resolveDataDir', () => {
   it('makes the flag absolute', () => {
     assert.equal(resolveDataDir('/abs'), '/abs')
     assert.equal(withDataDirEnv(undefined, () => resolveDataDir()), path.resolve('memid-data'))
+  })
+})
+
+describe('auth config: workers', () => {
+  it('--workers over workers:, default one per CPU, and one for an in-memory store', () => {
+    const dataDir = path.join(dir, 'w')
+    assert.equal(loadAuthConfig({ dataDir }).workers, Math.max(1, availableParallelism()))
+    assert.equal(loadAuthConfig({ dataDir, storage: 'sqlite::memory:' }).workers, 1)
+    const file = yamlFile('version: v1\nworkers: 3\n')
+    assert.equal(loadAuthConfig({ dataDir, config: file }).workers, 3)
+    assert.equal(loadAuthConfig({ dataDir, config: file, workers: '1' }).workers, 1)
+  })
+
+  it('refuses a bad count, and several workers on one in-memory store', () => {
+    const dataDir = path.join(dir, 'w')
+    for (const bad of ['0', '-1', '1.5', 'two', '257', '']) refused(() => loadAuthConfig({ dataDir, workers: bad }), '--workers: must be a whole number')
+    refused(() => loadAuthConfig({ dataDir, config: yamlFile('version: v1\nworkers: 0\n') }), '', /workers/)
+    refused(() => loadAuthConfig({ dataDir, storage: 'sqlite::memory:', workers: '2' }), '--workers: an in-memory store')
   })
 })
