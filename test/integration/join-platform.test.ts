@@ -39,7 +39,8 @@ describe('platform joins (auth side)', () => {
     issuer = await TestIssuer.start()
     // Published before the auth service first fetches the JWKS: a later key would wait for the once-a-minute refresh.
     es = await issuer.addKey('ES256')
-    auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caFile } })
+    // One worker: this file makes many refused joins in a row, and each of N workers allows 1/N of the join rate.
+    auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caFile }, args: ['--workers', '1'] })
     c = await client(auth)
     assert.equal((await auth.cli(['roles', 'add', 'ci', '--logins', 'deploy'])).code, 0)
     assert.equal((await auth.cli(['bots', 'add', 'ci', '--roles', 'ci'])).code, 0)
