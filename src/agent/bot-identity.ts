@@ -81,9 +81,10 @@ export class BotIdentityKeeper {
       name: 'bot-identity', intervalMs: () => this.#nextRenewalMs(), run: (commit) => this.#renew(commit), logger: o.logger,
       renewals: o.renewals, onFatal: o.onFatal,
       onFailure: (err) => {
-        // After expiry the identity keeps the last real cause (e.g. the auth service being
-        // away): the expiry itself is what its state already says.
-        if (!hasCode(err, 'ERR_IDENTITY_EXPIRED')) this.source.fail(err)
+        // After expiry the identity and the services keep the last real cause (e.g. the auth
+        // service being away): the expiry itself is what their state already says.
+        if (hasCode(err, 'ERR_IDENTITY_EXPIRED')) return
+        this.source.fail(err)
         o.onFailure(err)
       },
     })
