@@ -104,19 +104,18 @@ async function main(): Promise<void> {
       '    ssl_session_cache shared:memid:10m;', '    ssl_session_tickets on;', '    proxy_half_close on;', `    proxy_pass 127.0.0.1:${echoPort};`, '  }', '}',
     ].join('\n'), tlsPort))
 
-    const memid = startRole(SELF, 'memid')
-    own(memid.child)
-    memid.child.send({
-      ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,
-    } satisfies ClientMaterial)
-    const memidPort = Number(String((await memid.next()).address).split(':').pop())
+    // memid's tunnel in its own process, given the client credential over IPC; resolves to it and its port.
+    const startMemid = async (extra: string[] = []) => {
+      const role = startRole(SELF, 'memid', extra)
+      own(role.child)
+      role.child.send({
+        ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,
+      } satisfies ClientMaterial)
+      return { memid: role, port: Number(String((await role.next()).address).split(':').pop()) }
+    }
+    const { memid, port: memidPort } = await startMemid()
     // The same tunnel without the connecting-user check, to show what the check costs.
-    const nocheck = startRole(SELF, 'memid', ['--peer-check', 'off'])
-    own(nocheck.child)
-    nocheck.child.send({
-      ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,
-    } satisfies ClientMaterial)
-    const nocheckPort = Number(String((await nocheck.next()).address).split(':').pop())
+    const { memid: nocheck, port: nocheckPort } = await startMemid(['--peer-check', 'off'])
 
     const stunnelPort = await freePort()
     const stunnelConf = writePem(dir, {
