@@ -23,6 +23,22 @@ export interface ServiceFlag<O> {
   parse(value: string): O
 }
 
+/**
+ * How a service type runs its TCP data plane in worker threads: how its credential crosses
+ * to a worker (keys as KeyObjects by postMessage, never bytes in a file, argv or env), and
+ * what of its settings is split between workers.
+ */
+export interface WorkerSupport<O, C extends IssuedCredential> {
+  /** The credential as `postMessage` can carry it (no TLS context: each worker builds its own). */
+  pack(credential: C): unknown
+  /** A packed credential back, in the worker, with its thread's own TLS context. */
+  unpack(data: unknown): C
+  /** The options each of `workers` threads runs with, when a limit is split between them. */
+  share?(options: O, workers: number): O
+  /** `describe()` keys that count per thread and are summed across workers in `memid status`. */
+  counters?: readonly string[]
+}
+
 /** One context of the agent's kubeconfig, for services that proxy a Kubernetes API. */
 export interface KubeconfigEntry {
   name: string
@@ -73,6 +89,8 @@ export interface ServiceDefinition<T extends string, O extends { type: T }, F, R
   build(settings: R, deps: ServiceDeps<C>): Promise<Service>
   /** What the service adds to `memid kubeconfig`, if anything. */
   kubeconfig?(settings: R, service: Service): KubeconfigEntry
+  /** Present when the service's TCP listener can be served from several worker threads. */
+  worker?: WorkerSupport<O, C>
 }
 
 /** A credential as the agent watches it, whatever its kind. */
@@ -95,6 +113,8 @@ export interface ResolvedService {
   readonly address: ListenAddress
   /** The validated settings (for tests and status; plain data). */
   readonly settings: unknown
+  /** The options it was resolved from (structured-cloneable: a worker thread resolves them again). */
+  readonly options: unknown
   /** Where it was configured: `services[1]`, `--kube-proxy[0]`, `services[0]` of the options. */
   readonly at: string
   readonly max: number | undefined
@@ -102,11 +122,22 @@ export interface ResolvedService {
   open(clock: Clock): ServiceSlot
 }
 
+/** What the agent hands `ServiceSlot.build`. */
+export interface SlotDeps extends Omit<ServiceDeps<IssuedCredential>, 'credentials'> {
+  /**
+   * Worker threads for a TCP data plane (1 or absent: the service runs in this thread, as
+   * do unix-socket listeners and services without worker support).
+   */
+  workers?: number
+}
+
 export interface ServiceSlot {
   readonly credential: CredentialView
   /** Fetches a fresh credential and holds it; returns it for logging (no secret is logged). */
   renew(issuer: CredentialIssuer): Promise<IssuedCredential>
-  build(deps: Omit<ServiceDeps<IssuedCredential>, 'credentials'>): Promise<Service>
+  /** In a worker thread: holds a credential the main thread packed and posted. */
+  receive(packed: unknown): IssuedCredential
+  build(deps: SlotDeps): Promise<Service>
   kubeconfig(service: Service): KubeconfigEntry | undefined
 }
 
@@ -145,10 +176,13 @@ export function defineService<T extends string, O extends { type: T }, F, R, C e
 ): ServiceType<O> {
   const bind = (options: O, at: string): ResolvedService => {
     const settings = placed(at, '.', () => def.resolve(options))
+    const name = def.name(settings)
+    const address = def.address(settings)
     return {
-      type: def.type, name: def.name(settings), address: def.address(settings), settings, at, max: def.max,
+      type: def.type, name, address, settings, options, at, max: def.max,
       open(clock) {
-        const source = new CredentialSource<C>(def.name(settings), clock)
+        const source = new CredentialSource<C>(name, clock)
+        const worker = def.worker
         return {
           credential: source,
           async renew(issuer) {
@@ -156,7 +190,20 @@ export function defineService<T extends string, O extends { type: T }, F, R, C e
             source.set(cred)
             return cred
           },
-          build: (deps) => def.build(settings, { ...deps, credentials: source }),
+          receive(packed) {
+            if (worker === undefined) throw new TypeError(`${def.type} does not run in worker threads`)
+            const cred = worker.unpack(packed)
+            source.set(cred)
+            return cred
+          },
+          async build({ workers = 1, ...deps }) {
+            if (workers <= 1 || worker === undefined || address.kind !== 'tcp') return def.build(settings, { ...deps, credentials: source })
+            const { DataPlanePool } = await import('./workers.ts')
+            return new DataPlanePool({
+              type: def.type, name, at, address, count: workers, options: worker.share?.(options, workers) ?? options,
+              credentials: source, pack: (c) => worker.pack(c), counters: worker.counters ?? [], logger: deps.logger,
+            })
+          },
           kubeconfig: (service) => def.kubeconfig?.(settings, service),
         }
       },

@@ -4,7 +4,7 @@ import { ConfigError } from '../../core/errors.ts'
 import { parseDuration } from '../../core/duration.ts'
 import { durationSchema, exposureFileKeys, exposureFromFile, exposureOptionKeys } from '../../core/validate.ts'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
-import { spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
+import { portableTlsCredential, spkiPem, tlsClientCredential, tlsCredentialFromPortable, type PortableTlsCredential } from '../../credentials/issuer.ts'
 import { defineService } from '../definition.ts'
 import { resolveDbTunnelConfig, type ResolvedDbTunnelConfig } from './config.ts'
 
@@ -87,5 +87,14 @@ export const dbTunnel = defineService<'database-tunnel', DbTunnelOptions, z.infe
   async build(s, deps) {
     const { buildDbTunnelService } = await import('./index.ts')
     return buildDbTunnelService(s, deps)
+  },
+  worker: {
+    pack: portableTlsCredential,
+    unpack: (data) => tlsCredentialFromPortable(data as PortableTlsCredential),
+    // Each worker admits its share (rounded up), so the database sees about max_connections
+    // from this tunnel, not that many per worker. The kernel spreads clients evenly, not
+    // exactly: a worker can refuse while another has room.
+    share: (o, workers) => ({ ...o, maxConnections: Math.max(1, Math.ceil((o.maxConnections ?? 100) / workers)) }),
+    counters: ['activeConnections', 'maxConnections'],
   },
 })

@@ -3,7 +3,7 @@ import { z } from 'zod'
 import { ConfigError } from '../../core/errors.ts'
 import { exposureFileKeys, exposureFromFile, exposureOptionKeys, principalSchema } from '../../core/validate.ts'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
-import { spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
+import { portableTlsCredential, spkiPem, tlsClientCredential, tlsCredentialFromPortable, type PortableTlsCredential } from '../../credentials/issuer.ts'
 import { defineService } from '../definition.ts'
 import { resolveKubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
 
@@ -70,4 +70,9 @@ export const kubeProxy = defineService<'kube-proxy', KubeProxyOptions, z.infer<t
     return buildKubeProxyService(s, deps)
   },
   kubeconfig: (s, service) => ({ name: s.cluster, cluster: s.cluster, server: proxyUrl(service.address) }),
+  worker: {
+    pack: portableTlsCredential,
+    unpack: (data) => tlsCredentialFromPortable(data as PortableTlsCredential),
+    counters: ['activeUpgrades', 'activeWatches'],
+  },
 })
