@@ -8,6 +8,7 @@ import { silentLogger, type Logger } from '../core/log.ts'
 import { resolveAgentOptions, type AgentConfig, type AgentConfigOptions } from '../config/agent.ts'
 import type { ResolvedService, ServiceSlot } from '../services/definition.ts'
 import type { Service } from '../services/service.ts'
+import { WorkerGroup } from '../services/workers.ts'
 import { AuthClient } from './auth-client.ts'
 import { BotIdentityKeeper } from './bot-identity.ts'
 import { ControlSocket } from './control-socket.ts'
@@ -175,8 +176,9 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
   async #start(): Promise<void> {
     // Built before the join: worker threads load their code while the agent joins and
     // fetches the first certificates. Nothing listens before `start`.
+    const workers = this.#cfg.workers > 1 ? new WorkerGroup(this.#cfg.workers, this.#log) : undefined
     const built = this.#slots.map((s) => s.slot.build({
-      logger: this.#log.child({ service: s.resolved.name }), clock: this.#clock, metrics: this.#registry, workers: this.#cfg.workers,
+      logger: this.#log.child({ service: s.resolved.name }), clock: this.#clock, metrics: this.#registry, ...(workers ? { workers } : {}),
     }))
     // Awaited below or on failure; a build that fails during the join must not count as unhandled.
     for (const b of built) b.catch(() => undefined)

@@ -6,6 +6,7 @@ import { issueText } from '../core/validate.ts'
 import { CredentialSource, type CredentialState, type IssuedCredential } from '../credentials/credentials.ts'
 import type { CredentialIssuer } from '../credentials/issuer.ts'
 import type { Service, ServiceDeps } from './service.ts'
+import type { WorkerGroup } from './workers.ts'
 
 /** A command-line flag that adds a service of one type (`--kube-proxy 127.0.0.1:8001=prod`). */
 export interface ServiceFlag<O> {
@@ -25,18 +26,37 @@ export interface ServiceFlag<O> {
 
 /**
  * How a service type runs its TCP data plane in worker threads: how its credential crosses
- * to a worker (keys as KeyObjects by postMessage, never bytes in a file, argv or env), and
- * what of its settings is split between workers.
+ * to a thread (keys as KeyObjects by postMessage, never bytes in a file, argv or env), and
+ * what a thread is handed to build the service.
  */
-export interface WorkerSupport<O, C extends IssuedCredential> {
-  /** The credential as `postMessage` can carry it (no TLS context: each worker builds its own). */
+export interface WorkerSupport<O, R, C extends IssuedCredential> {
+  /** The credential as `postMessage` can carry it (no TLS context: each thread builds its own). */
   pack(credential: C): unknown
-  /** A packed credential back, in the worker, with its thread's own TLS context. */
-  unpack(data: unknown): C
-  /** The options each of `workers` threads runs with, when a limit is split between them. */
-  share?(options: O, workers: number): O
-  /** `describe()` keys that count per thread and are summed across workers in `memid status`. */
+  /**
+   * What a thread's `ThreadEntry.build` is handed (structured-cloneable), with any limit
+   * split between the `workers` threads.
+   */
+  threadData(settings: R, options: O, workers: number): unknown
+  /**
+   * The module a thread loads (`siblingModule(import.meta.url, 'thread')`), exporting
+   * `thread: ThreadEntry`. It leaves out config code (zod and the schemas), which a thread
+   * does not need and which would cost every thread its memory.
+   */
+  module: string
+  /** `describe()` keys that count per thread and are summed across threads in `memid status`. */
   counters?: readonly string[]
+}
+
+/** What a service type's thread module exports as `thread`. */
+export interface ThreadEntry {
+  /** A packed credential back, with this thread's own TLS context. */
+  unpack(data: unknown): IssuedCredential
+  build(data: unknown, deps: ServiceDeps<IssuedCredential>): Promise<Service>
+}
+
+/** The URL of a module next to `base` (`import.meta.url`): `.ts` from source, `.js` from dist. */
+export function siblingModule(base: string, name: string): string {
+  return new URL(`./${name}${base.slice(base.lastIndexOf('.'))}`, base).href
 }
 
 /** One context of the agent's kubeconfig, for services that proxy a Kubernetes API. */
@@ -90,7 +110,7 @@ export interface ServiceDefinition<T extends string, O extends { type: T }, F, R
   /** What the service adds to `memid kubeconfig`, if anything. */
   kubeconfig?(settings: R, service: Service): KubeconfigEntry
   /** Present when the service's TCP listener can be served from several worker threads. */
-  worker?: WorkerSupport<O, C>
+  worker?: WorkerSupport<O, R, C>
 }
 
 /** A credential as the agent watches it, whatever its kind. */
@@ -113,8 +133,6 @@ export interface ResolvedService {
   readonly address: ListenAddress
   /** The validated settings (for tests and status; plain data). */
   readonly settings: unknown
-  /** The options it was resolved from (structured-cloneable: a worker thread resolves them again). */
-  readonly options: unknown
   /** Where it was configured: `services[1]`, `--kube-proxy[0]`, `services[0]` of the options. */
   readonly at: string
   readonly max: number | undefined
@@ -125,18 +143,16 @@ export interface ResolvedService {
 /** What the agent hands `ServiceSlot.build`. */
 export interface SlotDeps extends Omit<ServiceDeps<IssuedCredential>, 'credentials'> {
   /**
-   * Worker threads for a TCP data plane (1 or absent: the service runs in this thread, as
-   * do unix-socket listeners and services without worker support).
+   * The agent's worker threads for TCP data planes. Absent (`workers: 1`), unix-socket
+   * listeners and services without worker support run in this thread.
    */
-  workers?: number
+  workers?: WorkerGroup
 }
 
 export interface ServiceSlot {
   readonly credential: CredentialView
   /** Fetches a fresh credential and holds it; returns it for logging (no secret is logged). */
   renew(issuer: CredentialIssuer): Promise<IssuedCredential>
-  /** In a worker thread: holds a credential the main thread packed and posted. */
-  receive(packed: unknown): IssuedCredential
   build(deps: SlotDeps): Promise<Service>
   kubeconfig(service: Service): KubeconfigEntry | undefined
 }
@@ -179,7 +195,7 @@ export function defineService<T extends string, O extends { type: T }, F, R, C e
     const name = def.name(settings)
     const address = def.address(settings)
     return {
-      type: def.type, name, address, settings, options, at, max: def.max,
+      type: def.type, name, address, settings, at, max: def.max,
       open(clock) {
         const source = new CredentialSource<C>(name, clock)
         const worker = def.worker
@@ -190,18 +206,11 @@ export function defineService<T extends string, O extends { type: T }, F, R, C e
             source.set(cred)
             return cred
           },
-          receive(packed) {
-            if (worker === undefined) throw new TypeError(`${def.type} does not run in worker threads`)
-            const cred = worker.unpack(packed)
-            source.set(cred)
-            return cred
-          },
-          async build({ workers = 1, ...deps }) {
-            if (workers <= 1 || worker === undefined || address.kind !== 'tcp') return def.build(settings, { ...deps, credentials: source })
-            const { DataPlanePool } = await import('./workers.ts')
-            return new DataPlanePool({
-              type: def.type, name, at, address, count: workers, options: worker.share?.(options, workers) ?? options,
-              credentials: source, pack: (c) => worker.pack(c), counters: worker.counters ?? [], logger: deps.logger,
+          async build({ workers, ...deps }) {
+            if (workers === undefined || worker === undefined || address.kind !== 'tcp') return def.build(settings, { ...deps, credentials: source })
+            return workers.attach({
+              name, address, module: worker.module, data: worker.threadData(settings, options, workers.size),
+              credentials: source, pack: (c) => worker.pack(c), counters: worker.counters ?? [],
             })
           },
           kubeconfig: (service) => def.kubeconfig?.(settings, service),

@@ -1,12 +1,13 @@
 /**
- * The TCP data plane of a service on several worker threads. Each worker builds the same
- * service from the same options and binds the same port with SO_REUSEPORT; the kernel
- * spreads new connections over them. The main thread stays the only one that talks to the
- * auth service: every credential it receives is posted to each worker (the private key as
- * a KeyObject, cloned between threads of this process, never written or put in argv/env),
- * and each worker builds its own TLS contexts and upstream sessions from it.
+ * The TCP data plane on worker threads. One `WorkerGroup` per agent holds N threads; every
+ * service type that supports it (a `worker` entry in its definition) and listens on TCP
+ * runs one instance in each thread, all bound to the service's port with SO_REUSEPORT, and
+ * the kernel spreads new connections over them. The main thread stays the only one that
+ * talks to the auth service: every credential it receives is posted to each thread (the
+ * private key as a KeyObject, cloned between threads of this process, never written or put
+ * in argv/env), and each thread builds its own TLS contexts and upstream sessions from it.
  *
- * Workers write nothing themselves: their log lines come here by message and go out
+ * Threads write nothing themselves: their log lines come here by message and go out
  * through the agent's logger, their metrics are summed into the agent's `/metrics`.
  */
 import path from 'node:path'
@@ -19,51 +20,52 @@ import type { Logger } from '../core/log.ts'
 import type { CredentialSource, IssuedCredential } from '../credentials/credentials.ts'
 import type { RegistryMetrics, Service } from './service.ts'
 
-/** What a worker is started with (cloned; holds no key material). */
+/** What a thread is started with (cloned; holds no key material). */
 export interface DataPlaneInit {
-  type: string
-  at: string
-  options: unknown
   index: number
   logLevel: string
 }
 
-/** What a worker reports of itself, pushed whenever it changes. */
+/** What a service in a thread reports of itself, pushed whenever it changes. */
 export interface WorkerState {
   health: Health
   describe: Record<string, unknown>
   /** The serial of the credential it holds now. */
   serial?: string
-  /** Connections this worker accepted so far, and has open now. */
+  /** Connections it accepted so far, and has open now. */
   accepted: number
   open: number
 }
 
-/** Main → worker. */
+/** Main → thread; `key` names the service within the thread. */
 export type ToDataPlane =
-  /** `port`: the port to join; the first worker binds the configured one (0 lets the kernel pick). */
-  | { type: 'start'; port: number; credential?: unknown; failure?: string }
-  | { type: 'credential'; credential: unknown }
-  | { type: 'fail'; reason: string }
-  | { type: 'metrics'; id: number }
-  | { type: 'stop'; deadlineMs: number }
+  /** Builds the service from its thread module (code loads while the agent joins); it listens on `start`. */
+  | { type: 'add'; key: number; name: string; module: string; data: unknown }
+  /** `port`: the port to join; the first thread binds the configured one (0 lets the kernel pick). */
+  | { type: 'start'; key: number; port: number; credential?: unknown; failure?: string }
+  | { type: 'credential'; key: number; credential: unknown }
+  | { type: 'fail'; key: number; reason: string }
+  | { type: 'metrics'; key: number; id: number }
+  /** The thread exits once its last service stopped. */
+  | { type: 'stop'; key: number; deadlineMs: number }
 
-/** Worker → main. */
+/** Thread → main. */
 export type FromDataPlane =
-  | { type: 'ready'; port: number }
-  | { type: 'failed'; message: string }
+  | { type: 'ready'; key: number; port: number }
+  | { type: 'failed'; key: number; message: string }
+  | { type: 'stopped'; key: number }
   | { type: 'log'; line: string }
-  | { type: 'state'; state: WorkerState }
+  | { type: 'state'; key: number; state: WorkerState }
   | { type: 'metrics'; id: number; metrics: RegistryMetrics }
 
 // Next to this module: .ts when run from source, .js from dist.
 const WORKER_URL = new URL(`./data-plane-worker${path.extname(fileURLToPath(import.meta.url))}`, import.meta.url)
 
-/** How long `/metrics` waits for a worker's numbers before leaving that worker out. */
+/** How long `/metrics` waits for a thread's numbers before leaving them out. */
 const METRICS_TIMEOUT_MS = 2_000
-/** A worker that keeps dying is restarted at most this often. */
+/** A thread that keeps dying is restarted at most this often. */
 const MAX_RESTART_DELAY_MS = 5_000
-/** How long a worker that does not drain is given after the deadline before it is ended. */
+/** How long a thread that does not drain is given after the deadline before it is ended. */
 const STOP_MARGIN_MS = 2_000
 
 type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'
@@ -74,140 +76,77 @@ interface Thread {
   readonly index: number
   worker: Worker | undefined
   exited: Promise<number> | undefined
-  /** Resolves with the port once the worker serves. */
-  serving: Promise<number> | undefined
-  ready: boolean
-  state: WorkerState | undefined
-  /** Consecutive failed starts, for the restart backoff. */
+  /** Consecutive restarts without a service serving, for the backoff. */
   failures: number
   restart: NodeJS.Timeout | undefined
 }
 
-export interface DataPlanePoolOptions<C extends IssuedCredential> {
-  type: string
-  name: string
-  at: string
-  address: ListenAddress & { kind: 'tcp' }
-  count: number
-  options: unknown
-  credentials: CredentialSource<C>
-  pack(credential: C): unknown
-  counters: readonly string[]
-  logger: Logger
+/** What one service's handle knows of its instance in one thread. */
+interface Instance {
+  serving: Promise<number> | undefined
+  /** Resolves once the thread stopped the service, or the thread is gone. */
+  stopped: Promise<void>
+  done: () => void
+  resolve: ((port: number) => void) | undefined
+  reject: ((err: Error) => void) | undefined
+  ready: boolean
+  state: WorkerState | undefined
 }
 
 /**
- * Pools running now, for tests that end a worker (`terminateWorker`) to check that it is
+ * Groups running now, for tests that end a thread (`terminateWorker`) to check that it is
  * restarted. Not part of the package's API.
  */
-export const runningPools = new Set<DataPlanePool<IssuedCredential>>()
+export const runningGroups = new Set<WorkerGroup>()
 
-/** One service served by `count` worker threads sharing its TCP port. */
-export class DataPlanePool<C extends IssuedCredential> implements Service {
-  readonly name: string
-  readonly #o: DataPlanePoolOptions<C>
+/** The worker threads of one agent, shared by every service that runs its data plane there. */
+export class WorkerGroup {
+  readonly size: number
   readonly #log: Logger
-  readonly #life: Lifecycle
   readonly #threads: Thread[]
+  readonly #services = new Map<number, WorkerService<IssuedCredential>>()
   readonly #waiting = new Map<number, (m: RegistryMetrics) => void>()
+  #nextKey = 0
   #nextId = 0
-  #port: number
-  readonly #onRenewed = (c: C) => this.#broadcast({ type: 'credential', credential: this.#o.pack(c) })
-  readonly #onFailed = (reason: string) => this.#broadcast({ type: 'fail', reason })
+  #closing = false
 
-  constructor(o: DataPlanePoolOptions<C>) {
-    this.#o = o
-    this.name = o.name
-    this.#log = o.logger
-    this.#life = new Lifecycle(o.name)
-    this.#port = o.address.port
-    this.#threads = Array.from({ length: o.count }, (_, index) => ({ index, worker: undefined, exited: undefined, serving: undefined, ready: false, state: undefined, failures: 0, restart: undefined }))
-    for (const t of this.#threads) this.#spawn(t)
+  /** `logger` is the agent's; thread log lines go out through it with a `worker` field. */
+  constructor(size: number, logger: Logger) {
+    this.size = size
+    this.#log = logger
+    this.#threads = Array.from({ length: size }, (_, index) => ({ index, worker: undefined, exited: undefined, failures: 0, restart: undefined }))
   }
 
-  get address(): string {
-    return formatAddress({ ...this.#o.address, port: this.#port })
-  }
-
-  /** Worker threads serving this service. */
-  get workers(): number {
-    return this.#threads.length
-  }
-
-  async start(): Promise<void> {
-    this.#life.beginStart()
-    this.#o.credentials.on('renewed', this.#onRenewed)
-    this.#o.credentials.on('failed', this.#onFailed)
-    try {
-      // The first worker binds (so port 0 becomes a real port); the others join it.
-      const [first, ...rest] = this.#threads as [Thread, ...Thread[]]
-      this.#port = await this.#begin(first)
-      await Promise.all(rest.map((t) => this.#begin(t)))
-    } catch (err) {
-      this.#o.credentials.off('renewed', this.#onRenewed)
-      this.#o.credentials.off('failed', this.#onFailed)
-      this.#life.beginStop()
-      await Promise.all(this.#threads.map((t) => t.worker?.terminate()))
-      this.#life.stopped()
-      throw err
+  /** Runs a service in every thread (threads start with the first one); returns its handle. */
+  attach<C extends IssuedCredential>(o: WorkerServiceOptions<C>): Service {
+    if (this.#threads.every((t) => t.worker === undefined)) {
+      for (const t of this.#threads) this.#spawn(t)
+      runningGroups.add(this)
     }
-    this.#life.listening()
-    runningPools.add(this as unknown as DataPlanePool<IssuedCredential>)
-    this.#log.info({ listen: this.address, workers: this.#threads.length }, `${this.name} serves from ${this.#threads.length} worker threads`)
+    const key = this.#nextKey++
+    const service = new WorkerService<C>(this, key, o)
+    this.#services.set(key, service as unknown as WorkerService<IssuedCredential>)
+    this.#broadcast(service.addMessage)
+    return service
   }
 
-  /**
-   * Starts a worker thread, which loads its code and builds the service, then waits for
-   * `start`: the pool is built before the agent has joined, so this overlaps the join.
-   */
   #spawn(t: Thread): void {
-    const init: DataPlaneInit = { type: this.#o.type, at: this.#o.at, options: this.#o.options, index: t.index, logLevel: this.#log.level }
+    const init: DataPlaneInit = { index: t.index, logLevel: this.#log.level }
     const worker = new Worker(WORKER_URL, { workerData: init })
     t.worker = worker
-    t.ready = false
     t.exited = new Promise<number>((resolve) => worker.once('exit', resolve))
     worker.on('error', (err) => this.#log.error({ worker: t.index, reason: describeError(err) }, 'data-plane worker failed'))
-    t.serving = new Promise<number>((resolve, reject) => {
-      worker.on('message', (m: FromDataPlane) => {
-        if (m.type === 'ready') {
-          t.ready = true
-          t.failures = 0
-          resolve(m.port)
-        } else if (m.type === 'failed') {
-          reject(new MemidError('ERR_LISTEN', m.message))
-        } else {
-          this.#message(t, m)
-        }
-      })
-      void t.exited?.then((code) => {
-        reject(new MemidError('ERR_INTERNAL', `${this.name}: worker ${t.index} exited (${code}) before serving`))
-        this.#exited(t, worker, code)
-      })
+    worker.on('message', (m: FromDataPlane) => {
+      if (m.type === 'log') this.#relay(t, m.line)
+      else if (m.type === 'metrics') {
+        this.#waiting.get(m.id)?.(m.metrics)
+        this.#waiting.delete(m.id)
+      } else this.#services.get(m.key)?.message(t.index, m)
     })
-    t.serving.catch(() => undefined)
+    void t.exited.then((code) => this.#exited(t, worker, code))
   }
 
-  /** Hands a spawned worker the credential and the port; resolves with the port it bound once it serves. */
-  #begin(t: Thread): Promise<number> {
-    // The worker binds only after this arrives, so it never serves without the credential.
-    const cred = this.#o.credentials.peek()
-    const failure = this.#o.credentials.lastError
-    t.worker?.postMessage({
-      type: 'start', port: this.#port, ...(cred !== undefined ? { credential: this.#o.pack(cred) } : {}), ...(failure !== undefined ? { failure } : {}),
-    } satisfies ToDataPlane)
-    return t.serving ?? Promise.reject(new MemidError('ERR_INTERNAL', `${this.name}: worker ${t.index} is not running`))
-  }
-
-  #message(t: Thread, m: FromDataPlane): void {
-    if (m.type === 'log') this.#relay(t, m.line)
-    else if (m.type === 'state') t.state = m.state
-    else if (m.type === 'metrics') {
-      this.#waiting.get(m.id)?.(m.metrics)
-      this.#waiting.delete(m.id)
-    }
-  }
-
-  /** A worker's log line, written through the agent's logger with the worker's number. */
+  /** A thread's log line, written through the agent's logger with the thread's number. */
   #relay(t: Thread, line: string): void {
     let rec: Record<string, unknown>
     try {
@@ -222,83 +161,48 @@ export class DataPlanePool<C extends IssuedCredential> implements Service {
   #exited(t: Thread, worker: Worker, code: number): void {
     if (t.worker !== worker) return
     t.worker = undefined
-    t.ready = false
-    t.state = undefined
-    if (this.#life.state !== 'listening') return
-    // Its connections are gone with it; the other workers' are untouched.
+    const live = [...this.#services.values()].filter((s) => s.live)
+    for (const s of this.#services.values()) s.lost(t.index, code)
+    if (this.#closing || live.length === 0) return
+    // Its connections are gone with it; the other threads' are untouched.
     t.failures++
     const delay = Math.min(MAX_RESTART_DELAY_MS, 100 * 2 ** (t.failures - 1))
-    this.#log.error({ worker: t.index, code, restartInMs: delay }, `${this.name}: worker ${t.index} exited; restarting it`)
+    this.#log.error({ worker: t.index, code, restartInMs: delay }, `data-plane worker ${t.index} exited; restarting it`)
     t.restart = setTimeout(() => {
       t.restart = undefined
-      if (this.#life.state !== 'listening') return
+      if (this.#closing) return
       this.#spawn(t)
-      this.#begin(t).then(
-        () => this.#log.info({ worker: t.index }, `${this.name}: worker ${t.index} serves again`),
-        (err: unknown) => this.#log.error({ worker: t.index, reason: describeError(err) }, `${this.name}: worker ${t.index} did not restart`),
+      const again = [...this.#services.entries()].filter(([, s]) => s.live)
+      for (const [, s] of again) this.post(t.index, s.addMessage)
+      Promise.all(again.filter(([, s]) => s.begun).map(([, s]) => s.begin(t.index))).then(
+        () => {
+          t.failures = 0
+          this.#log.info({ worker: t.index }, `data-plane worker ${t.index} serves again`)
+        },
+        (err: unknown) => this.#log.error({ worker: t.index, reason: describeError(err) }, `data-plane worker ${t.index} did not restart`),
       )
     }, delay)
+  }
+
+  post(index: number, m: ToDataPlane): void {
+    this.#threads[index]?.worker?.postMessage(m)
   }
 
   #broadcast(m: ToDataPlane): void {
     for (const t of this.#threads) t.worker?.postMessage(m)
   }
 
-  /** Ends one worker as a crash would (tests); it is restarted like any worker that died. */
-  async terminateWorker(index: number): Promise<void> {
-    await this.#threads[index]?.worker?.terminate()
+  /** A thread's exit, or undefined when it is not running. */
+  exited(index: number): Promise<number> | undefined {
+    const t = this.#threads[index]
+    return t?.worker === undefined ? undefined : t.exited
   }
 
-  async stop(deadlineMs: number): Promise<void> {
-    if (this.#life.beginStop() === undefined) return
-    runningPools.delete(this as unknown as DataPlanePool<IssuedCredential>)
-    this.#o.credentials.off('renewed', this.#onRenewed)
-    this.#o.credentials.off('failed', this.#onFailed)
-    for (const t of this.#threads) clearTimeout(t.restart)
-    // Every worker stops accepting and drains against the same deadline.
-    this.#broadcast({ type: 'stop', deadlineMs })
-    const late = setTimeout(() => {
-      for (const t of this.#threads) {
-        if (t.worker === undefined) continue
-        this.#log.warn({ worker: t.index }, `${this.name}: worker ${t.index} did not stop in time; ending it`)
-        void t.worker.terminate()
-      }
-    }, deadlineMs + STOP_MARGIN_MS)
-    await Promise.all(this.#threads.map((t) => t.exited))
-    clearTimeout(late)
-    this.#life.stopped()
-  }
-
-  health(): Health {
-    const h = this.#life.health()
-    if (h !== undefined) return h
-    let worst: Health = { status: 'ok' }
-    for (const t of this.#threads) {
-      const th: Health = t.ready ? (t.state?.health ?? { status: 'starting' }) : { status: 'degraded', reason: `worker ${t.index} is restarting` }
-      if (RANK[th.status] > RANK[worst.status]) worst = th
-    }
-    return worst
-  }
-
-  describe(): Record<string, unknown> {
-    const states = this.#threads.flatMap((t) => (t.state !== undefined ? [t.state] : []))
-    const out: Record<string, unknown> = { ...(states[0]?.describe ?? {}) }
-    for (const key of this.#o.counters) {
-      out[key] = states.reduce((sum, s) => sum + (typeof s.describe[key] === 'number' ? s.describe[key] : 0), 0)
-    }
-    out.workers = this.#threads.map((t) => ({
-      worker: t.index,
-      status: t.ready ? (t.state?.health.status ?? 'starting') : 'restarting',
-      ...(t.state?.serial !== undefined ? { serial: t.state.serial } : {}),
-      accepted: t.state?.accepted ?? 0,
-      open: t.state?.open ?? 0,
-    }))
-    return out
-  }
-
-  /** Each serving worker's metrics; a worker that does not answer in time is left out. */
-  async metrics(): Promise<RegistryMetrics[]> {
-    const asks = this.#threads.filter((t) => t.ready && t.worker !== undefined).map((t) => new Promise<RegistryMetrics | undefined>((resolve) => {
+  /** Asks one thread for one service's metrics; undefined when it does not answer in time. */
+  metricsOf(index: number, key: number): Promise<RegistryMetrics | undefined> {
+    const worker = this.#threads[index]?.worker
+    if (worker === undefined) return Promise.resolve(undefined)
+    return new Promise((resolve) => {
       const id = this.#nextId++
       const timer = setTimeout(() => {
         this.#waiting.delete(id)
@@ -308,8 +212,194 @@ export class DataPlanePool<C extends IssuedCredential> implements Service {
         clearTimeout(timer)
         resolve(m)
       })
-      t.worker?.postMessage({ type: 'metrics', id } satisfies ToDataPlane)
+      worker.postMessage({ type: 'metrics', key, id } satisfies ToDataPlane)
+    })
+  }
+
+  /** Called by a handle once stopped: the group ends when every service has. */
+  released(): void {
+    if ([...this.#services.values()].some((s) => s.live)) return
+    this.#closing = true
+    runningGroups.delete(this)
+    for (const t of this.#threads) clearTimeout(t.restart)
+  }
+
+  /** Ends one thread as a crash would (tests); it is restarted like any thread that died. */
+  async terminateWorker(index: number): Promise<void> {
+    await this.#threads[index]?.worker?.terminate()
+  }
+}
+
+export interface WorkerServiceOptions<C extends IssuedCredential> {
+  name: string
+  address: ListenAddress & { kind: 'tcp' }
+  /** The service type's thread module and what its `build` is handed. */
+  module: string
+  data: unknown
+  credentials: CredentialSource<C>
+  pack(credential: C): unknown
+  counters: readonly string[]
+}
+
+/** One service as the agent sees it: its instances in every thread of the group. */
+class WorkerService<C extends IssuedCredential> implements Service {
+  readonly name: string
+  readonly addMessage: ToDataPlane
+  readonly #group: WorkerGroup
+  readonly #key: number
+  readonly #o: WorkerServiceOptions<C>
+  readonly #life: Lifecycle
+  readonly #instances: Instance[]
+  #port: number
+  readonly #onRenewed = (c: C) => {
+    const credential = this.#o.pack(c)
+    for (let i = 0; i < this.#instances.length; i++) this.#group.post(i, { type: 'credential', key: this.#key, credential })
+  }
+  readonly #onFailed = (reason: string) => {
+    for (let i = 0; i < this.#instances.length; i++) this.#group.post(i, { type: 'fail', key: this.#key, reason })
+  }
+
+  constructor(group: WorkerGroup, key: number, o: WorkerServiceOptions<C>) {
+    this.#group = group
+    this.#key = key
+    this.#o = o
+    this.name = o.name
+    this.addMessage = { type: 'add', key, name: o.name, module: o.module, data: o.data }
+    this.#life = new Lifecycle(o.name)
+    this.#port = o.address.port
+    this.#instances = Array.from({ length: group.size }, () => this.#fresh())
+  }
+
+  #fresh(): Instance {
+    let done = () => undefined as void
+    const stopped = new Promise<void>((r) => (done = r))
+    const inst: Instance = { serving: undefined, stopped, done, resolve: undefined, reject: undefined, ready: false, state: undefined }
+    inst.serving = new Promise<number>((resolve, reject) => {
+      inst.resolve = resolve
+      inst.reject = reject
+    })
+    inst.serving.catch(() => undefined)
+    return inst
+  }
+
+  /** True until stopped: a restarted thread builds it again. */
+  get live(): boolean {
+    return this.#life.state === 'new' || this.#life.state === 'listening'
+  }
+
+  /** True once `start` was called: a restarted thread starts it again. */
+  get begun(): boolean {
+    return this.#begun
+  }
+
+  #begun = false
+
+  get address(): string {
+    return formatAddress({ ...this.#o.address, port: this.#port })
+  }
+
+  async start(): Promise<void> {
+    this.#life.beginStart()
+    this.#begun = true
+    this.#o.credentials.on('renewed', this.#onRenewed)
+    this.#o.credentials.on('failed', this.#onFailed)
+    try {
+      // The first thread binds (so port 0 becomes a real port); the others join it.
+      this.#port = await this.begin(0)
+      await Promise.all(this.#instances.slice(1).map((_, i) => this.begin(i + 1)))
+    } catch (err) {
+      this.#o.credentials.off('renewed', this.#onRenewed)
+      this.#o.credentials.off('failed', this.#onFailed)
+      await this.stop(0)
+      throw err
+    }
+    this.#life.listening()
+  }
+
+  /** Hands one thread the credential and the port; resolves with the port it bound once it serves. */
+  begin(index: number): Promise<number> {
+    const inst = this.#instances[index] as Instance
+    // The thread binds only after this arrives, so it never serves without the credential.
+    const cred = this.#o.credentials.peek()
+    const failure = this.#o.credentials.lastError
+    this.#group.post(index, {
+      type: 'start', key: this.#key, port: this.#port,
+      ...(cred !== undefined ? { credential: this.#o.pack(cred) } : {}), ...(failure !== undefined ? { failure } : {}),
+    })
+    return inst.serving as Promise<number>
+  }
+
+  message(index: number, m: FromDataPlane): void {
+    const inst = this.#instances[index]
+    if (inst === undefined) return
+    if (m.type === 'ready') {
+      inst.ready = true
+      inst.resolve?.(m.port)
+    } else if (m.type === 'failed') {
+      inst.reject?.(new MemidError('ERR_LISTEN', m.message))
+    } else if (m.type === 'state') {
+      inst.state = m.state
+    } else if (m.type === 'stopped') {
+      inst.done()
+    }
+  }
+
+  /** Its thread died: the instance is gone until the thread is restarted. */
+  lost(index: number, code: number): void {
+    const old = this.#instances[index]
+    old?.reject?.(new MemidError('ERR_INTERNAL', `${this.name}: worker ${index} exited (${code})`))
+    old?.done()
+    this.#instances[index] = this.#fresh()
+  }
+
+  async stop(deadlineMs: number): Promise<void> {
+    if (this.#life.beginStop() === undefined) return
+    this.#o.credentials.off('renewed', this.#onRenewed)
+    this.#o.credentials.off('failed', this.#onFailed)
+    // Every thread stops accepting and drains against the same deadline.
+    const running = this.#instances.flatMap((inst, i) => (this.#group.exited(i) === undefined ? [] : [[inst, i] as const]))
+    for (const [, i] of running) this.#group.post(i, { type: 'stop', key: this.#key, deadlineMs })
+    this.#group.released()
+    // A thread that does not drain in time is ended (with whatever else it still runs:
+    // every service is stopping against the same deadline).
+    const late = setTimeout(() => {
+      for (const [, i] of running) this.#group.terminateWorker(i).catch(() => undefined)
+    }, deadlineMs + STOP_MARGIN_MS)
+    await Promise.all(running.map(([inst]) => inst.stopped))
+    clearTimeout(late)
+    this.#life.stopped()
+  }
+
+  health(): Health {
+    const h = this.#life.health()
+    if (h !== undefined) return h
+    let worst: Health = { status: 'ok' }
+    this.#instances.forEach((inst, i) => {
+      const th: Health = inst.ready ? (inst.state?.health ?? { status: 'starting' }) : { status: 'degraded', reason: `worker ${i} is restarting` }
+      if (RANK[th.status] > RANK[worst.status]) worst = th
+    })
+    return worst
+  }
+
+  describe(): Record<string, unknown> {
+    const states = this.#instances.flatMap((inst) => (inst.state !== undefined ? [inst.state] : []))
+    const out: Record<string, unknown> = { ...(states[0]?.describe ?? {}) }
+    for (const key of this.#o.counters) {
+      out[key] = states.reduce((sum, s) => sum + (typeof s.describe[key] === 'number' ? s.describe[key] : 0), 0)
+    }
+    out.workers = this.#instances.map((inst, i) => ({
+      worker: i,
+      status: inst.ready ? (inst.state?.health.status ?? 'starting') : 'restarting',
+      ...(inst.state?.serial !== undefined ? { serial: inst.state.serial } : {}),
+      accepted: inst.state?.accepted ?? 0,
+      open: inst.state?.open ?? 0,
     }))
-    return (await Promise.all(asks)).filter((m): m is RegistryMetrics => m !== undefined)
+    return out
+  }
+
+  /** Each serving thread's metrics of this service; a thread that does not answer in time is left out. */
+  async metrics(): Promise<RegistryMetrics[]> {
+    const got = await Promise.all(this.#instances.map((inst, i) => (inst.ready ? this.#group.metricsOf(i, this.#key) : undefined)))
+    return got.filter((m): m is RegistryMetrics => m !== undefined)
   }
 }

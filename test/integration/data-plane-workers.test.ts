@@ -13,7 +13,7 @@ import path from 'node:path'
 import { startAgent as startAgentInProcess, type AgentHandle } from '../../src/agent/agent.ts'
 import { startAuthServer, type AuthServer } from '../../src/auth/server.ts'
 import { createLogger } from '../../src/core/log.ts'
-import { runningPools } from '../../src/services/workers.ts'
+import { runningGroups } from '../../src/services/workers.ts'
 import { SqliteStore } from '../../src/storage/sqlite.ts'
 import { freePort } from '../fixtures/db-tunnel.ts'
 import { startKubeApiServer, type KubeApiServer } from '../fixtures/kube-apiserver.ts'
@@ -190,18 +190,21 @@ describe('data plane on two worker threads (agent in-process)', () => {
       return workersOf('db-tunnel:orders').every((w) => w.open > 0)
     }, 60_000, 'open sessions on both workers')
     const onSurvivor = (workersOf('db-tunnel:orders')[0] as WorkerView).open
-    const pool = [...runningPools].find((p) => p.name === 'db-tunnel:orders' && p.address === `127.0.0.1:${dbPort}`)
-    assert.ok(pool)
-    await pool.terminateWorker(1)
+    const group = [...runningGroups][0]
+    assert.ok(group)
+    await group.terminateWorker(1)
 
-    const restarted = await eventually(() => lines.find((l) => l.msg === 'db-tunnel:orders: worker 1 exited; restarting it'), 10_000, 'the crash logged')
+    const restarted = await eventually(() => lines.find((l) => l.msg === 'data-plane worker 1 exited; restarting it'), 10_000, 'the crash logged')
     assert.equal(restarted.level, 50)
     assert.equal(restarted.worker, 1)
     // Every session on worker 0 still answers; those on worker 1 went with it.
     const results = await Promise.all(sessions.map((s) => s.query('select 2', 5_000).then((v) => v === '2', () => false)))
     assert.equal(results.filter(Boolean).length, onSurvivor)
-    await eventually(() => lines.some((l) => l.msg === 'db-tunnel:orders: worker 1 serves again'), 10_000, 'the restart logged')
+    await eventually(() => lines.some((l) => l.msg === 'data-plane worker 1 serves again'), 10_000, 'the restart logged')
     await eventually(() => workersOf('db-tunnel:orders').every((w) => w.status === 'ok'), 10_000, 'both workers ok again')
+    // The proxy lived in the same thread: it was restarted with it and serves again.
+    await eventually(() => workersOf('kube-proxy:prod').every((w) => w.status === 'ok'), 10_000, 'both proxy workers ok again')
+    await untilEveryWorkerServed('kube-proxy:prod', async () => assert.equal((await get(`${kubeUrl}/api/v1/namespaces/default/pods`)).status, 200))
     await untilEveryWorkerServed('db-tunnel:orders', async () => assert.equal((await psql(db(), 'select 3')).stdout.trim(), '3'))
     for (const s of sessions) await s.close()
   })
@@ -234,7 +237,7 @@ describe('workers: 1 keeps every service in the main thread', () => {
     const s = agent.status().services[0]
     assert.equal(s?.workers, undefined)
     assert.equal(s?.status, 'ok')
-    assert.equal([...runningPools].length, 0)
+    assert.equal([...runningGroups].length, 0)
   })
 })
 
