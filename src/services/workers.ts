@@ -90,6 +90,8 @@ interface Instance {
   resolve: ((port: number) => void) | undefined
   reject: ((err: Error) => void) | undefined
   ready: boolean
+  /** Its thread died after serving; until it serves again the service is degraded. */
+  lost: boolean
   state: WorkerState | undefined
 }
 
@@ -124,7 +126,7 @@ export class WorkerGroup {
       runningGroups.add(this)
     }
     const key = this.#nextKey++
-    const service = new WorkerService<C>(this, key, o)
+    const service = new WorkerService<C>(this, key, o, this.#log)
     this.#services.set(key, service as unknown as WorkerService<IssuedCredential>)
     this.#broadcast(service.addMessage)
     return service
@@ -248,6 +250,7 @@ class WorkerService<C extends IssuedCredential> implements Service {
   readonly #group: WorkerGroup
   readonly #key: number
   readonly #o: WorkerServiceOptions<C>
+  readonly #log: Logger
   readonly #life: Lifecycle
   readonly #instances: Instance[]
   #port: number
@@ -259,8 +262,9 @@ class WorkerService<C extends IssuedCredential> implements Service {
     for (let i = 0; i < this.#instances.length; i++) this.#group.post(i, { type: 'fail', key: this.#key, reason })
   }
 
-  constructor(group: WorkerGroup, key: number, o: WorkerServiceOptions<C>) {
+  constructor(group: WorkerGroup, key: number, o: WorkerServiceOptions<C>, logger: Logger) {
     this.#group = group
+    this.#log = logger
     this.#key = key
     this.#o = o
     this.name = o.name
@@ -273,7 +277,7 @@ class WorkerService<C extends IssuedCredential> implements Service {
   #fresh(): Instance {
     let done = () => undefined as void
     const stopped = new Promise<void>((r) => (done = r))
-    const inst: Instance = { serving: undefined, stopped, done, resolve: undefined, reject: undefined, ready: false, state: undefined }
+    const inst: Instance = { serving: undefined, stopped, done, resolve: undefined, reject: undefined, ready: false, lost: false, state: undefined }
     inst.serving = new Promise<number>((resolve, reject) => {
       inst.resolve = resolve
       inst.reject = reject
@@ -304,9 +308,9 @@ class WorkerService<C extends IssuedCredential> implements Service {
     this.#o.credentials.on('renewed', this.#onRenewed)
     this.#o.credentials.on('failed', this.#onFailed)
     try {
-      // The first thread binds (so port 0 becomes a real port); the others join it.
+      // The first thread binds (so port 0 becomes a real port) and the service is up; the
+      // others join the port as they finish loading, which on a busy machine can take seconds.
       this.#port = await this.begin(0)
-      await Promise.all(this.#instances.slice(1).map((_, i) => this.begin(i + 1)))
     } catch (err) {
       this.#o.credentials.off('renewed', this.#onRenewed)
       this.#o.credentials.off('failed', this.#onFailed)
@@ -314,6 +318,9 @@ class WorkerService<C extends IssuedCredential> implements Service {
       throw err
     }
     this.#life.listening()
+    for (let i = 1; i < this.#instances.length; i++) {
+      this.begin(i).catch((err: unknown) => this.#log.error({ worker: i, reason: describeError(err) }, `${this.name}: worker ${i} did not start`))
+    }
   }
 
   /** Hands one thread the credential and the port; resolves with the port it bound once it serves. */
@@ -349,7 +356,9 @@ class WorkerService<C extends IssuedCredential> implements Service {
     const old = this.#instances[index]
     old?.reject?.(new MemidError('ERR_INTERNAL', `${this.name}: worker ${index} exited (${code})`))
     old?.done()
-    this.#instances[index] = this.#fresh()
+    const fresh = this.#fresh()
+    fresh.lost = true
+    this.#instances[index] = fresh
   }
 
   async stop(deadlineMs: number): Promise<void> {
@@ -375,6 +384,8 @@ class WorkerService<C extends IssuedCredential> implements Service {
     if (h !== undefined) return h
     let worst: Health = { status: 'ok' }
     this.#instances.forEach((inst, i) => {
+      // A thread still joining is not a fault: the service serves from the others meanwhile.
+      if (!inst.ready && !inst.lost) return
       const th: Health = inst.ready ? (inst.state?.health ?? { status: 'starting' }) : { status: 'degraded', reason: `worker ${i} is restarting` }
       if (RANK[th.status] > RANK[worst.status]) worst = th
     })
@@ -389,7 +400,7 @@ class WorkerService<C extends IssuedCredential> implements Service {
     }
     out.workers = this.#instances.map((inst, i) => ({
       worker: i,
-      status: inst.ready ? (inst.state?.health.status ?? 'starting') : 'restarting',
+      status: inst.ready ? (inst.state?.health.status ?? 'starting') : inst.lost ? 'restarting' : 'starting',
       ...(inst.state?.serial !== undefined ? { serial: inst.state.serial } : {}),
       accepted: inst.state?.accepted ?? 0,
       open: inst.state?.open ?? 0,
