@@ -121,15 +121,26 @@ export class WorkerGroup {
 
   /** Runs a service in every thread (threads start with the first one); returns its handle. */
   attach<C extends IssuedCredential>(o: WorkerServiceOptions<C>): Service {
-    if (this.#threads.every((t) => t.worker === undefined)) {
-      for (const t of this.#threads) this.#spawn(t)
-      runningGroups.add(this)
-    }
+    runningGroups.add(this)
     const key = this.#nextKey++
     const service = new WorkerService<C>(this, key, o, this.#log)
     this.#services.set(key, service as unknown as WorkerService<IssuedCredential>)
     this.#broadcast(service.addMessage)
+    // Only the first thread loads its code during the join; more would slow the join down.
+    this.#ensure(this.#threads[0] as Thread)
     return service
+  }
+
+  /** Starts the thread if it is not running, with every service built in it. */
+  #ensure(t: Thread): void {
+    if (t.worker !== undefined || this.#closing) return
+    this.#spawn(t)
+    for (const s of this.#services.values()) if (s.live) this.post(t.index, s.addMessage)
+  }
+
+  /** Once a service serves from the first thread: the other threads start and load. */
+  widen(): void {
+    for (const t of this.#threads.slice(1)) if (t.restart === undefined) this.#ensure(t)
   }
 
   #spawn(t: Thread): void {
@@ -173,10 +184,9 @@ export class WorkerGroup {
     t.restart = setTimeout(() => {
       t.restart = undefined
       if (this.#closing) return
-      this.#spawn(t)
-      const again = [...this.#services.entries()].filter(([, s]) => s.live)
-      for (const [, s] of again) this.post(t.index, s.addMessage)
-      Promise.all(again.filter(([, s]) => s.begun).map(([, s]) => s.begin(t.index))).then(
+      this.#ensure(t)
+      const again = [...this.#services.values()].filter((s) => s.live && s.begun)
+      Promise.all(again.map((s) => s.begin(t.index))).then(
         () => {
           t.failures = 0
           this.#log.info({ worker: t.index }, `data-plane worker ${t.index} serves again`)
@@ -318,6 +328,7 @@ class WorkerService<C extends IssuedCredential> implements Service {
       throw err
     }
     this.#life.listening()
+    this.#group.widen()
     for (let i = 1; i < this.#instances.length; i++) {
       this.begin(i).catch((err: unknown) => this.#log.error({ worker: i, reason: describeError(err) }, `${this.name}: worker ${i} did not start`))
     }
