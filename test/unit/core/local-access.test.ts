@@ -8,7 +8,7 @@ import { Registry } from 'prom-client'
 import { ConfigError } from '../../../src/core/errors.ts'
 import { LocalAccess, parseListenAddress, resolveExposure, type LocalExposureConfig } from '../../../src/core/listener.ts'
 import { createLogger } from '../../../src/core/log.ts'
-import { PeerOwnerLookup } from '../../../src/core/peer-owner.ts'
+import { ProcNetPeerOwners } from '../../../src/core/peer-owner.ts'
 
 const own = process.geteuid?.() ?? -1
 let dir: string
@@ -79,7 +79,7 @@ describe('LocalAccess', () => {
     return got
   }
 
-  function access(cfg: LocalExposureConfig, owners?: PeerOwnerLookup, now = { t: 0 }) {
+  function access(cfg: LocalExposureConfig, owners?: ProcNetPeerOwners, now = { t: 0 }) {
     const lines: Record<string, unknown>[] = []
     const logger = createLogger({ sink: { write: (l: string) => void lines.push(JSON.parse(l)) } as never })
     const metrics = new Registry()
@@ -99,7 +99,7 @@ describe('LocalAccess', () => {
     const hex = (p: number) => p.toString(16).toUpperCase().padStart(4, '0')
     const tables = mkdtempSync(path.join(dir, 'net-'))
     writeFileSync(path.join(tables, 'tcp'), `  sl  local_address rem_address   st\n   0: ${lo}:${hex(s.remotePort as number)} ${lo}:${hex(s.localPort as number)} 01 00000000:00000000 00:00000000 00000000  1234        0 777 1\n`)
-    const { a, lines, metrics, now } = access({}, new PeerOwnerLookup(tables))
+    const { a, lines, metrics, now } = access({}, new ProcNetPeerOwners(tables))
     const r1 = await a.check(s)
     assert.equal(r1?.uid, 1234)
     assert.match(r1?.message ?? '', new RegExp(`connections from uid 1234 are refused: kube-proxy:prod serves only the agent's user \\(uid ${own}\\)`))
@@ -120,19 +120,19 @@ describe('LocalAccess', () => {
     const hex = (p: number) => p.toString(16).toUpperCase().padStart(4, '0')
     const tables = mkdtempSync(path.join(dir, 'net-'))
     writeFileSync(path.join(tables, 'tcp'), `  sl\n   0: ${lo}:${hex(s.remotePort as number)} ${lo}:${hex(s.localPort as number)} 01 00000000:00000000 00:00000000 00000000  1001        0 777 1\n`)
-    const { a } = access({ allowedUsers: ['runner'] }, new PeerOwnerLookup(tables))
+    const { a } = access({ allowedUsers: ['runner'] }, new ProcNetPeerOwners(tables))
     assert.equal(await a.check(s), undefined)
   })
 
   it('an owner that cannot be found is refused (default deny), saying why', async () => {
-    const { a } = access({}, new PeerOwnerLookup(path.join(dir, 'no-proc')))
+    const { a } = access({}, new ProcNetPeerOwners(path.join(dir, 'no-proc')))
     const r = await a.check(await accepted())
     assert.equal(r?.uid, undefined)
     assert.match(r?.message ?? '', /the user of the connecting process is unknown \(.*cannot be read on this system\)/)
   })
 
   it('["*"] serves anyone without a lookup and says so once at start', async () => {
-    const { a, lines } = access({ allowedUsers: ['*'] }, new PeerOwnerLookup(path.join(dir, 'no-proc')))
+    const { a, lines } = access({ allowedUsers: ['*'] }, new ProcNetPeerOwners(path.join(dir, 'no-proc')))
     a.announce(parseListenAddress('127.0.0.1:8001'))
     assert.equal(await a.check(await accepted()), undefined)
     assert.equal(lines.filter((l) => /allowed_users is \["\*"\]/.test(String(l.msg))).length, 1)
