@@ -47,9 +47,20 @@ function line(file: string, text: string): string {
 
 const GROUPS: Group[] = [
   {
+    // The decisions, each a small module with its own fast unit tests.
     name: 'auth',
-    mutate: ['src/auth/*.ts'],
-    tests: ['test/unit/auth/*.test.ts', 'test/integration/auth-security.test.ts'],
+    mutate: ['tokens', 'rbac', 'generation', 'issue-kube', 'issue-ssh', 'issue-db', 'bot-identity'].map((f) => `src/auth/${f}.ts`),
+    tests: [
+      'test/unit/auth/tokens.test.ts', 'test/unit/auth/tokens-compare.test.ts', 'test/unit/auth/rbac.test.ts', 'test/unit/auth/issue-kube.test.ts',
+      'test/unit/auth/issue-kube-roles.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-db.test.ts', 'test/unit/auth/bot-identity.test.ts',
+      'test/unit/auth/generation.test.ts',
+    ],
+  },
+  {
+    // The service that applies them: authentication, locks, TTL clamps, audit, the HTTP edge.
+    name: 'auth-service',
+    mutate: ['src/auth/auth-service.ts', 'src/auth/http-api.ts'],
+    tests: ['test/unit/auth/generation.test.ts', 'test/integration/auth-security.test.ts'],
   },
   {
     name: 'storage',
@@ -66,14 +77,14 @@ const GROUPS: Group[] = [
     // The redaction, not the text renderer: the list, the two scrub layers, their patterns.
     mutate: [
       fn('src/core/log.ts', 'export const REDACTED_FIELDS = ['), fn('src/core/log.ts', 'function scrub('), fn('src/core/log.ts', 'function scrubLine('),
-      ...['const REDACT_PATHS', 'const PEM_BLOCK', 'const OPENSSH_CERT', 'const PEM_IN_JSON', 'const JOIN_TOKEN', 'const BUFFER_JSON', 'redact: {', 'formatters: {', 'hooks: {'].map((t) => line('src/core/log.ts', t)),
+      ...['const REDACT_PATHS', 'const PEM_BLOCK', 'const OPENSSH_CERT', 'const JWT', 'const PEM_IN_JSON', 'const JOIN_TOKEN', 'const BUFFER_JSON', 'redact: {', 'formatters: {', 'hooks: {'].map((t) => line('src/core/log.ts', t)),
     ],
     tests: ['test/unit/core/log*.test.ts'],
   },
   {
     name: 'listener',
     mutate: ['src/core/listener.ts'],
-    tests: ['test/unit/core/listener.test.ts'],
+    tests: ['test/unit/core/listener.test.ts', 'test/unit/core/local-access.test.ts'],
   },
   {
     name: 'ssh-agent',
