@@ -64,13 +64,19 @@ const GROUPS: Group[] = [
   },
   {
     name: 'storage',
-    mutate: ['consumeToken(', 'updateInstance(', 'locksFor('].map((m) => fn('src/storage/sqlite.ts', `  async ${m}`)),
+    mutate: [...['consumeToken(', 'updateInstance(', 'locksFor('].map((m) => `async ${m}`), '#tx<T>(', '#writeInstance(', '#locksFor('].map((m) => fn('src/storage/sqlite.ts', `  ${m}`)),
     tests: ['test/unit/storage/sqlite.test.ts', 'test/integration/auth-security.test.ts'],
   },
   {
+    // The wire encodings every certificate and agent message goes through.
+    name: 'pki-wire',
+    mutate: ['src/pki/der.ts', 'src/pki/ssh-wire.ts'],
+    tests: ['test/unit/pki/der.test.ts', 'test/unit/pki/ssh-wire.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/openssh.test.ts'],
+  },
+  {
     name: 'pki',
-    mutate: ['src/pki/*.ts'],
-    tests: ['test/unit/pki/*.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
+    mutate: ['src/pki/openssh.ts', 'src/pki/x509.ts', 'src/pki/pem.ts', 'src/pki/tls-context.ts'],
+    tests: ['test/unit/pki/openssh.test.ts', 'test/unit/pki/x509.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/pem.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
   },
   {
     name: 'log',
