@@ -53,7 +53,7 @@ const GROUPS: Group[] = [
     tests: [
       'test/unit/auth/tokens.test.ts', 'test/unit/auth/tokens-compare.test.ts', 'test/unit/auth/rbac.test.ts', 'test/unit/auth/issue-kube.test.ts',
       'test/unit/auth/issue-kube-roles.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-db.test.ts', 'test/unit/auth/bot-identity.test.ts',
-      'test/unit/auth/generation.test.ts',
+      'test/unit/auth/generation-rules.test.ts', 'test/unit/auth/generation.test.ts',
     ],
   },
   {

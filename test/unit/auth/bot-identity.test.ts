@@ -57,6 +57,7 @@ describe('bot identity certificates', () => {
       ['16-digit generation', { ...ok, generation: '1234567890123456' }],
       ['short bot id', { ...ok, id: 'abcdef' }],
       ['bot id with a suffix', { ...ok, id: `${BOT_ID}x` }],
+      ['bot id with a prefix', { ...ok, id: `x${BOT_ID}` }],
       ['non-hex bot id', { ...ok, id: 'g'.repeat(32) }],
     ] as const) assert.equal(readBotClaims(await withUri(uri(q))), undefined, what)
     assert.equal(readBotClaims(await withUri(uri(ok, '%E0%A4%A'))), undefined, 'bad percent-encoding in the bot name')
