@@ -99,8 +99,8 @@ const GROUPS: Group[] = [
   },
   {
     name: 'kube-proxy',
-    mutate: ['src/services/kube-proxy/headers.ts', 'src/services/kube-proxy/status.ts', fn('src/services/kube-proxy/index.ts', '  #hostAllowed('), fn('src/services/kube-proxy/index.ts', '  #current(')],
-    tests: ['test/unit/services/kube-proxy*.test.ts'],
+    mutate: ['src/services/kube-proxy/headers.ts', 'src/services/kube-proxy/status.ts', fn('src/services/kube-proxy/config.ts', 'export class HostAllowList {'), fn('src/services/kube-proxy/config.ts', 'function splitHost('), fn('src/services/kube-proxy/index.ts', '  #hostAllowed('), fn('src/services/kube-proxy/index.ts', '  #current(')],
+    tests: ['test/unit/services/kube-proxy.test.ts', 'test/unit/services/kube-proxy-service.test.ts'],
   },
   {
     name: 'db-tunnel',
