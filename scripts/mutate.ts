@@ -133,11 +133,15 @@ for (const g of GROUPS.filter((x) => wanted.length === 0 || wanted.includes(x.na
     tap: { testFiles: g.tests, nodeArgs: ['--test-reporter=tap', '-r', '{{hookFile}}', '{{testFile}}'], forceBail: true },
     mutate: only ?? g.mutate,
     concurrency: Number(process.env.MUTATE_CONCURRENCY ?? 1),
-    timeoutMS: 30_000,
+    // Added to the test files' own time: a mutant that hangs (a loop that never ends) is a kill, and each costs this long.
+    timeoutMS: 10_000,
     reporters: ['clear-text', 'html', 'json', 'progress'],
     clearTextReporter: { allowColor: false, logTests: false, reportScoreTable: true },
     htmlReporter: { fileName: `reports/mutation/${g.name}.html` },
     jsonReporter: { fileName: `reports/mutation/${g.name}.json` },
+    // Re-runs try only mutants whose code or covering tests changed since the group's last run.
+    incremental: process.env.MUTATE_FRESH === undefined,
+    incrementalFile: `reports/mutation/${g.name}.incremental.json`,
     tempDirName: '.stryker-tmp',
     cleanTempDir: 'always',
     // The sandbox needs the source, the tests and their fixtures, nothing built or reported.
