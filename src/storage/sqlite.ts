@@ -216,6 +216,12 @@ export class SqliteStore implements Store {
     return r && instanceFromRow(r)
   }
 
+  async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
+    const b = await this.getBot(bot)
+    const i = await this.getInstance(instanceId)
+    return { ...(b ? { bot: b } : {}), ...(i ? { instance: i } : {}) }
+  }
+
   async listInstances(bot?: string): Promise<BotInstance[]> {
     const rows = bot === undefined
       ? this.#all('SELECT * FROM bot_instances ORDER BY created_at, id')
@@ -223,6 +229,7 @@ export class SqliteStore implements Store {
     return rows.map(instanceFromRow)
   }
 
+  // `seen` is not used: reading inside the transaction costs no round trip here.
   async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
     return this.#tx(() => {
       const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)

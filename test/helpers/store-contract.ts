@@ -535,6 +535,38 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal((await a.getInstance(inst.id))?.generation, 21)
       })
 
+      it('with the instance the caller saw: a stale one is decided again on the stored row, on two servers every increment is kept', async () => {
+        const [a, b] = await pair()
+        const inst = await withInstance(a)
+        const bump = (cur: BotInstance | undefined) => ({ instance: { ...cur!, generation: cur!.generation + 1 }, audit: [{ type: 'renew', success: true, instance: cur!.id, fields: { from: cur!.generation } }] })
+        await Promise.all(Array.from({ length: 20 }, (_x, i) => (i % 2 ? a : b).updateInstance(inst.id, bump, inst)))
+        assert.equal((await a.getInstance(inst.id))?.generation, 21)
+        const audit = await a.queryAudit({ type: 'renew' })
+        assert.deepEqual(audit.map((e) => e.fields.from).sort((x, y) => Number(x) - Number(y)), Array.from({ length: 20 }, (_x, i) => i + 1), 'one audit row per kept move, none for a discarded one')
+      })
+
+      it('with the instance the caller saw: locks committed since are still seen, and a refusal writes nothing', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        await s.createLock({ id: 'l-late', bot: 'ci', reason: 'late', createdAt: T0 })
+        await rejectsWith(s.updateInstance(inst.id, (cur, locks) => {
+          if (locks.length > 0) throw new MemidError('ERR_LOCKED', 'locked')
+          return { instance: { ...cur!, generation: 7 }, audit: [{ type: 'renew', success: true, fields: {} }] }
+        }, inst), 'ERR_LOCKED')
+        assert.deepEqual(await s.getInstance(inst.id), inst)
+        assert.deepEqual(await s.queryAudit({}), [])
+      })
+
+      it('getBotAndInstance reads both, either or neither', async () => {
+        const s = await store()
+        await s.createBot(bot('ci'))
+        const inst = await withInstance(s)
+        assert.deepEqual(await s.getBotAndInstance('ci', inst.id), { bot: await s.getBot('ci'), instance: inst })
+        assert.deepEqual(await s.getBotAndInstance('nobody', inst.id), { instance: inst })
+        assert.deepEqual(await s.getBotAndInstance('ci', 'no-such-instance'), { bot: await s.getBot('ci') })
+        assert.deepEqual(await s.getBotAndInstance('nobody', 'no-such-instance'), {})
+      })
+
       it('decide is told when the instance does not exist', async () => {
         const s = await store()
         let seen: BotInstance | undefined | 'not called' = 'not called'
