@@ -3,7 +3,7 @@ import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -427,6 +427,10 @@ export class PostgresStore implements Store {
   async pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
     const { sql, args } = pageQuery('bot_instances', req, (n) => `$${n}`)
     return pageFromRows('bot_instances', await this.#all(sql, ...args), req.limit, instanceFromRow)
+  }
+  async pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>> {
+    const { sql, args } = pageQuery('bot_instances', req, (n) => `$${n}`)
+    return pageFromRows('bot_instances', await this.#all(sql, ...args), req.limit, instanceJsonFromRow)
   }
 
   async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {

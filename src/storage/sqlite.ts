@@ -3,7 +3,7 @@ import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -330,6 +330,10 @@ export class SqliteStore implements Store {
   async pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
     const { sql, args } = pageQuery('bot_instances', req, () => '?')
     return pageFromRows('bot_instances', this.#all(sql, ...args), req.limit, instanceFromRow)
+  }
+  async pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>> {
+    const { sql, args } = pageQuery('bot_instances', req, () => '?')
+    return pageFromRows('bot_instances', this.#all(sql, ...args), req.limit, instanceJsonFromRow)
   }
 
   async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {

@@ -220,6 +220,8 @@ export interface Store {
   pageBots(req: PageRequest): Promise<Page<Bot>>
   pageTokens(req: PageRequest): Promise<Page<JoinToken>>
   pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>>
+  /** `pageInstances` with each item as its JSON text (what JSON.stringify gives), made without parsing the stored record. */
+  pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>>
   /** Audit events newest first, filtered as `queryAudit`. */
   pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>>
   /** Deletes the instance only if it is stored exactly as `instance` (nothing renewed or heartbeat since it was read). */

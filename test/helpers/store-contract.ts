@@ -105,6 +105,8 @@ export async function assertLegacyUpgraded(s: Store): Promise<void> {
     assert.equal(i?.botId, '', `${id}: no bot`)
     assert.ok(i?.endedAt && Math.abs(Date.parse(i.endedAt) - Date.now()) < 120_000, `${id}: ended by the upgrade, at ${i?.endedAt}`)
   }
+  const listed = await s.pageInstances({ limit: 10 })
+  assert.deepEqual((await s.pageInstancesJson({ limit: 10 })).items, listed.items.map((i) => JSON.stringify(i)), 'old records list as JSON text exactly as re-serialized')
 }
 
 /** Registers the contract's tests under `describe(name)`. */
@@ -684,6 +686,23 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal(all.next, undefined)
         assert.ok(all.items.every((x, i) => i === 0 || `${all.items[i - 1]!.createdAt}${all.items[i - 1]!.id}` > `${x.createdAt}${x.id}`), 'newest first')
         assert.deepEqual((await a.pageInstances({ limit: 5, bot: 'nobody' })).items, [])
+      })
+
+      it('pageInstancesJson gives each instance as the JSON text JSON.stringify makes of pageInstances\' item, same pages', async () => {
+        const s = await store()
+        const plain = await newInstance(s, 1, 'ci', at(1))
+        const pending = await newInstance(s, 2, 'ci', at(2))
+        await s.updateInstance(pending.id, (cur) => ({ instance: { ...cur!, pendingGeneration: 2, pendingRetries: 1, pendingKey: 'cd'.repeat(32), claims: { repository: 'acme/"quoted"', n: 1 } } }))
+        await newInstance(s, 3, 'web', at(3))
+        await s.createBot(bot('web'))
+        assert.deepEqual(await s.deleteBot('web', at(4)), { endedInstances: 1 })
+        for (const req of [{ limit: 2 }, { limit: 10 }, { limit: 10, bot: 'ci' }]) {
+          const objects = await s.pageInstances(req)
+          const texts = await s.pageInstancesJson(req)
+          assert.deepEqual(texts.items, objects.items.map((i) => JSON.stringify(i)))
+          assert.equal(texts.next, objects.next)
+        }
+        assert.ok((await s.pageInstancesJson({ limit: 10 })).items.some((t) => t.includes(plain.id)))
       })
 
       it('pages bots, tokens and the audit log; a bad cursor or limit is ERR_BAD_REQUEST', async () => {
