@@ -26,9 +26,9 @@
  */
 import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { closeSync, mkdirSync, openSync, readFileSync, readdirSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import type https from 'node:https'
-import { cpus, loadavg } from 'node:os'
+import { cpus, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { DatabaseSync } from 'node:sqlite'
@@ -42,7 +42,7 @@ import { instanceData } from '../src/storage/rows.ts'
 import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
 import { ForeignLoad, cpuSeconds, machineLine, startRole, withBenchDir, type Role } from './_common.ts'
-import { startPostgres, type PostgresFixture } from '../test/fixtures/postgres.ts'
+import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
 import { heartbeat, join, newKey, renew, type TestIdentity } from '../test/helpers/identity.ts'
 
 const { values } = parseArgs({
@@ -250,28 +250,19 @@ interface Config {
 async function main(): Promise<void> {
   const storages = (values.storage as string).split(',').map((s) => s.trim())
   const replicaCounts = (values.replicas as string).split(',').map(Number)
-  let pgServer: PostgresFixture | undefined
+  let pgServer: BenchPostgres | undefined
+  let pgDir: string | undefined
   let dbs = 0
   const pgUrl = values['pg-url']
-  const password = randomUUID()
   const pgStore = async (): Promise<string> => {
     if (pgUrl !== undefined) return pgUrl
     if (pgServer === undefined) {
-      pgServer = await startPostgres({
-        roles: [], databases: {}, passwordRole: { name: 'memid', password },
-        // Production durability, unlike the test fixture: a renewal is answered after its commit is on disk.
-        settings: ['fsync = on', 'synchronous_commit = on', 'full_page_writes = on', 'shared_buffers = 128MB', 'max_connections = 100'],
-      })
+      pgDir = mkdtempSync(path.join(tmpdir(), 'memid-bench-pg-'))
+      pgServer = await startBenchPostgres(pgDir)
     }
-    const db = `bench_${++dbs}`
-    await pgServer.sql(`CREATE DATABASE ${db} OWNER memid`)
-    return `postgres://memid:${password}@127.0.0.1:${pgServer.port}/${db}`
+    return pgServer.createDatabase(`bench_${++dbs}`)
   }
-  const pgCpu = () => {
-    if (pgServer === undefined) return 0
-    const postmaster = Number(readFileSync(path.join(pgServer.dir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0])
-    return clusterPids(postmaster).reduce((a, p) => a + cpuSeconds(p), 0)
-  }
+  const pgCpu = () => (pgServer === undefined ? 0 : clusterPids(pgServer.pid()).reduce((a, p) => a + cpuSeconds(p), 0))
   const configs: Config[] = []
   for (const s of storages) {
     if (s === 'sqlite') configs.push({ label: 'SQLite', replicas: 1, store: async (dir) => `sqlite:${path.join(dir, 'memid.db')}` })
@@ -293,6 +284,7 @@ async function main(): Promise<void> {
     for (const c of configs) await throughput(c)
   } finally {
     await pgServer?.stop()
+    if (pgDir !== undefined) rmSync(pgDir, { recursive: true, force: true })
   }
 }
 
