@@ -66,7 +66,7 @@ const MEMID = path.join(path.dirname(new URL(import.meta.url).pathname), '..', '
 
 /**
  * One auth server (a replica): the store named by --store; with --setup, the bench's role,
- * database and bot. Answers the parent's messages: tokens, a bulk fill, its event-loop delay.
+ * database and bot. Answers the parent's messages: tokens, its event-loop delay.
  */
 async function serve(): Promise<void> {
   const spec = values.store as string
@@ -86,17 +86,12 @@ async function serve(): Promise<void> {
   loop.enable()
   const turns = new LoopTurns()
   process.send?.({ addr: server.address, caPin: server.caPin })
-  process.on('message', (m: { tokens?: number; fill?: number; loop?: 'reset' | 'read' }) => {
+  process.on('message', (m: { tokens?: number; loop?: 'reset' | 'read' }) => {
     void (async () => {
       if (m.tokens !== undefined) {
         const tokens: string[] = []
         for (let i = 0; i < m.tokens; i++) tokens.push(((await server.admin.addToken({ bot: 'bench', ttl: '1h' })) as CreatedToken).token)
         process.send?.({ tokens })
-      } else if (m.fill !== undefined) {
-        const bot = await store.getBot('bench')
-        const t0 = performance.now()
-        await fill(spec, m.fill, bot?.id as string)
-        process.send?.({ filled: m.fill, seconds: (performance.now() - t0) / 1000 })
       } else if (m.loop === 'reset') {
         loop.reset()
         turns.start()
@@ -153,13 +148,13 @@ class LoopTurns {
  * (about the size of a real instance's record). Bulk SQL: a join per instance would take
  * minutes and measure nothing the run is about.
  */
-async function fill(spec: string, n: number, botId: string): Promise<void> {
+async function fill(spec: string, n: number): Promise<void> {
   const base = Date.parse('2026-01-01T00:00:00.000Z')
   const row = (k: number) => {
     const time = new Date(base + k * 1000).toISOString()
     const auth = { time, joinMethod: 'token', remoteAddr: '10.0.0.1', generation: 1 }
     const inst: BotInstance = {
-      id: randomUUID(), bot: 'bench', botId, joinMethod: 'token', tokenName: `fill${k}`, createdAt: time,
+      id: randomUUID(), bot: 'bench', botId: '' /* a column, not in the record */, joinMethod: 'token', tokenName: `fill${k}`, createdAt: time,
       generation: 2, pendingGeneration: null, pendingRetries: 0,
       initialAuthentication: auth, latestAuthentications: [auth, { ...auth, joinMethod: 'bot-certificate', generation: 2 }],
       heartbeats: [{ time, hostname: `runner-${k}`, version: '0.1.0', os: 'linux', arch: 'x64', uptimeSeconds: 60, services: [] } as unknown as BotInstance['heartbeats'][number]],
@@ -169,6 +164,7 @@ async function fill(spec: string, n: number, botId: string): Promise<void> {
   if (spec.startsWith('sqlite:')) {
     const db = new DatabaseSync(spec.slice('sqlite:'.length))
     db.exec('PRAGMA busy_timeout = 10000')
+    const botId = String((db.prepare("SELECT id FROM bots WHERE name = 'bench'").get() as { id: string }).id)
     const ins = db.prepare('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) VALUES (?, \'bench\', ?, 2, NULL, 0, NULL, NULL, ?, ?)')
     for (let k = 0; k < n; k += 5000) {
       db.exec('BEGIN IMMEDIATE')
@@ -177,8 +173,6 @@ async function fill(spec: string, n: number, botId: string): Promise<void> {
         ins.run(id, botId, created, data)
       }
       db.exec('COMMIT')
-      // Let the server answer in between (the fill runs in its process).
-      await new Promise((r) => setImmediate(r))
     }
     db.close()
     return
@@ -186,6 +180,7 @@ async function fill(spec: string, n: number, botId: string): Promise<void> {
   const c = new pg.Client({ connectionString: spec })
   await c.connect()
   try {
+    const botId = String((await c.query<{ id: string }>("SELECT id FROM bots WHERE name = 'bench'")).rows[0]?.id)
     for (let k = 0; k < n; k += 2000) {
       const rows = Array.from({ length: Math.min(n, k + 2000) - k }, (_x, j) => row(k + j))
       await c.query('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) '
@@ -472,7 +467,7 @@ async function scaleRun(config: Config, n: number): Promise<void> {
   const conc = Number(values['scale-concurrency'])
   console.log(`\n--- state scale: ${n} bot instances, ${config.label}, ${conc} bots renewing`)
   await withBenchDir('memid-bench-auth-scale-', async (dir, own) => {
-    const { roles, addrs, caPin } = await startReplicas(config, dir, own)
+    const { roles, addrs, caPin, spec } = await startReplicas(config, dir, own)
     const server = roles[0] as Role
     const pid = server.child.pid
     const ask = async (m: Record<string, unknown>) => {
@@ -480,8 +475,10 @@ async function scaleRun(config: Config, n: number): Promise<void> {
       return server.next()
     }
     const rss0 = rssMb(pid)
-    const filled = await ask({ fill: n }) as { seconds: number }
-    console.log(`filled ${n} instances in ${filled.seconds.toFixed(1)} s; server RSS ${rss0.toFixed(0)} MB before, ${rssMb(pid).toFixed(0)} MB after`)
+    // From this process, straight into the database the server uses.
+    const t0 = performance.now()
+    await fill(spec, n)
+    console.log(`filled ${n} instances in ${((performance.now() - t0) / 1000).toFixed(1)} s; server RSS ${rss0.toFixed(0)} MB before`)
     const tokens = (await ask({ tokens: conc })).tokens as string[]
     const bots = await Promise.all(tokens.map(async (t) => {
       const client = new AuthClient({ server: addrs[0] as string, caPins: [caPin] })
