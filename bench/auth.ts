@@ -97,7 +97,8 @@ async function serve(): Promise<void> {
         turns.start()
         process.send?.({ ok: true })
       } else if (m.loop === 'read') {
-        process.send?.({ maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6, ...turns.stop() })
+        const mem = process.memoryUsage()
+        process.send?.({ maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6, ...turns.stop(), heapMb: mem.heapTotal / 2 ** 20, externalMb: mem.external / 2 ** 20 })
       }
     })()
   })
@@ -194,6 +195,7 @@ async function fill(spec: string, n: number): Promise<void> {
 }
 
 interface Result {
+  errors: number
   ops: number
   seconds: number
   p50: number
@@ -331,8 +333,11 @@ async function throughput(config: Config): Promise<void> {
 
     /** Runs `op` from `workers` loops for `seconds`; each worker keeps its own state. */
     async function run<S>(workers: number, setup: (w: number) => Promise<S>, op: (s: S) => Promise<S>): Promise<Result> {
-      const states = await Promise.all(Array.from({ length: workers }, (_, w) => setup(w)))
+      // Set up 8 at a time: 128 joins at once overrun a server on a busy 2-core machine.
+      const states: S[] = []
+      for (let w = 0; w < workers; w += 8) states.push(...await Promise.all(Array.from({ length: Math.min(8, workers - w) }, (_, k) => setup(w + k))))
       const lat: number[] = []
+      let errors = 0
       const cpu0 = serverCpu()
       const db0 = config.dbCpu?.()
       load.begin()
@@ -342,7 +347,14 @@ async function throughput(config: Config): Promise<void> {
         let s = s0
         while (performance.now() < until) {
           const a = performance.now()
-          s = await op(s)
+          try {
+            s = await op(s)
+          } catch (err) {
+            // Counted and shown; this bot stops (a renewal whose answer was lost cannot simply go on).
+            errors++
+            if (errors === 1) console.log(`  first error: ${(err as Error).message}`)
+            return
+          }
           lat.push(performance.now() - a)
         }
       }))
@@ -351,13 +363,13 @@ async function throughput(config: Config): Promise<void> {
       const cpu = serverCpu() - cpu0
       const db = db0 === undefined ? undefined : ((config.dbCpu?.() ?? 0) - db0) * 1000 / lat.length
       lat.sort((x, y) => x - y)
-      return { ops: lat.length, seconds: elapsed, p50: pct(lat, 0.5), p99: pct(lat, 0.99), max: lat.at(-1) ?? NaN, cpuMsPerOp: (cpu * 1000) / lat.length, dbCpuMsPerOp: db, foreign: load.share }
+      return { errors, ops: lat.length, seconds: elapsed, p50: pct(lat, 0.5), p99: pct(lat, 0.99), max: lat.at(-1) ?? NaN, cpuMsPerOp: (cpu * 1000) / lat.length, dbCpuMsPerOp: db, foreign: load.share }
     }
 
     const drop = (id: TestIdentity) => (id.caller.agent as https.Agent).destroy()
     const show = (what: string, c: number, r: Result) => {
       const db = r.dbCpuMsPerOp === undefined ? '' : ` + PostgreSQL ${r.dbCpuMsPerOp.toFixed(2)}`
-      console.log(`${what.padEnd(22)} c=${String(c).padEnd(4)} ${(r.ops / r.seconds).toFixed(0).padStart(6)}/s  p50 ${r.p50.toFixed(1).padStart(6)} ms  p99 ${r.p99.toFixed(1).padStart(6)} ms  server CPU ${r.cpuMsPerOp.toFixed(2)}${db} ms/op  (foreign load ${Math.round(r.foreign * 100)}%, load avg ${loadavg()[0]?.toFixed(1)})`)
+      console.log(`${what.padEnd(22)} c=${String(c).padEnd(4)} ${(r.ops / r.seconds).toFixed(0).padStart(6)}/s  p50 ${r.p50.toFixed(1).padStart(6)} ms  p99 ${r.p99.toFixed(1).padStart(6)} ms  server CPU ${r.cpuMsPerOp.toFixed(2)}${db} ms/op${r.errors > 0 ? `  ERRORS ${r.errors}` : ''}  (foreign load ${Math.round(r.foreign * 100)}%, load avg ${loadavg()[0]?.toFixed(1)})`)
     }
 
     for (const c of levels) {
@@ -509,9 +521,9 @@ async function scaleRun(config: Config, n: number): Promise<void> {
       const note = await body()
       const secs = (performance.now() - t0) / 1000
       load.end()
-      const loop = await ask({ loop: 'read' }) as { maxMs: number; p99Ms: number; turnCpuMaxMs: number; turnCpuP99Ms: number }
+      const loop = await ask({ loop: 'read' }) as { maxMs: number; p99Ms: number; turnCpuMaxMs: number; turnCpuP99Ms: number; heapMb: number; externalMb: number }
       const l = [...lat].sort((x, y) => x - y)
-      console.log(`${what.padEnd(34)} ${secs.toFixed(1).padStart(5)} s  renewals ${String(l.length).padStart(5)}  p50 ${pct(l, 0.5).toFixed(1).padStart(6)} ms  p99 ${pct(l, 0.99).toFixed(1).padStart(6)} ms  max ${(l.at(-1) ?? NaN).toFixed(1).padStart(6)} ms  server loop delay max ${loop.maxMs.toFixed(1)} ms (wall), longest loop turn ${loop.turnCpuMaxMs.toFixed(1)} ms CPU (p99 ${loop.turnCpuP99Ms.toFixed(1)})  RSS peak ${peakRss.toFixed(0)} MB  ${note}  (load avg ${loadavg()[0]?.toFixed(1)})`)
+      console.log(`${what.padEnd(34)} ${secs.toFixed(1).padStart(5)} s  renewals ${String(l.length).padStart(5)}  p50 ${pct(l, 0.5).toFixed(1).padStart(6)} ms  p99 ${pct(l, 0.99).toFixed(1).padStart(6)} ms  max ${(l.at(-1) ?? NaN).toFixed(1).padStart(6)} ms  server loop delay max ${loop.maxMs.toFixed(1)} ms (wall), longest loop turn ${loop.turnCpuMaxMs.toFixed(1)} ms CPU (p99 ${loop.turnCpuP99Ms.toFixed(1)})  RSS peak ${peakRss.toFixed(0)} MB (JS heap ${loop.heapMb.toFixed(0)}, external ${loop.externalMb.toFixed(0)} at the end)  ${note}  (load avg ${loadavg()[0]?.toFixed(1)})`)
     }
     await window('renewals, no listing', async () => {
       await new Promise((r) => setTimeout(r, 5000))
