@@ -117,7 +117,7 @@ export class AuthService {
           generation: 1, pendingGeneration: null, pendingRetries: 0,
           initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
         }
-      })
+      }, token)
       return await this.#admitted(bot as Bot, instance, req, peer, publicKey, now)
     } catch (err) {
       throw await this.#joinFailed(err, req, peer, tokenName)

@@ -245,7 +245,11 @@ export class PostgresStore implements Store {
     return (await this.#run('DELETE FROM join_tokens WHERE name = $1', name)) > 0
   }
 
-  async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+  async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance, seen?: JoinToken): Promise<BotInstance> {
+    if (seen !== undefined && seen.name === name && seen.usedAt === undefined && seen.platform === undefined) {
+      const done = await this.#consumeIfUnchanged(seen, decide)
+      if (done !== undefined) return done
+    }
     return this.#tx(async (c) => {
       // The row lock makes a concurrent consumer wait and then read the token as used.
       const { rows } = await c.query<Row>('SELECT * FROM join_tokens WHERE name = $1 FOR UPDATE', [name])
@@ -255,6 +259,32 @@ export class PostgresStore implements Store {
       await writeInstance(c, instance, true)
       return instance
     })
+  }
+
+  /**
+   * The one-round-trip join: `decide` on the token the caller read, then one statement that
+   * marks it used and creates the instance only if the token row is still exactly `seen`
+   * and unused. A concurrent consumer's UPDATE waits for the first to commit, then finds
+   * the token used and changes nothing (and the caller runs the transaction, which refuses).
+   */
+  async #consumeIfUnchanged(seen: JoinToken, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance | undefined> {
+    let i: BotInstance
+    try {
+      i = decide(seen)
+    } catch {
+      // Refused on what may be a stale read: the transaction decides on the stored row.
+      return undefined
+    }
+    const [name, bot, joinMethod, secretHash, , expiresAt] = tokenColumns(seen)
+    const { rows } = await this.#withClient((c) => c.query<Row>(
+      'WITH t AS (UPDATE join_tokens SET used_at = $1, used_by_instance = $2 WHERE name = $3 AND used_at IS NULL AND platform IS NULL'
+      + ' AND bot = $4 AND join_method = $5 AND secret_hash = $6 AND expires_at = $7 RETURNING 1),'
+      + ' i AS (INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data)'
+      + ' SELECT $2, $8::text, $9::text, $10::int, $11::int, $12::int, $13::text, $14::text, $15::text, $16::text WHERE EXISTS (SELECT 1 FROM t))'
+      + ' SELECT count(*)::int AS n FROM t',
+      [i.createdAt, i.id, name ?? null, bot ?? null, joinMethod ?? null, secretHash ?? null, expiresAt ?? null,
+        i.bot, i.botId, i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, i.createdAt, instanceData(i)]))
+    return Number(rows[0]?.n) > 0 ? i : undefined
   }
 
   async joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {

@@ -175,6 +175,7 @@ export class SqliteStore implements Store {
     return this.#run('DELETE FROM join_tokens WHERE name = ?', name) > 0
   }
 
+  // `seen` is not used: reading inside the transaction costs no round trip here.
   async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
     return this.#tx(() => {
       const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)

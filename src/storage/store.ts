@@ -245,8 +245,11 @@ export interface Store {
   /**
    * Atomically reads the token, lets `decide` accept or refuse it (by throwing), and on
    * acceptance marks it used by `instanceId` and creates the instance, in one transaction.
+   * `seen`, the token as the caller read it, lets a networked backend decide on it and then
+   * mark and create in one statement that applies only if the token is still exactly that
+   * and unused; otherwise it runs the transaction (so `decide` may run twice).
    */
-  consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
+  consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance, seen?: JoinToken): Promise<BotInstance>
   /**
    * A platform join, in one transaction: `decide` accepts or refuses the token (by
    * throwing); on acceptance the replay key is recorded — one already recorded refuses

@@ -435,6 +435,23 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal((await b.listInstances()).length, 1)
       })
 
+      it('with the token the caller saw: one of several joins on two servers wins, the others see it used, and so does a later one', async () => {
+        const [a, b] = await pair()
+        await a.createToken(token('tok-000000000009'))
+        const seen = await a.getToken('tok-000000000009')
+        const results = await Promise.allSettled([a, b, a, b].map((s) => s.consumeToken('tok-000000000009', acceptUnused(instance('tok-000000000009')), seen)))
+        const won = results.filter((r) => r.status === 'fulfilled')
+        assert.equal(won.length, 1, 'exactly one join wins')
+        for (const r of results) {
+          if (r.status === 'rejected') assert.equal((r.reason as MemidError).code, 'ERR_TOKEN_USED', 'the losers saw the token used')
+        }
+        const winner = (won[0] as PromiseFulfilledResult<BotInstance>).value
+        assert.equal((await b.getToken('tok-000000000009'))?.usedByInstance, winner.id)
+        assert.deepEqual((await b.listInstances()).map((i) => i.id), [winner.id])
+        assert.deepEqual(await b.getInstance(winner.id), winner)
+        await rejectsWith(b.consumeToken('tok-000000000009', acceptUnused(instance('tok-000000000009')), seen), 'ERR_TOKEN_USED')
+      })
+
       it('a token consumed while its bot is deleted is either used or gone, never both', async () => {
         const [a, b] = await pair()
         await a.createBot(bot('ci'))
