@@ -23,7 +23,9 @@ import { systemClock } from '../src/core/clock.ts'
 import { silentLogger } from '../src/core/log.ts'
 import { buildClientContext } from '../src/pki/tls-context.ts'
 import { certificateSerial, createCaCertificate, issueLeaf, type X509Authority } from '../src/pki/x509.ts'
-import type { ServiceDeps } from '../src/services/service.ts'
+import type { ResolvedService } from '../src/services/definition.ts'
+import type { Service, ServiceDeps } from '../src/services/service.ts'
+import { WorkerGroup } from '../src/services/workers.ts'
 
 /** A throwaway ECDSA P-256 CA, valid for an hour. */
 export async function benchCa(name: string): Promise<X509Authority> {
@@ -68,6 +70,18 @@ export function benchServiceDeps(kind: 'db' | 'kube', user: string, groups: stri
     serial: certificateSerial(m.certPem), notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3600_000),
   })
   return { credentials: source, logger: silentLogger(), clock: systemClock, metrics: new Registry() }
+}
+
+/**
+ * memid's service for a bench child, built the way the agent builds it: in this thread, or
+ * with `workers` > 1 on that many worker threads sharing its port (`--workers` of `memid start`).
+ */
+export async function benchService(resolved: ResolvedService, deps: ServiceDeps<TlsClientCredential>, workers: number): Promise<Service> {
+  const slot = resolved.open(deps.clock)
+  // The slot's holder is a CredentialSource; the bench hands it the credential it made.
+  ;(slot.credential as CredentialSource<TlsClientCredential>).set(deps.credentials.current())
+  const group = workers > 1 ? new WorkerGroup(workers, deps.logger) : undefined
+  return slot.build({ logger: deps.logger, clock: deps.clock, metrics: deps.metrics, ...(group ? { workers: group } : {}) })
 }
 
 /** A child process running `script --role ROLE`, and the messages it sends, in order. */

@@ -21,10 +21,11 @@ import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
+import { defaultWorkers } from '../src/config/agent.ts'
 import { fileURLToPath } from 'node:url'
 import { sharedPeerOwners } from '../src/core/peer-owner.ts'
 import {
-  benchCa, benchLeaf, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
+  benchCa, benchLeaf, benchService, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
   machineLine, median, nginxVersion, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
 } from './_common.ts'
 
@@ -39,6 +40,8 @@ const { values: args } = parseArgs({
     'quiet-wait': { type: 'string', default: '10' },
     role: { type: 'string' },
     'peer-check': { type: 'string', default: 'on' },
+    /** memid's worker threads, as `memid start --workers` (default: the agent's default). */
+    workers: { type: 'string' },
   },
 })
 
@@ -50,15 +53,13 @@ else await main()
  * runs it with `allowed_users: ['*']` (no lookup of the connecting user), to price the check.
  */
 async function serveMemid(): Promise<void> {
-  const { createDbTunnelService } = await import('../src/services/db-tunnel/index.ts')
+  const { dbTunnel } = await import('../src/services/db-tunnel/definition.ts')
   const m = await firstMessage<ClientMaterial>()
-  const svc = createDbTunnelService(
-    {
-      listen: '127.0.0.1:0', service: 'bench', username: 'bench', protocol: 'tls', maxConnections: 256, connectTimeoutMs: 5000,
-      ...(args['peer-check'] === 'off' ? { allowedUsers: ['*'] } : {}),
-    },
-    benchServiceDeps('db', 'bench', [], m),
-  )
+  const resolved = dbTunnel.fromOptions({
+    type: 'database-tunnel', listen: '127.0.0.1:0', service: 'bench', username: 'bench', protocol: 'tls', maxConnections: 256, connectTimeoutMs: 5000,
+    ...(args['peer-check'] === 'off' ? { allowedUsers: ['*'] } : {}),
+  }, 'bench')
+  const svc = await benchService(resolved, benchServiceDeps('db', 'bench', [], m), Number(args.workers))
   await svc.start()
   process.send?.({ address: svc.address })
   process.on('SIGTERM', () => void svc.stop(100).then(() => process.exit(0)))
@@ -106,8 +107,9 @@ async function main(): Promise<void> {
     ].join('\n'), tlsPort))
 
     // memid's tunnel in its own process, given the client credential over IPC; resolves to it and its port.
+    const workers = args.workers ?? String(defaultWorkers())
     const startMemid = async (extra: string[] = []) => {
-      const role = startRole(SELF, 'memid', extra)
+      const role = startRole(SELF, 'memid', ['--workers', workers, ...extra])
       own(role.child)
       role.child.send({
         ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,
@@ -207,7 +209,7 @@ async function main(): Promise<void> {
       const ratio = higher === 'rate' ? a.rate / b.rate : a.p50 / b.p50
       console.log(`  ratio memid/stunnel ${ratio.toFixed(2)}× ${higher === 'rate' ? unit : 'p50 RTT'} (${target}); CPU ${(a.cpu / b.cpu).toFixed(2)}× (lower is better)`)
     }
-    console.log(`${machineLine()}; nginx ${nginxVersion()} stream TLS (client cert required) → native echo; ${seconds}s per test × ${rounds} rounds, medians (per-round values in brackets)`)
+    console.log(`${machineLine()}; memid --workers ${workers}; nginx ${nginxVersion()} stream TLS (client cert required) → native echo; ${seconds}s per test × ${rounds} rounds, medians (per-round values in brackets)`)
     show('conn', `new connections/s (connect, 64 B round trip, close; ${threads} client threads)`, 'conn/s', 'µs/conn', '(C client, TLS straight to nginx, full handshake each time)', 'target ≥ 1.0×', 'rate')
     const on = checkPair.on.map((x) => x.rate)
     const off = checkPair.off.map((x) => x.rate)

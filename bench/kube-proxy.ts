@@ -17,9 +17,11 @@ import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
+import { defaultWorkers } from '../src/config/agent.ts'
 import {
-  benchCa, benchLeaf, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
+  benchCa, benchLeaf, benchService, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
   requireTool, startKubectlProxy, startNginx, startRole, waitForQuiet, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
 } from './_common.ts'
 
@@ -32,6 +34,8 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     'quiet-wait': { type: 'string', default: '10' },
     role: { type: 'string' },
+    /** memid's worker threads, as `memid start --workers` (default: the agent's default). */
+    workers: { type: 'string' },
   },
 })
 
@@ -43,12 +47,20 @@ else await main()
 
 /** Child: memid's kube proxy with the credential the parent passes over IPC. */
 async function serveMemid(): Promise<void> {
-  const { createKubeProxyService } = await import('../src/services/kube-proxy/index.ts')
+  const { kubeProxy } = await import('../src/services/kube-proxy/definition.ts')
   const m = await firstMessage<ClientMaterial>()
-  const svc = createKubeProxyService({ listen: '127.0.0.1:0', cluster: 'bench', upstreamProtocol: 'auto' }, benchServiceDeps('kube', 'bench-memid', ['bench'], m))
+  const resolved = kubeProxy.fromOptions({ type: 'kube-proxy', listen: '127.0.0.1:0', cluster: 'bench' }, 'bench')
+  const svc = await benchService(resolved, benchServiceDeps('kube', 'bench-memid', ['bench'], m), Number(args.workers))
   await svc.start()
+  // MEMID_BENCH_ELD=1: how late the event loop ran over the whole bench (one loop: --workers 1).
+  const eld = process.env.MEMID_BENCH_ELD ? monitorEventLoopDelay({ resolution: 1 }) : undefined
+  eld?.enable()
   process.send?.({ address: svc.address })
-  process.on('SIGTERM', () => void svc.stop(100).then(() => process.exit(0)))
+  process.on('SIGTERM', () => {
+    const ms = (ns: number) => (ns / 1e6).toFixed(1)
+    if (eld) console.error(`memid event-loop delay: p50 ${ms(eld.percentile(50))} ms, p99 ${ms(eld.percentile(99))} ms, max ${ms(eld.max)} ms`)
+    void svc.stop(100).then(() => process.exit(0))
+  })
 }
 
 /** A ~1 KB PodList, the body of the small GET. */
@@ -99,7 +111,8 @@ async function main(): Promise<void> {
       ...await benchLeaf(clientCa, user, 'client', { organizations: ['bench'] }), serverCaPem: serverCa.certPem, uri, host: '127.0.0.1', port: tlsPort,
     })
 
-    const memid = startRole(SELF, 'memid')
+    const workers = args.workers ?? String(defaultWorkers())
+    const memid = startRole(SELF, 'memid', ['--workers', workers])
     own(memid.child)
     memid.child.send(await material('bench-memid'))
     const memidBase = `http://${String((await memid.next()).address)}`
@@ -134,7 +147,7 @@ async function main(): Promise<void> {
       foreign.end()
     }
 
-    console.log(`${machineLine()}; nginx ${nginxVersion()} (mTLS, h2 + http/1.1 offered); wrk -t1 -c${connections} -d${seconds}s × ${rounds} rounds, medians (per-round values in brackets)`)
+    console.log(`${machineLine()}; memid --workers ${workers}; nginx ${nginxVersion()} (mTLS, h2 + http/1.1 offered); wrk -t1 -c${connections} -d${seconds}s × ${rounds} rounds, medians (per-round values in brackets)`)
     const titles = { small: `small GET ${SMALL_PATH} (~1 KB PodList)`, stream: `stream ${STREAM_PATH} (32 × 1 KB chunks per response)` }
     for (const test of ['small', 'stream'] as const) {
       console.log(`\n${titles[test]}`)

@@ -13,7 +13,8 @@ const flags = firstFlag === -1 ? [] : args.slice(firstFlag)
 const benches = readdirSync(here).filter((f) => f.endsWith('.ts') && f !== 'run.ts' && !f.startsWith('_'))
 let failed = 0
 for (const file of benches) {
-  if (only.length > 0 && !only.some((o) => file.includes(o))) continue
+  // A name that is a whole file (`agent` → agent.ts) picks that file alone, not ssh-agent.ts.
+  if (only.length > 0 && !only.some((o) => (benches.includes(`${o}.ts`) ? file === `${o}.ts` : file.includes(o)))) continue
   process.stdout.write(`\n=== ${file}\n`)
   const r = spawnSync(process.execPath, [path.join(here, file), ...flags], { stdio: 'inherit' })
   if (r.status !== 0) failed++

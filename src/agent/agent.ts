@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { Counter, Gauge, Registry } from 'prom-client'
+import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client'
 import type { Clock } from '../core/clock.ts'
 import { systemClock } from '../core/clock.ts'
 import { MemidError, describeError } from '../core/errors.ts'
@@ -8,6 +8,7 @@ import { silentLogger, type Logger } from '../core/log.ts'
 import { resolveAgentOptions, type AgentConfig, type AgentConfigOptions } from '../config/agent.ts'
 import type { ResolvedService, ServiceSlot } from '../services/definition.ts'
 import type { Service } from '../services/service.ts'
+import { WorkerGroup } from '../services/workers.ts'
 import { AuthClient } from './auth-client.ts'
 import { BotIdentityKeeper } from './bot-identity.ts'
 import { ControlSocket } from './control-socket.ts'
@@ -173,12 +174,20 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
   }
 
   async #start(): Promise<void> {
+    // Built before the join: worker threads load their code while the agent joins and
+    // fetches the first certificates. Nothing listens before `start`.
+    const workers = this.#cfg.workers > 1 ? new WorkerGroup(this.#cfg.workers, this.#log) : undefined
+    const built = this.#slots.map((s) => s.slot.build({
+      logger: this.#log.child({ service: s.resolved.name }), clock: this.#clock, metrics: this.#registry, ...(workers ? { workers } : {}),
+    }))
+    // Awaited below or on failure; a build that fails during the join must not count as unhandled.
+    for (const b of built) b.catch(() => undefined)
     try {
       await this.#client.bootstrap()
       await this.#identity.join(this.#cfg.onboarding)
       await Promise.all(this.#slots.map((s) => s.loop.trigger()))
-      for (const s of this.#slots) {
-        const service: Service = await s.slot.build({ logger: this.#log.child({ service: s.resolved.name }), clock: this.#clock, metrics: this.#registry })
+      for (const [i, s] of this.#slots.entries()) {
+        const service: Service = await (built[i] as Promise<Service>)
         s.service = service
         await this.#supervisor.start(service)
       }
@@ -193,7 +202,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
         await this.#supervisor.start(control)
       }
       if (this.#cfg.diagnostics !== undefined) {
-        const diag = new DiagnosticsServer(this.#cfg.diagnostics, this.#registry, () => readiness(this.#view()))
+        const diag = new DiagnosticsServer(this.#cfg.diagnostics, () => this.#metrics(), () => readiness(this.#view()))
         this.#diag = diag
         await this.#supervisor.start(diag)
       }
@@ -207,8 +216,20 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       }, 'agent ready')
     } catch (err) {
       await this.#shutdown(0, undefined, 0, false).catch(() => undefined)
+      // Services built but never started (their worker threads are running) end too.
+      await Promise.all(built.map((b) => b.then((service) => service.stop(0), () => undefined)))
       throw err
     }
+  }
+
+  /**
+   * `/metrics`: the agent's registry, plus what services keep in worker threads, summed
+   * per metric and label set (the same family from several workers becomes one).
+   */
+  async #metrics(): Promise<string> {
+    const extra = (await Promise.all(this.#slots.map((s) => s.service?.metrics?.() ?? []))).flat()
+    if (extra.length === 0) return this.#registry.metrics()
+    return AggregatorRegistry.aggregate([await this.#registry.getMetricsAsJSON(), ...extra]).metrics()
   }
 
   #fatal(err: MemidError): void {

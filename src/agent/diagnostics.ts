@@ -1,5 +1,5 @@
 import http from 'node:http'
-import type { Registry } from 'prom-client'
+import { Registry } from 'prom-client'
 import { sendJson } from '../core/http.ts'
 import { type Health, Lifecycle } from '../core/lifecycle.ts'
 import { closeServer, formatAddress, isLoopback, isLoopbackHost, listen, removeSocketFile, type ListenAddress } from '../core/listener.ts'
@@ -37,7 +37,8 @@ export class DiagnosticsServer {
   /** Set once bound to a loopback TCP address. */
   #loopbackHostsOnly = false
 
-  constructor(listenAddr: ListenAddress, registry: Registry, readiness: () => Readiness) {
+  /** `metrics` renders the Prometheus text (the agent's registry and its workers', summed). */
+  constructor(listenAddr: ListenAddress, metrics: () => Promise<string>, readiness: () => Readiness) {
     this.#listen = listenAddr
     this.#server = http.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0]
@@ -54,8 +55,8 @@ export class DiagnosticsServer {
         return sendJson(res, r.status === 'ok' ? 200 : 503, r)
       }
       if (path === '/metrics') {
-        registry.metrics().then((text) => {
-          res.writeHead(200, { 'content-type': registry.contentType })
+        metrics().then((text) => {
+          res.writeHead(200, { 'content-type': Registry.PROMETHEUS_CONTENT_TYPE })
           res.end(text)
         }, () => sendJson(res, 500, { error: { code: 'ERR_INTERNAL', message: 'metrics unavailable' } }))
         return

@@ -48,6 +48,7 @@ export function registerAgentCommands(program: Command): void {
     .option('--renewal-interval <duration>', 'renew this often (default 20m)')
     .option('--control-socket <path>', 'control socket path')
     .option('--diag-addr <host:port>', 'serve /livez, /readyz, /metrics')
+    .option('--workers <n>', 'worker threads for each kube proxy and database tunnel TCP listener (default: CPUs, at most 4)')
   for (const f of serviceFlags()) {
     if (f.repeatable) start.option(`--${f.name} ${f.value}`, f.description, collect)
     else start.option(`--${f.name} ${f.value}`, f.description)

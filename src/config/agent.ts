@@ -1,3 +1,4 @@
+import os from 'node:os'
 import { z } from 'zod'
 import { ConfigError, MemidError } from '../core/errors.ts'
 import { formatDuration, parseDuration } from '../core/duration.ts'
@@ -61,6 +62,8 @@ export interface AgentConfig {
   logFormat: 'json' | 'text'
   /** Time allowed to open connections on stop. */
   drainMs: number
+  /** Worker threads serving each kube proxy's and database tunnel's TCP listener (1: this thread). */
+  workers: number
   services: ResolvedService[]
 }
 
@@ -86,6 +89,8 @@ export interface AgentConfigOptions {
   services?: ServiceOptions[]
   /** Time allowed to open connections on stop (default 10 s). */
   drainMs?: number
+  /** Worker threads for each kube proxy's and database tunnel's TCP listener (default: CPUs, at most 4). */
+  workers?: number
 }
 
 /** The flags of `memid start` (service flags come from the registry: `--ssh-agent`, `--kube-proxy`, …). */
@@ -103,6 +108,7 @@ export interface AgentFlags {
   controlSocket?: string
   diagAddr?: string
   logFormat?: string
+  workers?: string
   [serviceFlag: string]: string | string[] | undefined
 }
 
@@ -124,6 +130,7 @@ interface AgentInput {
   diagnostics: Given
   logFormat: Given
   drainMs: Given
+  workers: Given
   /** Each resolves one service (throwing a ConfigError that names where it was configured). */
   services: (() => ResolvedService)[]
 }
@@ -131,6 +138,21 @@ interface AgentInput {
 const DEFAULT_TTL_MS = 3_600_000
 const DEFAULT_INTERVAL_MS = 1_200_000
 const DEFAULT_DRAIN_MS = 10_000
+/** More workers than this buy little for a local proxy and cost memory (one V8 heap each). */
+const MAX_DEFAULT_WORKERS = 4
+const MAX_WORKERS = 64
+
+/** One worker per CPU, at most MAX_DEFAULT_WORKERS. */
+export function defaultWorkers(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), MAX_DEFAULT_WORKERS))
+}
+
+function workerCount(g: Given): number {
+  if (g.value === undefined) return defaultWorkers()
+  const n = typeof g.value === 'string' && /^\d{1,3}$/.test(g.value) ? Number(g.value) : g.value
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_WORKERS) fail(g.at, `must be a whole number from 1 to ${MAX_WORKERS}`)
+  return n
+}
 const PIN = /^sha256:[0-9a-f]{64}$/
 
 function fail(at: string, message: string): never {
@@ -243,12 +265,14 @@ function resolveAgentConfig(input: AgentInput): AgentConfig {
   const drainMs = input.drainMs.value === undefined ? DEFAULT_DRAIN_MS : input.drainMs.value
   if (typeof drainMs !== 'number' || !Number.isFinite(drainMs) || drainMs < 0) fail(input.drainMs.at, 'must be a number of milliseconds')
 
+  const workers = workerCount(input.workers)
+
   const services = input.services.map((resolve) => resolve())
   checkServices(services)
   return {
     authServers, caPins, onboarding, certificateTtlMs, renewalIntervalMs,
     ...(controlSocket !== undefined ? { controlSocket } : {}), ...(diagnostics !== undefined ? { diagnostics } : {}),
-    logFormat, drainMs, services,
+    logFormat, drainMs, workers, services,
   }
 }
 
@@ -286,6 +310,7 @@ const fileSchema = z.strictObject({
   control_socket: z.string().optional(),
   diagnostics: z.strictObject({ listen: z.string() }).optional(),
   log_format: z.enum(['json', 'text']).optional(),
+  workers: z.unknown().optional(),
   services: z.array(z.unknown()).max(64).optional(),
 })
 
@@ -375,6 +400,7 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
     diagnostics: pick(flags.diagAddr, '--diag-addr', file?.diagnostics?.listen, 'diagnostics.listen'),
     logFormat: pick(flags.logFormat, '--log-format', file?.log_format, 'log_format'),
     drainMs: { value: undefined, at: 'drain' },
+    workers: pick(flags.workers, '--workers', file?.workers, 'workers'),
     services,
   })
 }
@@ -459,6 +485,7 @@ export function resolveAgentOptions(o: AgentConfigOptions): AgentConfig {
     diagnostics: given('diagnostics'),
     logFormat: { value: undefined, at: 'logFormat' },
     drainMs: given('drainMs'),
+    workers: given('workers'),
     services: (o.services ?? []).map((raw, i) => () => serviceFromOptions(raw, `services[${i}]`)),
   })
 }

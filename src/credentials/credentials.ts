@@ -61,6 +61,8 @@ export type CredentialState =
 
 interface CredentialEvents<C> {
   renewed: [credential: C]
+  /** A renewal failed; the reason, as `lastError` now holds it. */
+  failed: [reason: string]
 }
 
 /**
@@ -113,6 +115,7 @@ export class CredentialSource<C extends IssuedCredential> extends EventEmitter<C
   /** Records why the latest renewal failed; the current credential stays in use while valid. */
   fail(err: unknown): void {
     this.#lastError = describeError(err)
+    this.emit('failed', this.#lastError)
   }
 
   get lastError(): string | undefined {

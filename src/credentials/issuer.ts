@@ -53,3 +53,21 @@ export function tlsClientCredential(
     ...(extra.database !== undefined ? { database: extra.database } : {}),
   }
 }
+
+/**
+ * A TLS client credential in the form `postMessage` can carry to a worker thread: the
+ * private key stays a KeyObject (cloned between threads of this process, never serialized
+ * to bytes), and the TLS context, which cannot cross threads, is left out.
+ */
+export type PortableTlsCredential = Omit<TlsClientCredential, 'secureContext'>
+
+/** The credential without its thread-bound TLS context, for a worker thread. */
+export function portableTlsCredential(c: TlsClientCredential): PortableTlsCredential {
+  const { secureContext: _ctx, ...rest } = c
+  return rest
+}
+
+/** The credential a worker thread received, with its own TLS context built once. */
+export function tlsCredentialFromPortable(p: PortableTlsCredential): TlsClientCredential {
+  return { ...p, secureContext: buildClientContext({ key: p.privateKey, certPem: p.certificatePem, caPem: p.upstream.caPem }) }
+}

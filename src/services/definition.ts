@@ -6,6 +6,7 @@ import { issueText } from '../core/validate.ts'
 import { CredentialSource, type CredentialState, type IssuedCredential } from '../credentials/credentials.ts'
 import type { CredentialIssuer } from '../credentials/issuer.ts'
 import type { Service, ServiceDeps } from './service.ts'
+import type { WorkerGroup } from './workers.ts'
 
 /** A command-line flag that adds a service of one type (`--kube-proxy 127.0.0.1:8001=prod`). */
 export interface ServiceFlag<O> {
@@ -21,6 +22,41 @@ export interface ServiceFlag<O> {
    * whole value (`must be LISTEN=CLUSTER…`); the caller prefixes the flag.
    */
   parse(value: string): O
+}
+
+/**
+ * How a service type runs its TCP data plane in worker threads: how its credential crosses
+ * to a thread (keys as KeyObjects by postMessage, never bytes in a file, argv or env), and
+ * what a thread is handed to build the service.
+ */
+export interface WorkerSupport<O, R, C extends IssuedCredential> {
+  /** The credential as `postMessage` can carry it (no TLS context: each thread builds its own). */
+  pack(credential: C): unknown
+  /**
+   * What a thread's `ThreadEntry.build` is handed (structured-cloneable), with any limit
+   * split between the `workers` threads.
+   */
+  threadData(settings: R, options: O, workers: number): unknown
+  /**
+   * The module a thread loads (`siblingModule(import.meta.url, 'thread')`), exporting
+   * `thread: ThreadEntry`. It leaves out config code (zod and the schemas), which a thread
+   * does not need and which would cost every thread its memory.
+   */
+  module: string
+  /** `describe()` keys that count per thread and are summed across threads in `memid status`. */
+  counters?: readonly string[]
+}
+
+/** What a service type's thread module exports as `thread`. */
+export interface ThreadEntry {
+  /** A packed credential back, with this thread's own TLS context. */
+  unpack(data: unknown): IssuedCredential
+  build(data: unknown, deps: ServiceDeps<IssuedCredential>): Promise<Service>
+}
+
+/** The URL of a module next to `base` (`import.meta.url`): `.ts` from source, `.js` from dist. */
+export function siblingModule(base: string, name: string): string {
+  return new URL(`./${name}${base.slice(base.lastIndexOf('.'))}`, base).href
 }
 
 /** One context of the agent's kubeconfig, for services that proxy a Kubernetes API. */
@@ -73,6 +109,8 @@ export interface ServiceDefinition<T extends string, O extends { type: T }, F, R
   build(settings: R, deps: ServiceDeps<C>): Promise<Service>
   /** What the service adds to `memid kubeconfig`, if anything. */
   kubeconfig?(settings: R, service: Service): KubeconfigEntry
+  /** Present when the service's TCP listener can be served from several worker threads. */
+  worker?: WorkerSupport<O, R, C>
 }
 
 /** A credential as the agent watches it, whatever its kind. */
@@ -102,11 +140,20 @@ export interface ResolvedService {
   open(clock: Clock): ServiceSlot
 }
 
+/** What the agent hands `ServiceSlot.build`. */
+export interface SlotDeps extends Omit<ServiceDeps<IssuedCredential>, 'credentials'> {
+  /**
+   * The agent's worker threads for TCP data planes. Absent (`workers: 1`), unix-socket
+   * listeners and services without worker support run in this thread.
+   */
+  workers?: WorkerGroup
+}
+
 export interface ServiceSlot {
   readonly credential: CredentialView
   /** Fetches a fresh credential and holds it; returns it for logging (no secret is logged). */
   renew(issuer: CredentialIssuer): Promise<IssuedCredential>
-  build(deps: Omit<ServiceDeps<IssuedCredential>, 'credentials'>): Promise<Service>
+  build(deps: SlotDeps): Promise<Service>
   kubeconfig(service: Service): KubeconfigEntry | undefined
 }
 
@@ -145,10 +192,13 @@ export function defineService<T extends string, O extends { type: T }, F, R, C e
 ): ServiceType<O> {
   const bind = (options: O, at: string): ResolvedService => {
     const settings = placed(at, '.', () => def.resolve(options))
+    const name = def.name(settings)
+    const address = def.address(settings)
     return {
-      type: def.type, name: def.name(settings), address: def.address(settings), settings, at, max: def.max,
+      type: def.type, name, address, settings, at, max: def.max,
       open(clock) {
-        const source = new CredentialSource<C>(def.name(settings), clock)
+        const source = new CredentialSource<C>(name, clock)
+        const worker = def.worker
         return {
           credential: source,
           async renew(issuer) {
@@ -156,7 +206,13 @@ export function defineService<T extends string, O extends { type: T }, F, R, C e
             source.set(cred)
             return cred
           },
-          build: (deps) => def.build(settings, { ...deps, credentials: source }),
+          async build({ workers, ...deps }) {
+            if (workers === undefined || worker === undefined || address.kind !== 'tcp') return def.build(settings, { ...deps, credentials: source })
+            return workers.attach({
+              name, address, module: worker.module, data: worker.threadData(settings, options, workers.size),
+              credentials: source, pack: (c) => worker.pack(c), counters: worker.counters ?? [],
+            })
+          },
           kubeconfig: (service) => def.kubeconfig?.(settings, service),
         }
       },

@@ -1,8 +1,9 @@
-import type { Registry } from 'prom-client'
+import type { MetricObjectWithValues, MetricValue, Registry } from 'prom-client'
 import type { Clock } from '../core/clock.ts'
 import { describeError } from '../core/errors.ts'
 import type { Health } from '../core/lifecycle.ts'
 import type { Logger } from '../core/log.ts'
+import type { SharedPort } from '../core/shared-port.ts'
 import type { CredentialSource, IssuedCredential } from '../credentials/credentials.ts'
 
 export type { Health } from '../core/lifecycle.ts'
@@ -21,7 +22,15 @@ export interface Service {
   health(): Health
   /** Extra non-secret facts for `memid status` (current user, cluster, serial…). */
   describe?(): Record<string, unknown>
+  /**
+   * Metrics kept outside the agent's registry (one list per worker thread), which the
+   * agent sums into `/metrics` with its own. Services in the main thread have none.
+   */
+  metrics?(): Promise<RegistryMetrics[]>
 }
+
+/** One registry's metrics as `Registry.getMetricsAsJSON()` gives them. */
+export type RegistryMetrics = MetricObjectWithValues<MetricValue<string>>[]
 
 /** What the agent hands a service when it builds it. Nothing is imported as a singleton. */
 export interface ServiceDeps<C extends IssuedCredential> {
@@ -29,6 +38,11 @@ export interface ServiceDeps<C extends IssuedCredential> {
   logger: Logger
   clock: Clock
   metrics: Registry
+  /**
+   * Set when the service runs in one of several worker threads: its TCP listener joins
+   * the port the others bind (`bindListener`). Unset, the service binds alone.
+   */
+  sharedPort?: SharedPort
 }
 
 /**

@@ -3,7 +3,8 @@
  * a unix-socket tunnel to a PostgreSQL that requires client certificates, renews its
  * database certificate several times with a session held open, and shuts down, traced
  * with `strace -f`, opens no file for writing and creates none other than its unix
- * sockets (and their 0700 directories).
+ * sockets (and their 0700 directories). The TCP tunnel runs on two worker threads, which
+ * must not write either.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -40,7 +41,7 @@ describe('zero disk: an agent serving a database tunnel writes nothing', () => {
     agent = startAgent({
       auth, token, dir: path.join(tmp.dir, 'agent'),
       args: [
-        '--certificate-ttl', '6s', '--renewal-interval', '2s',
+        '--certificate-ttl', '6s', '--renewal-interval', '2s', '--workers', '2',
         '--db-tunnel', `127.0.0.1:${port}=orders/app/orders`,
         '--db-tunnel', `${sockDir}/.s.PGSQL.6432=orders/app/orders`,
       ],
@@ -60,6 +61,8 @@ describe('zero disk: an agent serving a database tunnel writes nothing', () => {
 
   it('join, psql over TCP and the unix socket, three renewals under an open session, and SIGTERM leave no file written', async () => {
     const info = conninfo({ host: '127.0.0.1', port, user: 'app', dbname: 'orders' })
+    const tcp = ((await agent.status()).services as Record<string, any>[]).find((s) => s.address === `127.0.0.1:${port}`)
+    assert.equal(tcp?.workers?.length, 2, 'the TCP tunnel runs on two worker threads')
     const session = new PsqlSession(info)
     assert.equal(await session.query('select current_user'), 'app')
     const serial = async () => ((await agent.status()).services as Record<string, any>[]).find((s) => s.address === `127.0.0.1:${port}`)?.serial as string

@@ -3,7 +3,7 @@
  * watch held open across renewals, exec over WebSocket and SPDY) through its kube proxy,
  * renews its kube certificate several times and shuts down, traced with `strace -f`,
  * opens no file for writing and creates none other than its unix sockets (and their 0700
- * directories).
+ * directories). The proxy runs on two worker threads, which must not write either.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -40,7 +40,7 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
     const token = await auth.bot('kbot', ['--kube-clusters', 'prod', '--kube-users', 'ci', '--kube-groups', 'deployers'])
     agent = startAgent({
       auth, token, dir: path.join(tmp.dir, 'agent'),
-      args: ['--certificate-ttl', '6s', '--renewal-interval', '2s', '--kube-proxy', '127.0.0.1:0=prod'],
+      args: ['--certificate-ttl', '6s', '--renewal-interval', '2s', '--workers', '2', '--kube-proxy', '127.0.0.1:0=prod'],
       wrap: straceArgs(strace, trace),
     })
     await agent.ready
@@ -62,6 +62,8 @@ describe('zero disk: an agent serving the kube proxy writes nothing', () => {
 
   it('join, kubectl get/watch/exec, three renewals and SIGTERM leave no file written', async () => {
     const serial = async () => ((await agent.status()).services as Record<string, any>[]).find((s) => s.name === 'kube-proxy:prod')?.serial as string
+    const proxy = ((await agent.status()).services as Record<string, any>[]).find((s) => s.name === 'kube-proxy:prod')
+    assert.equal(proxy?.workers?.length, 2, 'the proxy runs on two worker threads')
     const watch = new KubectlProcess(['get', 'pods', '--watch'], k)
     try {
       await watch.waitFor(/^web-1\s/m, 30_000)

@@ -2,6 +2,7 @@ import path from 'node:path'
 import { ConfigError } from '../../core/errors.ts'
 import { parseListenAt, resolveExposure, type ListenAddress, type LocalExposureConfig, type ResolvedExposure } from '../../core/listener.ts'
 import { nameSchema, principalSchema } from '../../core/validate.ts'
+import { PG_SOCKET } from './socket-name.ts'
 
 /**
  * How a database tunnel is configured (`services[].type: database-tunnel`). The listen
@@ -33,7 +34,6 @@ export interface ResolvedDbTunnelConfig extends DbTunnelConfig {
   exposure: ResolvedExposure
 }
 
-const PG_SOCKET = /^\.s\.PGSQL\.(\d{1,5})$/
 
 /**
  * Checks a tunnel config before the service exists. Messages name the key, the agent
@@ -66,11 +66,7 @@ export function resolveDbTunnelConfig(cfg: DbTunnelConfig): ResolvedDbTunnelConf
   return { ...cfg, address, exposure }
 }
 
-/** The port psql must be given for a unix listener (`-p`), from `.s.PGSQL.<port>`. */
-export function socketPort(socketPath: string): number | undefined {
-  const m = PG_SOCKET.exec(path.basename(socketPath))
-  return m ? Number(m[1]) : undefined
-}
+export { socketPort } from './socket-name.ts'
 
 function printable(s: string): string {
   return s.replace(/[^\x20-\x7e]/g, '?').slice(0, 64)

@@ -4,8 +4,8 @@ import { ConfigError } from '../../core/errors.ts'
 import { parseDuration } from '../../core/duration.ts'
 import { durationSchema, exposureFileKeys, exposureFromFile, exposureOptionKeys } from '../../core/validate.ts'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
-import { spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
-import { defineService } from '../definition.ts'
+import { portableTlsCredential, spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
+import { defineService, siblingModule } from '../definition.ts'
 import { resolveDbTunnelConfig, type ResolvedDbTunnelConfig } from './config.ts'
 
 const protocol = z.enum(['postgres', 'tls'])
@@ -87,5 +87,14 @@ export const dbTunnel = defineService<'database-tunnel', DbTunnelOptions, z.infe
   async build(s, deps) {
     const { buildDbTunnelService } = await import('./index.ts')
     return buildDbTunnelService(s, deps)
+  },
+  worker: {
+    pack: portableTlsCredential,
+    // The settings are plain data. Each thread admits its share (rounded up), so the database
+    // sees about max_connections from this tunnel, not that many per thread. The kernel
+    // spreads clients evenly, not exactly: a thread can refuse while another has room.
+    threadData: (s, _o, workers) => ({ ...s, maxConnections: Math.max(1, Math.ceil(s.maxConnections / workers)) }),
+    module: siblingModule(import.meta.url, 'thread'),
+    counters: ['activeConnections', 'maxConnections'],
   },
 })

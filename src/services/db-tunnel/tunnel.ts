@@ -4,10 +4,12 @@ import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { describeError, hasCode } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
-import { closeServer, ConnectionTracker, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
+import { closeServer, ConnectionTracker, formatAddress, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
+import { bindListener, speaksForService } from '../../core/shared-port.ts'
 import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
 import { Lifecycle } from '../../core/lifecycle.ts'
-import { socketPort, type ResolvedDbTunnelConfig } from './config.ts'
+import type { ResolvedDbTunnelConfig } from './config.ts'
+import { socketPort } from './socket-name.ts'
 import { TunnelMetrics, type TunnelStats } from './metrics.ts'
 import { errorResponse, printable, readClientHello, SqlState, TunnelRefusal, type ErrorFields } from './postgres.ts'
 import { relay, RELAY_HIGH_WATER_MARK } from './relay.ts'
@@ -71,13 +73,13 @@ export class DbTunnelService implements Service, TunnelStats {
     server.on('connection', (socket) => this.#accept(socket))
     server.on('drop', () => this.#metrics.errors.inc({ service: this.service, reason: 'listener_full' }))
     server.on('error', (err) => this.#log.error({ err: describeError(err) }, 'database tunnel listener error'))
-    this.#bound = await listen(server, this.#cfg.address)
+    this.#bound = await bindListener(server, this.#cfg.address, this.#deps.sharedPort)
     this.#server = server
     this.#deps.credentials.on('renewed', this.#onRenewed)
     this.#life.listening()
     this.#metrics.add(this)
     this.#log.info({ listen: this.address, protocol: this.#cfg.protocol, user: this.#cfg.username }, 'database tunnel listening')
-    this.#access.announce(this.#bound)
+    if (speaksForService(this.#deps.sharedPort)) this.#access.announce(this.#bound)
   }
 
   async stop(deadlineMs: number): Promise<void> {

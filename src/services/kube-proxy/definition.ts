@@ -3,8 +3,8 @@ import { z } from 'zod'
 import { ConfigError } from '../../core/errors.ts'
 import { exposureFileKeys, exposureFromFile, exposureOptionKeys, principalSchema } from '../../core/validate.ts'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
-import { spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
-import { defineService } from '../definition.ts'
+import { portableTlsCredential, spkiPem, tlsClientCredential } from '../../credentials/issuer.ts'
+import { defineService, siblingModule } from '../definition.ts'
 import { resolveKubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
 
 const hosts = z.array(z.string().min(1).max(255)).max(64)
@@ -70,4 +70,11 @@ export const kubeProxy = defineService<'kube-proxy', KubeProxyOptions, z.infer<t
     return buildKubeProxyService(s, deps)
   },
   kubeconfig: (s, service) => ({ name: s.cluster, cluster: s.cluster, server: proxyUrl(service.address) }),
+  worker: {
+    pack: portableTlsCredential,
+    // The settings hold the Host allow-list as an object: the thread resolves the options again.
+    threadData: (_s, o) => o,
+    module: siblingModule(import.meta.url, 'thread'),
+    counters: ['activeUpgrades', 'activeWatches'],
+  },
 })

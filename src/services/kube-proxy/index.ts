@@ -13,7 +13,8 @@ import type { Duplex } from 'node:stream'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError, describeError } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
-import { ConnectionTracker, closeServer, formatAddress, listen, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
+import { ConnectionTracker, closeServer, formatAddress, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
+import { bindListener, speaksForService } from '../../core/shared-port.ts'
 import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
 import { Lifecycle } from '../../core/lifecycle.ts'
 import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
@@ -122,11 +123,11 @@ class KubeProxyService implements Service {
 
   async start(): Promise<void> {
     this.#life.beginStart()
-    this.#bound = await listen(this.#server, this.#cfg.listen)
+    this.#bound = await bindListener(this.#server, this.#cfg.listen, this.#deps.sharedPort)
     this.#life.listening()
     this.#deps.credentials.on('renewed', this.#onRenewed)
     this.#log.info({ listen: this.address, upstream: this.#deps.credentials.peek()?.upstream.uri }, 'kube proxy listening')
-    this.#access.announce(this.#bound)
+    if (speaksForService(this.#deps.sharedPort)) this.#access.announce(this.#bound)
   }
 
   async stop(deadlineMs: number): Promise<void> {

@@ -212,6 +212,8 @@ export class UpstreamConnections {
   connectTunnel(): tls.TLSSocket {
     const session = this.#tlsSessions.get(this.credential, this.#authority)
     const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['http/1.1'], ...(session !== undefined ? { session } : {}) })
+    // Interactive (exec keystrokes, port-forward): small writes go out at once.
+    socket.setNoDelay(true)
     // A set retired by a renewal keeps no session: the renewed certificate must do a full handshake.
     socket.on('session', (s: Buffer) => this.#tlsSessions.remember(this.credential, this.#authority, s, this.#retired ? undefined : this.credential))
     armConnectTimeout(socket, this.#connectTimeoutMs, (err) => socket.destroy(err))
@@ -362,6 +364,9 @@ export class UpstreamConnections {
     if (this.#h2Connecting !== undefined) return this.#h2Connecting
     const connecting = new Promise<http2.ClientHttp2Session | 'http/1.1' | Error>((resolve) => {
       const socket = tls.connect({ ...this.#tlsOptions, ALPNProtocols: ['h2', 'http/1.1'] })
+      // Without this, Nagle holds a small frame (a request's HEADERS) while an earlier one is
+      // unacknowledged, and the server's delayed ACK makes that up to 40 ms: the small-GET p99.
+      socket.setNoDelay(true)
       armConnectTimeout(socket, this.#connectTimeoutMs, (err) => socket.destroy(err))
       socket.once('secureConnect', () => {
         if (socket.alpnProtocol !== 'h2') {

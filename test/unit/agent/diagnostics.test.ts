@@ -20,7 +20,8 @@ after(async () => {
 })
 
 async function start(listen: string): Promise<DiagnosticsServer> {
-  const s = new DiagnosticsServer(parseListenAddress(listen), new Registry(), ready)
+  const registry = new Registry()
+  const s = new DiagnosticsServer(parseListenAddress(listen), () => registry.metrics(), ready)
   await s.start()
   servers.push(s)
   return s

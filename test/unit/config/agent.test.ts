@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { loadAgentConfig, resolveAgentOptions, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
+import { defaultWorkers, loadAgentConfig, resolveAgentOptions, type AgentConfig, type AgentFlags } from '../../../src/config/agent.ts'
 import { formatAddress } from '../../../src/core/listener.ts'
 import { ConfigError, MemidError } from '../../../src/core/errors.ts'
 
@@ -54,6 +54,7 @@ const SPEC_CONFIG = {
   diagnostics: '127.0.0.1:9090',
   logFormat: 'json',
   drainMs: 10_000,
+  workers: defaultWorkers(),
   services: [
     { type: 'ssh-agent', name: 'ssh-agent', address: '/run/memid/agent.sock' },
     { type: 'kube-proxy', name: 'kube-proxy:prod', address: '127.0.0.1:8001' },
@@ -290,6 +291,19 @@ describe('loadAgentConfig: impossible values', () => {
   it('diagnostics address is checked', () => {
     refused(() => load(undefined, { ...FLAGS, diagAddr: 'localhost' }), '--diag-addr: ')
     refused(() => load(`${MIN}diagnostics: { listen: "127.0.0.1:70000" }\n`), 'diagnostics.listen: ')
+  })
+
+  it('workers: one per CPU up to 4 by default; the file key, the flag (which wins) and the option are checked', () => {
+    assert.ok(defaultWorkers() >= 1 && defaultWorkers() <= 4)
+    assert.equal(load(MIN).workers, defaultWorkers())
+    assert.equal(load(`${MIN}workers: 3\n`).workers, 3)
+    assert.equal(load(`${MIN}workers: 3\n`, { workers: '1' }).workers, 1)
+    refused(() => load(`${MIN}workers: 0\n`), 'workers: must be a whole number from 1 to 64')
+    refused(() => load(`${MIN}workers: two\n`), 'workers: ')
+    refused(() => load(undefined, { ...FLAGS, workers: '1.5' }), '--workers: ')
+    refused(() => load(undefined, { ...FLAGS, workers: '65' }), '--workers: ')
+    refused(() => resolveAgentOptions({ authServer: '127.0.0.1:3025', caPins: [PIN], token: 't', workers: -1 }), 'workers: ')
+    assert.equal(resolveAgentOptions({ authServer: '127.0.0.1:3025', caPins: [PIN], token: 't', workers: 2 }).workers, 2)
   })
 })
 
