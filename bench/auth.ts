@@ -2,60 +2,207 @@
  * The auth service under load: joins/s, renewals/s (a new key and a new mutual-TLS
  * connection each, as a real agent renews), heartbeats/s and database certificate
  * issues/s (keep-alive), at concurrency 1/8/32/128, with p50/p99 latency and the auth
- * server's CPU milliseconds per operation (from /proc, the server runs in its own process).
+ * servers' CPU milliseconds per operation (from /proc, each server runs in its own process),
+ * on SQLite and on PostgreSQL 15 with 1 and 3 auth replicas sharing one database.
  *
- *   npm run bench -- auth            or   npx node bench/auth.ts [--seconds 3] [--concurrency 1,8,32,128]
+ *   npm run bench -- auth                       SQLite, then PostgreSQL with 1 and 3 replicas
+ *   npm run bench -- auth --storage postgres --replicas 3 --seconds 5 --concurrency 8,32
+ *   npm run bench -- auth --pg-url postgres://user:pw@host:5432/emptydb   (an existing server)
+ *   npm run bench -- auth --scale 100000        the state-scale run (see below)
+ *   --workers N                                 each server's API in N threads (default 1)
  *
- * SQLite only for now (the store in WAL mode on a temp file). The machine is usually
- * shared: the foreign load seen during each run is printed next to it.
+ * PostgreSQL: without --pg-url a throwaway PostgreSQL 15 cluster is started in a temp dir
+ * (fsync and synchronous_commit on: a renewal is answered after its commit is durable), a
+ * fresh database per configuration. Replicas are separate processes on their own ports; the
+ * load is spread over them round-robin, one client per concurrent bot.
+ *
+ * The state-scale run fills the store with N bot instances (bulk inserts in the store's
+ * row format), then keeps bots renewing while it lists every instance twice — through the
+ * CLI (`memid get bot_instance --format json`, every page) and through the admin API —
+ * and reports the renewal p99 and the worst event-loop delay of the server in each window,
+ * and the server's RSS.
+ *
+ * The machine is usually shared: the foreign load seen during each run is printed next to it.
  */
-import { parseArgs } from 'node:util'
-import path from 'node:path'
+import { spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import type https from 'node:https'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import path from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { DatabaseSync } from 'node:sqlite'
+import { parseArgs } from 'node:util'
+import pg from 'pg'
 import { AuthClient } from '../src/agent/auth-client.ts'
 import { startAuthServer } from '../src/auth/server.ts'
 import type { CreatedToken } from '../src/auth/admin.ts'
-import { SqliteStore } from '../src/storage/sqlite.ts'
+import { openStore } from '../src/storage/open.ts'
+import { instanceData } from '../src/storage/rows.ts'
+import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
-import { ForeignLoad, cpuSeconds, startRole, withBenchDir } from './_common.ts'
+import { ForeignLoad, cpuSeconds, machineLine, startRole, withBenchDir, type Role } from './_common.ts'
+import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
 import { heartbeat, join, newKey, renew, type TestIdentity } from '../test/helpers/identity.ts'
 
 const { values } = parseArgs({
   options: {
     role: { type: 'string' },
     dir: { type: 'string' },
+    store: { type: 'string' },
+    setup: { type: 'boolean', default: false },
     seconds: { type: 'string', default: '3' },
     concurrency: { type: 'string', default: '1,8,32,128' },
+    storage: { type: 'string', default: 'sqlite,postgres' },
+    replicas: { type: 'string', default: '1,3' },
+    'pg-url': { type: 'string' },
+    scale: { type: 'string' },
+    'scale-concurrency': { type: 'string', default: '4' },
+    workers: { type: 'string', default: '1' },
   },
 })
 
-if (values.role === 'memid') {
-  // The auth server: SQLite store, one bot whose role grants a database, tokens on request.
-  const store = SqliteStore.open(path.join(values.dir as string, 'memid.db'))
+const MEMID = path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'src', 'cli', 'main.ts')
+
+/**
+ * One auth server (a replica): the store named by --store; with --setup, the bench's role,
+ * database and bot. Answers the parent's messages: tokens, its event-loop delay.
+ */
+async function serve(): Promise<void> {
+  const spec = values.store as string
+  const store = await openStore(spec)
   const server = await startAuthServer({
     store, listen: '127.0.0.1:0', clusterName: 'bench', logger: silentLogger(), joinRate: 1e9, retention: false,
+    adminSocket: path.join(values.dir as string, 'admin.sock'),
+    // --workers N: the API in N threads (what `memid auth start` does by default, one per CPU).
+    ...(Number(values.workers) > 1 ? { workers: { count: Number(values.workers), storage: spec, logFormat: 'json' as const } } : {}),
   })
-  await server.admin.addRole({ name: 'r', databases: ['orders'], dbUsers: ['app'], dbNames: ['*'] })
-  await server.admin.addResource('db', { name: 'orders', uri: 'postgres://127.0.0.1:5432' })
-  await server.admin.addBot({ name: 'bench', roles: ['r'], maxTtl: '1h' })
+  if (values.setup) {
+    await server.admin.addRole({ name: 'r', databases: ['orders'], dbUsers: ['app'], dbNames: ['*'] })
+    await server.admin.addResource('db', { name: 'orders', uri: 'postgres://127.0.0.1:5432' })
+    await server.admin.addBot({ name: 'bench', roles: ['r'], maxTtl: '1h' })
+  }
+  const loop = monitorEventLoopDelay({ resolution: 5 })
+  loop.enable()
+  const turns = new LoopTurns()
   process.send?.({ addr: server.address, caPin: server.caPin })
-  process.on('message', (m: { tokens?: number }) => {
+  process.on('message', (m: { tokens?: number; loop?: 'reset' | 'read' }) => {
     void (async () => {
-      const tokens: string[] = []
-      for (let i = 0; i < (m.tokens ?? 0); i++) tokens.push(((await server.admin.addToken({ bot: 'bench', ttl: '1h' })) as CreatedToken).token)
-      process.send?.({ tokens })
+      if (m.tokens !== undefined) {
+        const tokens: string[] = []
+        for (let i = 0; i < m.tokens; i++) tokens.push(((await server.admin.addToken({ bot: 'bench', ttl: '1h' })) as CreatedToken).token)
+        process.send?.({ tokens })
+      } else if (m.loop === 'reset') {
+        loop.reset()
+        turns.start()
+        process.send?.({ ok: true })
+      } else if (m.loop === 'read') {
+        const mem = process.memoryUsage()
+        process.send?.({ maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6, ...turns.stop(), heapMb: mem.heapTotal / 2 ** 20, externalMb: mem.external / 2 ** 20 })
+      }
     })()
   })
-} else {
-  await main()
+}
+
+/**
+ * How long the event loop was held by work, in CPU time: the thread's time on CPU
+ * (/proc/thread-self/schedstat, ns) between two ticks of a 2 ms timer. On a shared 2-core
+ * machine the wall-clock loop delay mostly measures the other processes; CPU time between
+ * ticks is what this process's own work (callbacks, GC pauses) held the loop for. An upper
+ * bound: everything that ran in one loop turn counts as one.
+ */
+class LoopTurns {
+  #timer: NodeJS.Timeout | undefined
+  #last = 0
+  #worst = 0
+  #turns: number[] = []
+
+  #oncpu(): number {
+    return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) / 1e6
+  }
+
+  start(): void {
+    this.stop()
+    this.#worst = 0
+    this.#turns = []
+    this.#last = this.#oncpu()
+    this.#timer = setInterval(() => {
+      const now = this.#oncpu()
+      const d = now - this.#last
+      this.#last = now
+      this.#worst = Math.max(this.#worst, d)
+      this.#turns.push(d)
+    }, 2)
+  }
+
+  stop(): { turnCpuMaxMs: number; turnCpuP99Ms: number } {
+    clearInterval(this.#timer)
+    this.#timer = undefined
+    const t = [...this.#turns].sort((a, b) => a - b)
+    return { turnCpuMaxMs: this.#worst, turnCpuP99Ms: t[Math.floor(t.length * 0.99)] ?? 0 }
+  }
+}
+
+/**
+ * Inserts `n` instances of bot `bench` straight into the store's table, in the store's
+ * own row format (instanceData), each with a join, one renewal and one heartbeat recorded
+ * (about the size of a real instance's record). Bulk SQL: a join per instance would take
+ * minutes and measure nothing the run is about.
+ */
+async function fill(spec: string, n: number): Promise<void> {
+  const base = Date.parse('2026-01-01T00:00:00.000Z')
+  const row = (k: number) => {
+    const time = new Date(base + k * 1000).toISOString()
+    const auth = { time, joinMethod: 'token', remoteAddr: '10.0.0.1', generation: 1 }
+    const inst: BotInstance = {
+      id: randomUUID(), bot: 'bench', botId: '' /* a column, not in the record */, joinMethod: 'token', tokenName: `fill${k}`, createdAt: time,
+      generation: 2, pendingGeneration: null, pendingRetries: 0,
+      initialAuthentication: auth, latestAuthentications: [auth, { ...auth, joinMethod: 'bot-certificate', generation: 2 }],
+      heartbeats: [{ time, hostname: `runner-${k}`, version: '0.1.0', os: 'linux', arch: 'x64', uptimeSeconds: 60, services: [] } as unknown as BotInstance['heartbeats'][number]],
+    }
+    return [inst.id, inst.createdAt, instanceData(inst)] as const
+  }
+  if (spec.startsWith('sqlite:')) {
+    const db = new DatabaseSync(spec.slice('sqlite:'.length))
+    db.exec('PRAGMA busy_timeout = 10000')
+    const botId = String((db.prepare("SELECT id FROM bots WHERE name = 'bench'").get() as { id: string }).id)
+    const ins = db.prepare('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) VALUES (?, \'bench\', ?, 2, NULL, 0, NULL, NULL, ?, ?)')
+    for (let k = 0; k < n; k += 5000) {
+      db.exec('BEGIN IMMEDIATE')
+      for (let j = k; j < Math.min(n, k + 5000); j++) {
+        const [id, created, data] = row(j)
+        ins.run(id, botId, created, data)
+      }
+      db.exec('COMMIT')
+    }
+    db.close()
+    return
+  }
+  const c = new pg.Client({ connectionString: spec })
+  await c.connect()
+  try {
+    const botId = String((await c.query<{ id: string }>("SELECT id FROM bots WHERE name = 'bench'")).rows[0]?.id)
+    for (let k = 0; k < n; k += 2000) {
+      const rows = Array.from({ length: Math.min(n, k + 2000) - k }, (_x, j) => row(k + j))
+      await c.query('INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data) '
+        + "SELECT id, 'bench', $4, 2, NULL, 0, NULL, NULL, created, data FROM unnest($1::text[], $2::text[], $3::text[]) AS t(id, created, data)",
+      [rows.map((r) => r[0]), rows.map((r) => r[1]), rows.map((r) => r[2]), botId])
+    }
+    await c.query('ANALYZE bot_instances')
+  } finally {
+    await c.end()
+  }
 }
 
 interface Result {
+  errors: number
   ops: number
   seconds: number
   p50: number
   p99: number
+  max: number
   cpuMsPerOp: number
+  dbCpuMsPerOp: number | undefined
   foreign: number
 }
 
@@ -63,33 +210,136 @@ function pct(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? NaN
 }
 
+/** The PostgreSQL server's processes (postmaster and its children), from /proc. */
+function clusterPids(postmaster: number): number[] {
+  const out = [postmaster]
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8')
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === postmaster) out.push(Number(d))
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out
+}
+
+function rssMb(pid: number | undefined): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) / 1024 : NaN
+  } catch {
+    return NaN
+  }
+}
+
+/** A storage configuration to run: the store spec each replica opens, and how many replicas. */
+interface Config {
+  label: string
+  /** Each replica's --store, made fresh per configuration. */
+  store(dir: string): Promise<string>
+  replicas: number
+  /** The database server's CPU seconds so far, when it runs here. */
+  dbCpu?: () => number
+}
+
 async function main(): Promise<void> {
+  const storages = (values.storage as string).split(',').map((s) => s.trim())
+  const replicaCounts = (values.replicas as string).split(',').map(Number)
+  let pgServer: BenchPostgres | undefined
+  let pgDir: string | undefined
+  let dbs = 0
+  const pgUrl = values['pg-url']
+  const pgStore = async (): Promise<string> => {
+    if (pgUrl !== undefined) return pgUrl
+    if (pgServer === undefined) {
+      pgDir = mkdtempSync(path.join(tmpdir(), 'memid-bench-pg-'))
+      pgServer = await startBenchPostgres(pgDir)
+    }
+    return pgServer.createDatabase(`bench_${++dbs}`)
+  }
+  const pgCpu = () => (pgServer === undefined ? 0 : clusterPids(pgServer.pid()).reduce((a, p) => a + cpuSeconds(p), 0))
+  const configs: Config[] = []
+  for (const s of storages) {
+    if (s === 'sqlite') configs.push({ label: 'SQLite', replicas: 1, store: async (dir) => `sqlite:${path.join(dir, 'memid.db')}` })
+    else if (s === 'postgres') {
+      for (const r of replicaCounts) {
+        configs.push({ label: `PostgreSQL 15, ${r} replica${r > 1 ? 's' : ''}`, replicas: r, store: pgStore, ...(pgUrl === undefined ? { dbCpu: pgCpu } : {}) })
+      }
+    } else throw new Error(`--storage: sqlite or postgres, got "${s}"`)
+  }
+  if (pgUrl !== undefined && configs.filter((c) => c.label.startsWith('PostgreSQL')).length > 1) {
+    throw new Error('--pg-url names one (empty) database: give one --replicas count with it')
+  }
+  console.log(`${machineLine()}; load average at start ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+  try {
+    if (values.scale !== undefined) {
+      await scaleRun(configs[0] as Config, Number(values.scale))
+      return
+    }
+    for (const c of configs) await throughput(c)
+  } finally {
+    await pgServer?.stop()
+    if (pgDir !== undefined) rmSync(pgDir, { recursive: true, force: true })
+  }
+}
+
+/** Starts the configuration's replicas; the first sets up the bench's bot and makes tokens. */
+async function startReplicas(config: Config, dir: string, own: (c: Role['child']) => unknown): Promise<{ roles: Role[]; addrs: string[]; caPin: string; spec: string }> {
+  const spec = await config.store(dir)
+  const roles: Role[] = []
+  const addrs: string[] = []
+  let caPin = ''
+  for (let i = 0; i < config.replicas; i++) {
+    // Each replica its own admin socket directory; the first creates the CAs and the bot.
+    const rdir = path.join(dir, `r${i}`)
+    mkdirSync(rdir, { mode: 0o700 })
+    const role = startRole(new URL(import.meta.url).pathname, 'memid', ['--dir', rdir, '--store', spec, '--workers', values.workers as string, ...(i === 0 ? ['--setup'] : [])])
+    own(role.child)
+    const m = await role.next() as { addr: string; caPin: string }
+    roles.push(role)
+    addrs.push(m.addr)
+    caPin ||= m.caPin
+    if (m.caPin !== caPin) throw new Error('replicas disagree on the CA')
+  }
+  return { roles, addrs, caPin, spec }
+}
+
+async function throughput(config: Config): Promise<void> {
   const seconds = Number(values.seconds)
   const levels = (values.concurrency as string).split(',').map(Number)
+  console.log(`\n--- ${config.label}`)
   await withBenchDir('memid-bench-auth-', async (dir, own) => {
-    const role = startRole(new URL(import.meta.url).pathname, 'memid', ['--dir', dir])
-    own(role.child)
-    const { addr, caPin } = await role.next() as { addr: string; caPin: string }
+    const { roles, addrs, caPin } = await startReplicas(config, dir, own)
+    const first = roles[0] as Role
     const tokens = async (n: number): Promise<string[]> => {
-      role.child.send({ tokens: n })
-      return (await role.next()).tokens as string[]
+      first.child.send({ tokens: n })
+      return (await first.next()).tokens as string[]
     }
     const clients: AuthClient[] = []
+    /** Bot i talks to replica i mod R, over its own client (connections, pins). */
     const clientFor = async (i: number): Promise<AuthClient> => {
       while (clients.length <= i) {
-        const c = new AuthClient({ server: addr, caPins: [caPin] })
+        const c = new AuthClient({ server: addrs[clients.length % addrs.length] as string, caPins: [caPin] })
         await c.bootstrap()
         clients.push(c)
       }
       return clients[i] as AuthClient
     }
-    const load = new ForeignLoad(() => [role.child.pid])
+    const pids = () => roles.map((r) => r.child.pid)
+    const load = new ForeignLoad(pids)
+    const serverCpu = () => pids().reduce((a: number, p) => a + cpuSeconds(p), 0)
 
     /** Runs `op` from `workers` loops for `seconds`; each worker keeps its own state. */
     async function run<S>(workers: number, setup: (w: number) => Promise<S>, op: (s: S) => Promise<S>): Promise<Result> {
-      const states = await Promise.all(Array.from({ length: workers }, (_, w) => setup(w)))
+      // Set up 8 at a time: 128 joins at once overrun a server on a busy 2-core machine.
+      const states: S[] = []
+      for (let w = 0; w < workers; w += 8) states.push(...await Promise.all(Array.from({ length: Math.min(8, workers - w) }, (_, k) => setup(w + k))))
       const lat: number[] = []
-      const cpu0 = cpuSeconds(role.child.pid)
+      let errors = 0
+      const cpu0 = serverCpu()
+      const db0 = config.dbCpu?.()
       load.begin()
       const t0 = performance.now()
       const until = t0 + seconds * 1000
@@ -97,22 +347,29 @@ async function main(): Promise<void> {
         let s = s0
         while (performance.now() < until) {
           const a = performance.now()
-          s = await op(s)
+          try {
+            s = await op(s)
+          } catch (err) {
+            // Counted and shown; this bot stops (a renewal whose answer was lost cannot simply go on).
+            errors++
+            if (errors === 1) console.log(`  first error: ${(err as Error).message}`)
+            return
+          }
           lat.push(performance.now() - a)
         }
       }))
       const elapsed = (performance.now() - t0) / 1000
       load.end()
-      const cpu = cpuSeconds(role.child.pid) - cpu0
+      const cpu = serverCpu() - cpu0
+      const db = db0 === undefined ? undefined : ((config.dbCpu?.() ?? 0) - db0) * 1000 / lat.length
       lat.sort((x, y) => x - y)
-      return { ops: lat.length, seconds: elapsed, p50: pct(lat, 0.5), p99: pct(lat, 0.99), cpuMsPerOp: (cpu * 1000) / lat.length, foreign: load.share }
+      return { errors, ops: lat.length, seconds: elapsed, p50: pct(lat, 0.5), p99: pct(lat, 0.99), max: lat.at(-1) ?? NaN, cpuMsPerOp: (cpu * 1000) / lat.length, dbCpuMsPerOp: db, foreign: load.share }
     }
 
     const drop = (id: TestIdentity) => (id.caller.agent as https.Agent).destroy()
-    const rows: string[][] = []
     const show = (what: string, c: number, r: Result) => {
-      rows.push([what, String(c), (r.ops / r.seconds).toFixed(0), r.p50.toFixed(1), r.p99.toFixed(1), r.cpuMsPerOp.toFixed(2), `${Math.round(r.foreign * 100)}%`])
-      console.log(`${what.padEnd(22)} c=${String(c).padEnd(4)} ${(r.ops / r.seconds).toFixed(0).padStart(6)}/s  p50 ${r.p50.toFixed(1).padStart(6)} ms  p99 ${r.p99.toFixed(1).padStart(6)} ms  server CPU ${r.cpuMsPerOp.toFixed(2)} ms/op  (foreign load ${Math.round(r.foreign * 100)}%)`)
+      const db = r.dbCpuMsPerOp === undefined ? '' : ` + PostgreSQL ${r.dbCpuMsPerOp.toFixed(2)}`
+      console.log(`${what.padEnd(22)} c=${String(c).padEnd(4)} ${(r.ops / r.seconds).toFixed(0).padStart(6)}/s  p50 ${r.p50.toFixed(1).padStart(6)} ms  p99 ${r.p99.toFixed(1).padStart(6)} ms  server CPU ${r.cpuMsPerOp.toFixed(2)}${db} ms/op${r.errors > 0 ? `  ERRORS ${r.errors}` : ''}  (foreign load ${Math.round(r.foreign * 100)}%, load avg ${loadavg()[0]?.toFixed(1)})`)
     }
 
     for (const c of levels) {
@@ -144,7 +401,160 @@ async function main(): Promise<void> {
       }))
     }
     for (const cl of clients) cl.close()
-    console.log('\nSQLite store; the renewal row includes the heartbeat that confirms the new generation (2 requests).')
+    console.log(`${config.label}; the renewal row includes the heartbeat that confirms the new generation (2 requests).`)
     console.log('Indicative only when the foreign load is high: this 2-core machine is shared.')
   })
+}
+
+/**
+ * Runs `argv` with stdout into `file`; resolves with its stderr. The listing's pages go to a
+ * file and are counted after the window: parsing megabytes of JSON in this process would
+ * stall the bots renewing from it, and the run would measure itself.
+ */
+function runToFile(argv: string[], file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const out = openSync(file, 'w')
+    const p = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', out, 'pipe'] })
+    closeSync(out)
+    const err: Buffer[] = []
+    p.stderr?.on('data', (d: Buffer) => err.push(d))
+    p.on('error', reject)
+    p.on('close', (code) => (code === 0 ? resolve(Buffer.concat(err).toString()) : reject(new Error(`${argv[0]} exited ${code}: ${Buffer.concat(err)}`))))
+  })
+}
+
+/** The `next` cursor of a page written to `file` (it is the last member of the JSON). */
+function nextOf(file: string): string | undefined {
+  const text = readFileSync(file, 'utf8')
+  return /"next":\s*"([^"]+)"\s*}\s*$/.exec(text.slice(-1024))?.[1]
+}
+
+/** Items in the pages written to `files`, parsed once the measured window is over. */
+function countItems(files: string[]): number {
+  return files.reduce((a, f) => a + (JSON.parse(readFileSync(f, 'utf8')) as { items: unknown[] }).items.length, 0)
+}
+
+/**
+ * Lists every instance page by page with `page(after, file)`, each page into its own
+ * file; the files, and the peak RSS (MB) `page` reported.
+ */
+async function listAll(dir: string, page: (after: string | undefined, file: string) => Promise<number>): Promise<{ files: string[]; peakMb: number }> {
+  const files: string[] = []
+  let after: string | undefined
+  let peakMb = 0
+  do {
+    const file = path.join(dir, `page${files.length}.json`)
+    peakMb = Math.max(peakMb, await page(after, file))
+    files.push(file)
+    after = nextOf(file)
+  } while (after !== undefined)
+  return { files, peakMb }
+}
+
+/** Every page through `memid get bot_instance --format json` (GNU time reports the CLI's peak RSS). */
+function listThroughCli(dataDir: string, limit: number, out: string) {
+  return listAll(out, async (after, file) => {
+    const stderr = await runToFile(['/usr/bin/time', '-f', '%M', process.execPath, MEMID, 'get', 'bot_instance', '--format', 'json', '--data-dir', dataDir,
+      '--limit', String(limit), ...(after !== undefined ? ['--after', after] : [])], file)
+    return Number(stderr.trim().split('\n').at(-1)) / 1024
+  })
+}
+
+/** Every page straight from the admin API (GET /v1/instances over the socket, with curl). */
+function listThroughApi(socketPath: string, limit: number, out: string) {
+  return listAll(out, async (after, file) => {
+    const q = new URLSearchParams({ limit: String(limit), ...(after !== undefined ? { after } : {}) })
+    await runToFile(['curl', '-sS', '--fail', '--unix-socket', socketPath, `http://memid/v1/instances?${q}`], file)
+    return 0
+  })
+}
+
+/**
+ * The state-scale run: N instances in the store, bots renewing (new key and connection
+ * each, confirmed by a heartbeat), a full listing through the CLI and then through the admin
+ * API; renewal latency and the server's event-loop delay in each window, and its RSS.
+ */
+async function scaleRun(config: Config, n: number): Promise<void> {
+  if (config.replicas !== 1) throw new Error('the state-scale run uses one replica: add --replicas 1')
+  const conc = Number(values['scale-concurrency'])
+  console.log(`\n--- state scale: ${n} bot instances, ${config.label}, ${conc} bots renewing`)
+  await withBenchDir('memid-bench-auth-scale-', async (dir, own) => {
+    const { roles, addrs, caPin, spec } = await startReplicas(config, dir, own)
+    const server = roles[0] as Role
+    const pid = server.child.pid
+    const ask = async (m: Record<string, unknown>) => {
+      server.child.send(m)
+      return server.next()
+    }
+    const rss0 = rssMb(pid)
+    // From this process, straight into the database the server uses.
+    const t0 = performance.now()
+    await fill(spec, n)
+    console.log(`filled ${n} instances in ${((performance.now() - t0) / 1000).toFixed(1)} s; server RSS ${rss0.toFixed(0)} MB before`)
+    const tokens = (await ask({ tokens: conc })).tokens as string[]
+    const bots = await Promise.all(tokens.map(async (t) => {
+      const client = new AuthClient({ server: addrs[0] as string, caPins: [caPin] })
+      await client.bootstrap()
+      return { client, id: await join(client, t) }
+    }))
+    let lat: number[] = []
+    let peakRss = 0
+    let running = true
+    const sampler = setInterval(() => { peakRss = Math.max(peakRss, rssMb(pid)) }, 50)
+    const renewing = Promise.all(bots.map(async (b) => {
+      while (running) {
+        const a = performance.now()
+        const next = await renew(b.client, b.id)
+        await heartbeat(b.client, next)
+        lat.push(performance.now() - a)
+        ;(b.id.caller.agent as https.Agent).destroy()
+        b.id = next
+      }
+    }))
+    const load = new ForeignLoad(() => [pid])
+    const window = async (what: string, body: () => Promise<string>) => {
+      lat = []
+      peakRss = 0
+      await ask({ loop: 'reset' })
+      load.begin()
+      const t0 = performance.now()
+      const note = await body()
+      const secs = (performance.now() - t0) / 1000
+      load.end()
+      const loop = await ask({ loop: 'read' }) as { maxMs: number; p99Ms: number; turnCpuMaxMs: number; turnCpuP99Ms: number; heapMb: number; externalMb: number }
+      const l = [...lat].sort((x, y) => x - y)
+      console.log(`${what.padEnd(34)} ${secs.toFixed(1).padStart(5)} s  renewals ${String(l.length).padStart(5)}  p50 ${pct(l, 0.5).toFixed(1).padStart(6)} ms  p99 ${pct(l, 0.99).toFixed(1).padStart(6)} ms  max ${(l.at(-1) ?? NaN).toFixed(1).padStart(6)} ms  server loop delay max ${loop.maxMs.toFixed(1)} ms (wall), longest loop turn ${loop.turnCpuMaxMs.toFixed(1)} ms CPU (p99 ${loop.turnCpuP99Ms.toFixed(1)})  RSS peak ${peakRss.toFixed(0)} MB (JS heap ${loop.heapMb.toFixed(0)}, external ${loop.externalMb.toFixed(0)} at the end)  ${note}  (load avg ${loadavg()[0]?.toFixed(1)})`)
+    }
+    await window('renewals, no listing', async () => {
+      await new Promise((r) => setTimeout(r, 5000))
+      return ''
+    })
+    const cliOut = path.join(dir, 'cli')
+    const apiOut = path.join(dir, 'api')
+    mkdirSync(cliOut)
+    mkdirSync(apiOut)
+    let cli: { files: string[]; peakMb: number } = { files: [], peakMb: 0 }
+    let api: { files: string[]; peakMb: number } = { files: [], peakMb: 0 }
+    await window('during memid get bot_instance (CLI)', async () => {
+      cli = await listThroughCli(path.join(dir, 'r0'), 10_000, cliOut)
+      return `${cli.files.length} pages of up to 10000, CLI peak RSS ${cli.peakMb.toFixed(0)} MB`
+    })
+    await window('during GET /v1/instances (admin API)', async () => {
+      api = await listThroughApi(path.join(dir, 'r0', 'admin.sock'), 10_000, apiOut)
+      return `${api.files.length} pages of up to 10000`
+    })
+    running = false
+    await renewing
+    clearInterval(sampler)
+    for (const b of bots) b.client.close()
+    console.log(`listed ${countItems(cli.files)} instances through the CLI, ${countItems(api.files)} through the API (${n} filled + ${conc} renewing)`)
+    console.log(`server RSS at the end ${rssMb(pid).toFixed(0)} MB; ${cpus().length} cores shared with other work`)
+  })
+}
+
+// Last: the classes above are not hoisted.
+if (values.role === 'memid') {
+  await serve()
+} else {
+  await main()
 }

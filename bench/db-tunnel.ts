@@ -23,6 +23,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { defaultWorkers } from '../src/config/agent.ts'
 import { fileURLToPath } from 'node:url'
+import { sharedPeerOwners } from '../src/core/peer-owner.ts'
 import {
   benchCa, benchLeaf, benchService, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
   machineLine, median, nginxVersion, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
@@ -174,6 +175,7 @@ async function main(): Promise<void> {
       conn: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] }, bulk: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] },
       ping: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] },
     }
+    const checkPair: { on: Sample[]; off: Sample[] } = { on: [], off: [] }
     const foreign = new ForeignLoad(() => [memid.child.pid, nocheck.child.pid, stunnel.pid, nginx.pid, echo.pid])
     let waited = 0
     for (let r = 0; r < rounds; r++) {
@@ -183,7 +185,9 @@ async function main(): Promise<void> {
       foreign.begin()
       const order: Party[] = r % 2 === 0 ? ['memid', 'stunnel', 'direct'] : ['stunnel', 'memid', 'direct']
       for (const test of ['conn', 'bulk', 'ping'] as const) for (const who of order) samples[test][who].push(tests[test](who))
-      samples.conn['memid-nocheck'].push(tests.conn('memid-nocheck'))
+      // The check's price: on and off measured next to each other (on, off, off, on), so
+      // that load from outside moves both alike; the ratio is taken per pair.
+      for (const who of ['memid', 'memid-nocheck', 'memid-nocheck', 'memid'] as const) checkPair[who === 'memid' ? 'on' : 'off'].push(tests.conn(who))
       foreign.end()
     }
 
@@ -207,9 +211,12 @@ async function main(): Promise<void> {
     }
     console.log(`${machineLine()}; memid --workers ${workers}; nginx ${nginxVersion()} stream TLS (client cert required) → native echo; ${seconds}s per test × ${rounds} rounds, medians (per-round values in brackets)`)
     show('conn', `new connections/s (connect, 64 B round trip, close; ${threads} client threads)`, 'conn/s', 'µs/conn', '(C client, TLS straight to nginx, full handshake each time)', 'target ≥ 1.0×', 'rate')
-    const on = median(samples.conn.memid.map((x) => x.rate))
-    const off = median(samples.conn['memid-nocheck'].map((x) => x.rate))
-    console.log(`  connecting-user check: on ${on.toFixed(0)} conn/s, off (allowed_users: ['*']) ${off.toFixed(0)} conn/s, on/off ${(on / off).toFixed(3)}× (target ≥ 0.95×)`)
+    const on = checkPair.on.map((x) => x.rate)
+    const off = checkPair.off.map((x) => x.rate)
+    const pairRatios = on.map((x, i) => x / (off[i] as number))
+    console.log(`  connecting-user check (peer lookup: ${sharedPeerOwners.method}), measured on/off/off/on each round: on ${median(on).toFixed(0)} conn/s (${on.map((x) => x.toFixed(0)).join(', ')}), ` +
+      `off (allowed_users: ['*']) ${median(off).toFixed(0)} conn/s (${off.map((x) => x.toFixed(0)).join(', ')}); on/off ${median(pairRatios).toFixed(3)}× (target ≥ 0.95×); ` +
+      `memid CPU on ${median(checkPair.on.map((x) => x.cpu)).toFixed(0)} µs/conn, off ${median(checkPair.off.map((x) => x.cpu)).toFixed(0)} µs/conn`)
     show('bulk', 'bulk MB/s each way (one connection, echo)', 'MB/s', 's/GB', '(plain TCP to the echo server: loopback ceiling, no TLS)', 'target ≥ 1.2×', 'rate')
     show('ping', `64 B ping-pong on one connection (${pings} round trips)`, '', 'µs/round trip', '(C client, TLS straight to nginx)', 'target ≤ 1.0×, lower is better', 'p50')
     console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${(waited / 1000).toFixed(0)} s for quiet)`)

@@ -47,33 +47,50 @@ function line(file: string, text: string): string {
 
 const GROUPS: Group[] = [
   {
+    // The decisions, each a small module with its own fast unit tests.
     name: 'auth',
-    mutate: ['src/auth/*.ts'],
-    tests: ['test/unit/auth/*.test.ts', 'test/integration/auth-security.test.ts'],
+    mutate: ['tokens', 'rbac', 'generation', 'issue-kube', 'issue-ssh', 'issue-db', 'bot-identity'].map((f) => `src/auth/${f}.ts`),
+    tests: [
+      'test/unit/auth/tokens.test.ts', 'test/unit/auth/tokens-compare.test.ts', 'test/unit/auth/rbac.test.ts', 'test/unit/auth/issue-kube.test.ts',
+      'test/unit/auth/issue-kube-roles.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-db.test.ts', 'test/unit/auth/bot-identity.test.ts',
+      'test/unit/auth/generation-rules.test.ts', 'test/unit/auth/generation.test.ts',
+    ],
+  },
+  {
+    // The service that applies them: authentication, locks, TTL clamps, audit, the HTTP edge.
+    name: 'auth-service',
+    mutate: ['src/auth/auth-service.ts', 'src/auth/http-api.ts'],
+    tests: ['test/unit/auth/generation.test.ts', 'test/integration/auth-security.test.ts'],
   },
   {
     name: 'storage',
-    mutate: ['consumeToken(', 'updateInstance(', 'locksFor('].map((m) => fn('src/storage/sqlite.ts', `  async ${m}`)),
+    mutate: [...['consumeToken(', 'updateInstance(', 'locksFor('].map((m) => `async ${m}`), '#tx<T>(', '#writeInstance(', '#locksFor('].map((m) => fn('src/storage/sqlite.ts', `  ${m}`)),
     tests: ['test/unit/storage/sqlite.test.ts', 'test/integration/auth-security.test.ts'],
   },
   {
+    // The wire encodings every certificate and agent message goes through.
+    name: 'pki-wire',
+    mutate: ['src/pki/der.ts', 'src/pki/ssh-wire.ts'],
+    tests: ['test/unit/pki/der.test.ts', 'test/unit/pki/ssh-wire.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/openssh.test.ts'],
+  },
+  {
     name: 'pki',
-    mutate: ['src/pki/*.ts'],
-    tests: ['test/unit/pki/*.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
+    mutate: ['src/pki/openssh.ts', 'src/pki/x509.ts', 'src/pki/pem.ts', 'src/pki/tls-context.ts'],
+    tests: ['test/unit/pki/openssh.test.ts', 'test/unit/pki/x509.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/pem.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
   },
   {
     name: 'log',
     // The redaction, not the text renderer: the list, the two scrub layers, their patterns.
     mutate: [
       fn('src/core/log.ts', 'export const REDACTED_FIELDS = ['), fn('src/core/log.ts', 'function scrub('), fn('src/core/log.ts', 'function scrubLine('),
-      ...['const REDACT_PATHS', 'const PEM_BLOCK', 'const OPENSSH_CERT', 'const PEM_IN_JSON', 'const JOIN_TOKEN', 'const BUFFER_JSON', 'redact: {', 'formatters: {', 'hooks: {'].map((t) => line('src/core/log.ts', t)),
+      ...['const REDACT_PATHS', 'const PEM_BLOCK', 'const OPENSSH_CERT', 'const JWT', 'const PEM_IN_JSON', 'const JOIN_TOKEN', 'const BUFFER_JSON', 'redact: {', 'formatters: {', 'hooks: {'].map((t) => line('src/core/log.ts', t)),
     ],
     tests: ['test/unit/core/log*.test.ts'],
   },
   {
     name: 'listener',
     mutate: ['src/core/listener.ts'],
-    tests: ['test/unit/core/listener.test.ts'],
+    tests: ['test/unit/core/listener.test.ts', 'test/unit/core/local-access.test.ts'],
   },
   {
     name: 'ssh-agent',
@@ -82,8 +99,8 @@ const GROUPS: Group[] = [
   },
   {
     name: 'kube-proxy',
-    mutate: ['src/services/kube-proxy/headers.ts', 'src/services/kube-proxy/status.ts', fn('src/services/kube-proxy/index.ts', '  #hostAllowed('), fn('src/services/kube-proxy/index.ts', '  #current(')],
-    tests: ['test/unit/services/kube-proxy*.test.ts'],
+    mutate: ['src/services/kube-proxy/headers.ts', 'src/services/kube-proxy/status.ts', fn('src/services/kube-proxy/config.ts', 'export class HostAllowList {'), fn('src/services/kube-proxy/config.ts', 'function splitHost('), fn('src/services/kube-proxy/index.ts', '  #hostAllowed('), fn('src/services/kube-proxy/index.ts', '  #current(')],
+    tests: ['test/unit/services/kube-proxy.test.ts', 'test/unit/services/kube-proxy-service.test.ts'],
   },
   {
     name: 'db-tunnel',
@@ -116,11 +133,15 @@ for (const g of GROUPS.filter((x) => wanted.length === 0 || wanted.includes(x.na
     tap: { testFiles: g.tests, nodeArgs: ['--test-reporter=tap', '-r', '{{hookFile}}', '{{testFile}}'], forceBail: true },
     mutate: only ?? g.mutate,
     concurrency: Number(process.env.MUTATE_CONCURRENCY ?? 1),
-    timeoutMS: 30_000,
+    // Added to the test files' own time: a mutant that hangs (a loop that never ends) is a kill, and each costs this long.
+    timeoutMS: 10_000,
     reporters: ['clear-text', 'html', 'json', 'progress'],
     clearTextReporter: { allowColor: false, logTests: false, reportScoreTable: true },
     htmlReporter: { fileName: `reports/mutation/${g.name}.html` },
     jsonReporter: { fileName: `reports/mutation/${g.name}.json` },
+    // Re-runs try only mutants whose code or covering tests changed since the group's last run.
+    incremental: process.env.MUTATE_FRESH === undefined,
+    incrementalFile: `reports/mutation/${g.name}.incremental.json`,
     tempDirName: '.stryker-tmp',
     cleanTempDir: 'always',
     // The sandbox needs the source, the tests and their fixtures, nothing built or reported.

@@ -282,6 +282,11 @@ export class AdminService {
     return this.#store.pageInstances(req)
   }
 
+  /** `pageInstances` as JSON text per instance, for streaming a listing without re-serializing it. */
+  pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>> {
+    return this.#store.pageInstancesJson(req)
+  }
+
   async getInstance(bot: string, id: string): Promise<BotInstance> {
     const i = await this.#store.getInstance(id)
     if (i === undefined || i.bot !== bot) throw new MemidError('ERR_NOT_FOUND', `bot instance ${bot}/${id} does not exist`)

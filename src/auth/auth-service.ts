@@ -117,7 +117,7 @@ export class AuthService {
           generation: 1, pendingGeneration: null, pendingRetries: 0,
           initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
         }
-      })
+      }, token)
       return await this.#admitted(bot as Bot, instance, req, peer, publicKey, now)
     } catch (err) {
       throw await this.#joinFailed(err, req, peer, tokenName)
@@ -170,10 +170,10 @@ export class AuthService {
       const now = this.#clock.now()
       if (now >= claims.notAfter.getTime()) throw new MemidError('ERR_CERT_EXPIRED', `the bot identity (generation ${claims.generation}) expired at ${claims.notAfter.toISOString()}`)
       if (now < claims.notBefore.getTime()) throw new MemidError('ERR_CERT_EXPIRED', `the bot identity (generation ${claims.generation}) is not valid before ${claims.notBefore.toISOString()}`)
-      const bot = await this.#store.getBot(claims.bot)
+      // One read for both: on PostgreSQL every read is a round trip (the renewal's budget is 3).
+      const { bot, instance } = await this.#store.getBotAndInstance(claims.bot, claims.instanceId)
       if (bot === undefined) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${claims.bot}" was deleted`)
       if (claims.botId !== undefined && claims.botId !== bot.id) throw deletedBot(claims.bot)
-      const instance = await this.#store.getInstance(claims.instanceId)
       if (instance === undefined || instance.bot !== claims.bot) {
         throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${claims.instanceId} does not exist`)
       }
@@ -192,13 +192,17 @@ export class AuthService {
    * be alive and unlocked as of that transaction (a lock or a bot deletion committed while
    * the request was on its way stops it), then `decide` moves the generation. What it
    * grants commits with `audit(granted)`; a copy commits its lock and audit events instead,
-   * and is refused. One durable commit either way.
+   * and is refused. One durable commit either way. `seen` is the instance the request was
+   * planned on: the store may decide on it without reading again (one round trip).
    */
-  async #move(a: Authenticated, peer: Peer, op: string, decide: (inst: BotInstance) => Decision, audit: (granted: Granted) => NewAuditEvent[] = () => []): Promise<Granted> {
+  async #move(a: Authenticated, peer: Peer, op: string, decide: (inst: BotInstance) => Decision, audit: (granted: Granted) => NewAuditEvent[] = () => [], seen = a.instance): Promise<Granted> {
     let granted: Granted | undefined
     let stale: string | undefined
     try {
       await this.#store.updateInstance(a.instance.id, (cur, locks): InstanceChange => {
+        // The store may decide twice (on `seen`, then on the stored row): only the last run counts.
+        granted = undefined
+        stale = undefined
         if (cur === undefined) throw new MemidError('ERR_INSTANCE_NOT_FOUND', `bot instance ${a.instance.id} does not exist`)
         checkAlive(a, cur)
         refuseLocked(locks)
@@ -209,7 +213,7 @@ export class AuthService {
         }
         granted = d
         return { ...(d.instance !== cur ? { instance: d.instance } : {}), audit: audit(d) }
-      })
+      }, seen)
     } catch (err) {
       if (err instanceof Replan) throw err
       const e = asMemidError(err)
@@ -269,7 +273,7 @@ export class AuthService {
         }, (d) => [
           { type: 'renew', success: true, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { from: g, generation, retry: d.kind === 'renew' && d.retry } },
           this.#issuedEvent('bot', a, peer, (cert as IssuedCert).serial, ttlMs, { generation }),
-        ])
+        ], seen)
       } catch (err) {
         if (err instanceof Replan && attempt < MAX_REPLANS) {
           seen = err.instance

@@ -6,7 +6,7 @@ import type { Clock } from './clock.ts'
 import { ConfigError, MemidError } from './errors.ts'
 import type { Logger } from './log.ts'
 import { metricOnce } from './metrics.ts'
-import { sharedPeerOwners, type PeerOwner, type PeerOwnerLookup } from './peer-owner.ts'
+import { sharedPeerOwners, sockDiagMissing, type PeerOwner, type PeerOwners } from './peer-owner.ts'
 
 /** Where a local service listens: TCP on a host and port, or a unix socket path. */
 export type ListenAddress =
@@ -302,13 +302,13 @@ export interface LocalAccessDeps {
   metrics: Registry
   clock: Clock
   /** Where peer owners are looked up; the process-wide shared lookup by default. */
-  owners?: PeerOwnerLookup
+  owners?: PeerOwners
 }
 
 /**
  * The per-connection half of local exposure. On a TCP listener, a connection is served
  * only when the process that opened it runs as the agent's user or an allowed user
- * (found in /proc/net/tcp; see `PeerOwnerLookup`). When the owner cannot be found — a
+ * (asked of the kernel; see `PeerOwners`). When the owner cannot be found — a
  * remote peer, a client that already closed, a system without /proc — the answer is no.
  * The service turns a refusal into its protocol's own answer.
  */
@@ -318,7 +318,7 @@ export class LocalAccess {
   readonly #log: Logger
   readonly #clock: Clock
   readonly #refused: Counter<'service'>
-  readonly #owners: PeerOwnerLookup
+  readonly #owners: PeerOwners
   #loggedAt = -Infinity
   #unlogged = 0
 
@@ -340,6 +340,10 @@ export class LocalAccess {
     }
     if (bound.kind === 'tcp' && this.#exposure.anyUser) {
       this.#log.warn({ listen: where }, `${this.#service}: allowed_users is ["*"]: the connecting user is not checked, every process that can connect to ${where} uses this bot's identity`)
+    }
+    if (bound.kind === 'tcp' && !this.#exposure.anyUser && this.#owners.method !== 'sock_diag') {
+      this.#log.warn({ listen: where, why: sockDiagMissing },
+        `${this.#service}: the connecting user is found by reading ${this.#owners.method}, which costs milliseconds of CPU per batch of new connections; build the sock-diag addon (npm run build:native) for a per-connection lookup`)
     }
   }
 

@@ -1,22 +1,22 @@
 import { closeSync, openSync, read } from 'node:fs'
 import net from 'node:net'
 import { endianness } from 'node:os'
+import { loadSockDiag, type SockDiagLookup } from './sock-diag.ts'
 
 /**
  * Who owns the other end of a TCP connection accepted on this host: the uid of the
- * process that created the client's socket, read from `/proc/net/tcp` (and `tcp6`). Both
- * ends of a loopback connection are sockets of this network namespace, so the client's
- * row is there: its local address is the connection's remote one and the other way round.
+ * process that created the client's socket. Both ends of a loopback connection are
+ * sockets of this network namespace, so the kernel knows the client's socket: its local
+ * address is the connection's remote one and the other way round.
  *
- * Reading those files costs the kernel a walk over every bucket of the TCP hash tables
- * (on a 2 GB machine 262,144 of them, about a millisecond of CPU, and far longer on a busy
- * machine, where the walk is preempted), whatever the number of sockets. So:
- * - the walk runs on libuv's thread pool (asynchronous reads), never blocking the event loop;
- * - one walk serves every connection waiting for it, including those accepted while it
- *   runs (their rows count once read after they were accepted), and stops as soon as
- *   none is left waiting;
- * - it never reads to the end of the file: the read that returns 0 makes the kernel walk
- *   the whole table a second time.
+ * Two ways to ask:
+ * - `SockDiagPeerOwners`: the kernel's socket-diagnostics netlink interface, by exact
+ *   4-tuple (one hash lookup, ~10 µs, synchronous). Needs the small native addon that
+ *   `npm install` builds (`native/sock-diag.c`).
+ * - `ProcNetPeerOwners`: `/proc/net/tcp` and `tcp6`, when the addon is missing. Reading
+ *   those files costs the kernel a walk over every bucket of the TCP hash tables (262,144
+ *   on a machine with a few GB, ~3 ms of CPU) whatever the number of sockets, so walks
+ *   run on libuv's thread pool and one walk serves every connection waiting for it.
  */
 export type PeerOwner = { uid: number } | { uid: undefined; why: string }
 
@@ -26,6 +26,14 @@ export interface ConnectionEnds {
   localPort: number
   remoteAddress: string
   remotePort: number
+}
+
+/** A way to find peer owners; `sharedPeerOwners` picks the best this host has. */
+export interface PeerOwners {
+  /** How owners are found, for the start log: `sock_diag` or `/proc/net/tcp`. */
+  readonly method: string
+  /** Resolves with the owner of the connection's client socket, or why it is unknown. Never rejects. */
+  owner(ends: ConnectionEnds): Promise<PeerOwner>
 }
 
 type Table = 'tcp' | 'tcp6'
@@ -47,10 +55,16 @@ const READ_SIZE = 64 * 1024
 const LE = endianness() === 'LE'
 
 /**
- * Looks up peer owners in shared walks. One per process is enough (`sharedPeerOwners`);
- * tests point `procNet` at a directory of hand-made tables.
+ * Looks up peer owners in walks of `/proc/net/tcp` shared by every waiting connection:
+ * - one walk serves every connection waiting for it, including those accepted while it
+ *   runs (their rows count once read after they were accepted), and stops as soon as
+ *   none is left waiting;
+ * - it never reads to the end of the file: the read that returns 0 makes the kernel walk
+ *   the whole table a second time.
+ * Tests point `procNet` at a directory of hand-made tables.
  */
-export class PeerOwnerLookup {
+export class ProcNetPeerOwners implements PeerOwners {
+  readonly method = '/proc/net/tcp'
   readonly #dir: string
   #waiting: Waiter[] = []
   #walking = false
@@ -255,5 +269,46 @@ export function addressBytes(text: string | undefined): Uint8Array | undefined {
   return v4mapped ? bytes.slice(12) : bytes
 }
 
-/** The lookup every listener of this process shares, so one walk serves all of them. */
-export const sharedPeerOwners = new PeerOwnerLookup()
+const ENOENT = 2
+
+/**
+ * Looks up peer owners through the sock-diag addon: the kernel finds the client's socket
+ * by its exact 4-tuple. An IPv4 client is asked for as AF_INET first, then as an AF_INET6
+ * socket holding the address in its mapped form. An error other than "no such socket"
+ * (sock_diag unavailable in this sandbox, say) falls back to the `/proc/net/tcp` walk for
+ * that connection, so the answer is still the kernel's.
+ */
+export class SockDiagPeerOwners implements PeerOwners {
+  readonly method = 'sock_diag'
+  readonly #diag: SockDiagLookup
+  readonly #fallback: PeerOwners
+
+  constructor(diag: SockDiagLookup, fallback: PeerOwners = new ProcNetPeerOwners()) {
+    this.#diag = diag
+    this.#fallback = fallback
+  }
+
+  owner(ends: ConnectionEnds): Promise<PeerOwner> {
+    const peer = addressBytes(ends.remoteAddress)
+    const self = addressBytes(ends.localAddress)
+    if (peer === undefined || self === undefined) return Promise.resolve({ uid: undefined, why: 'not a TCP connection' })
+    let r = peer.length === 4 && self.length === 4 ? this.#diag(4, peer, ends.remotePort, self, ends.localPort) : undefined
+    if (r === undefined || r[0] === ENOENT) r = this.#diag(6, mapped(peer), ends.remotePort, mapped(self), ends.localPort)
+    const [errno, uid, inode] = r
+    if (errno === ENOENT) return Promise.resolve({ uid: undefined, why: 'no socket on this host has the other end of the connection' })
+    if (errno !== 0) return this.#fallback.owner(ends)
+    // A socket no file refers to any more (closed, TIME_WAIT) reports inode 0 and uid 0:
+    // its owner is unknown, not root.
+    if (inode === 0) return Promise.resolve({ uid: undefined, why: 'the client closed its socket' })
+    return Promise.resolve({ uid })
+  }
+}
+
+const diag = loadSockDiag()
+
+/** Why the sock-diag addon is not used on this host, or undefined when it is. */
+export const sockDiagMissing: string | undefined = 'why' in diag ? diag.why : undefined
+
+/** The lookup every listener of this process (or worker thread) shares, so one walk serves all of them. */
+export const sharedPeerOwners: PeerOwners = 'lookup' in diag ? new SockDiagPeerOwners(diag.lookup) : new ProcNetPeerOwners()
+

@@ -3,7 +3,7 @@ import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -245,7 +245,11 @@ export class PostgresStore implements Store {
     return (await this.#run('DELETE FROM join_tokens WHERE name = $1', name)) > 0
   }
 
-  async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
+  async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance, seen?: JoinToken): Promise<BotInstance> {
+    if (seen !== undefined && seen.name === name && seen.usedAt === undefined && seen.platform === undefined) {
+      const done = await this.#consumeIfUnchanged(seen, decide)
+      if (done !== undefined) return done
+    }
     return this.#tx(async (c) => {
       // The row lock makes a concurrent consumer wait and then read the token as used.
       const { rows } = await c.query<Row>('SELECT * FROM join_tokens WHERE name = $1 FOR UPDATE', [name])
@@ -255,6 +259,32 @@ export class PostgresStore implements Store {
       await writeInstance(c, instance, true)
       return instance
     })
+  }
+
+  /**
+   * The one-round-trip join: `decide` on the token the caller read, then one statement that
+   * marks it used and creates the instance only if the token row is still exactly `seen`
+   * and unused. A concurrent consumer's UPDATE waits for the first to commit, then finds
+   * the token used and changes nothing (and the caller runs the transaction, which refuses).
+   */
+  async #consumeIfUnchanged(seen: JoinToken, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance | undefined> {
+    let i: BotInstance
+    try {
+      i = decide(seen)
+    } catch {
+      // Refused on what may be a stale read: the transaction decides on the stored row.
+      return undefined
+    }
+    const [name, bot, joinMethod, secretHash, , expiresAt] = tokenColumns(seen)
+    const { rows } = await this.#withClient((c) => c.query<Row>(
+      'WITH t AS (UPDATE join_tokens SET used_at = $1, used_by_instance = $2 WHERE name = $3 AND used_at IS NULL AND platform IS NULL'
+      + ' AND bot = $4 AND join_method = $5 AND secret_hash = $6 AND expires_at = $7 RETURNING 1),'
+      + ' i AS (INSERT INTO bot_instances (id, bot, bot_id, generation, pending_generation, pending_retries, pending_key, ended_at, created_at, data)'
+      + ' SELECT $2, $8::text, $9::text, $10::int, $11::int, $12::int, $13::text, $14::text, $15::text, $16::text WHERE EXISTS (SELECT 1 FROM t))'
+      + ' SELECT count(*)::int AS n FROM t',
+      [i.createdAt, i.id, name ?? null, bot ?? null, joinMethod ?? null, secretHash ?? null, expiresAt ?? null,
+        i.bot, i.botId, i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, i.createdAt, instanceData(i)]))
+    return Number(rows[0]?.n) > 0 ? i : undefined
   }
 
   async joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
@@ -278,6 +308,15 @@ export class PostgresStore implements Store {
     return r && instanceFromRow(r)
   }
 
+  async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
+    const r = await this.#get(BOT_AND_INSTANCE, bot, instanceId)
+    if (r === undefined) return {}
+    const out: { bot?: Bot; instance?: BotInstance } = {}
+    if (r.b_name !== null) out.bot = botFromRow({ id: r.b_id, name: r.b_name, roles: r.b_roles, max_ttl_ms: r.b_max_ttl_ms, created_at: r.b_created_at })
+    if (r.id !== null) out.instance = instanceFromRow(r)
+    return out
+  }
+
   async listInstances(bot?: string): Promise<BotInstance[]> {
     const rows = bot === undefined
       ? await this.#all('SELECT * FROM bot_instances ORDER BY created_at, id COLLATE "C"')
@@ -285,7 +324,11 @@ export class PostgresStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange, seen?: BotInstance): Promise<InstanceChange> {
+    if (seen !== undefined && seen.id === id) {
+      const done = await this.#updateIfUnchanged(seen, decide)
+      if (done !== undefined) return done
+    }
     return this.#tx(async (c) => {
       const { rows } = await c.query<Row>('SELECT * FROM bot_instances WHERE id = $1 FOR UPDATE', [id])
       const cur = rows[0] && instanceFromRow(rows[0])
@@ -297,6 +340,44 @@ export class PostgresStore implements Store {
       for (const lock of change.locks ?? []) await c.query(insertLock(lock), lockArgs(lock))
       return change
     })
+  }
+
+  /**
+   * The one-round-trip renewal: `decide` on the instance the caller read, then one
+   * statement (its own transaction, durable when it returns) that writes the decision and
+   * its audit rows only if the row is still exactly `seen` and no lock applies to it. The
+   * UPDATE re-checks its condition on the newest row version when another transaction
+   * changed the row meanwhile, so two replicas cannot both move from `seen`. Undefined when
+   * that did not hold or the decision needs more (a lock, a refusal): the caller then runs
+   * the transaction, which reads and decides again.
+   */
+  async #updateIfUnchanged(seen: BotInstance, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange | undefined> {
+    let change: InstanceChange
+    try {
+      change = decide(seen, [])
+    } catch {
+      // Refused on what may be a stale read: the transaction decides on the stored row.
+      return undefined
+    }
+    if ((change.locks?.length ?? 0) > 0) return undefined
+    const args: Arg[] = [seen.id, seen.bot, seen.generation, seen.pendingGeneration, seen.pendingRetries, seen.pendingKey ?? null, seen.endedAt ?? null, instanceData(seen)]
+    const unchanged = 'id = $1 AND generation = $3 AND pending_generation IS NOT DISTINCT FROM $4 AND pending_retries = $5 AND pending_key IS NOT DISTINCT FROM $6'
+      + ' AND ended_at IS NOT DISTINCT FROM $7 AND data = $8 AND NOT EXISTS (SELECT 1 FROM locks WHERE bot = $2 OR instance = $1)'
+    let ok = `SELECT 1 FROM bot_instances WHERE ${unchanged}`
+    const i = change.instance
+    if (i !== undefined) {
+      args.push(i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, instanceData(i))
+      ok = `UPDATE bot_instances SET generation = $9, pending_generation = $10, pending_retries = $11, pending_key = $12, ended_at = $13, data = $14 WHERE ${unchanged} RETURNING 1`
+    }
+    const rows: string[] = []
+    for (const ev of change.audit ?? []) {
+      const at = args.length
+      args.push(...auditArgs(ev))
+      rows.push(`(${AUDIT_CASTS.map((cast, k) => `$${at + k + 1}::${cast}`).join(', ')})`)
+    }
+    const audit = rows.length === 0 ? '' : `, audit AS (INSERT INTO audit_events (${AUDIT_COLUMNS}) SELECT * FROM (VALUES ${rows.join(', ')}) AS v WHERE EXISTS (SELECT 1 FROM ok))`
+    const { rows: out } = await this.#withClient((c) => c.query<Row>(`WITH ok AS (${ok})${audit} SELECT count(*)::int AS n FROM ok`, args))
+    return Number(out[0]?.n) > 0 ? change : undefined
   }
 
   async createLock(lock: Lock): Promise<boolean> {
@@ -377,6 +458,10 @@ export class PostgresStore implements Store {
     const { sql, args } = pageQuery('bot_instances', req, (n) => `$${n}`)
     return pageFromRows('bot_instances', await this.#all(sql, ...args), req.limit, instanceFromRow)
   }
+  async pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>> {
+    const { sql, args } = pageQuery('bot_instances', req, (n) => `$${n}`)
+    return pageFromRows('bot_instances', await this.#all(sql, ...args), req.limit, instanceJsonFromRow)
+  }
 
   async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {
     const { sql, args } = auditPageQuery(req, (n) => `$${n}`)
@@ -412,13 +497,23 @@ function lockArgs(lock: Lock): Arg[] {
   return [lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt, lock.cause ?? null]
 }
 
+const BOT_AND_INSTANCE = 'SELECT b.id AS b_id, b.name AS b_name, b.roles AS b_roles, b.max_ttl_ms AS b_max_ttl_ms, b.created_at AS b_created_at, i.*'
+  + ' FROM (SELECT 1) AS one LEFT JOIN bots b ON b.name = $1 LEFT JOIN bot_instances i ON i.id = $2'
+
+const AUDIT_COLUMNS = 'time, type, success, code, message, bot, instance, remote_addr, fields'
+/** The column types of AUDIT_COLUMNS, for parameters in a VALUES list (which has no column to infer them from). */
+const AUDIT_CASTS = ['text', 'text', 'int', 'text', 'text', 'text', 'text', 'text', 'text'] as const
+
+/** An audit event's values in AUDIT_COLUMNS order; `time` defaults to now. */
+function auditArgs(ev: NewAuditEvent): Arg[] {
+  return [ev.time ?? new Date().toISOString(), ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
+    ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})]
+}
+
 async function insertAudit(c: PoolClient, ev: NewAuditEvent): Promise<AuditEvent> {
-  const time = ev.time ?? new Date().toISOString()
-  const { rows } = await c.query<Row>(
-    'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id',
-    [time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
-      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})])
-  return { ...ev, id: Number(rows[0]?.id), time }
+  const args = auditArgs(ev)
+  const { rows } = await c.query<Row>(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`, args)
+  return { ...ev, id: Number(rows[0]?.id), time: args[0] as string }
 }
 
 async function writeInstance(c: PoolClient, i: BotInstance, create: boolean): Promise<void> {

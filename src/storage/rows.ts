@@ -115,6 +115,26 @@ export function instanceFromRow(r: Row): BotInstance {
   return i
 }
 
+/**
+ * `JSON.stringify(instanceFromRow(r))` without parsing the stored record: the columns as
+ * JSON, then the `data` object's members copied as text. An admin listing streams 100,000
+ * instances; parsing and re-serializing each record is most of its CPU and garbage (and
+ * the garbage collector's pauses stop the API's event loop too). A member of `data` that
+ * repeats a column's name wins, as in instanceFromRow's spread.
+ */
+export function instanceJsonFromRow(r: Row): string {
+  const data = str(r.data).trim()
+  if (!data.startsWith('{') || !data.endsWith('}')) return JSON.stringify(instanceFromRow(r))
+  const head = JSON.stringify({
+    id: str(r.id), bot: str(r.bot), botId: optStr(r.bot_id) ?? '', createdAt: str(r.created_at), generation: Number(r.generation),
+    pendingGeneration: r.pending_generation === null ? null : Number(r.pending_generation), pendingRetries: Number(r.pending_retries),
+  })
+  const members = data.slice(1, -1).trim()
+  const pendingKey = optStr(r.pending_key)
+  const endedAt = optStr(r.ended_at)
+  const tail = (pendingKey !== undefined ? `,"pendingKey":${JSON.stringify(pendingKey)}` : '') + (endedAt !== undefined ? `,"endedAt":${JSON.stringify(endedAt)}` : '')
+  return `${head.slice(0, -1)}${members === '' ? '' : `,${members}`}${tail}}`
+}
 
 export function lockFromRow(r: Row): Lock {
   const l: Lock = { id: str(r.id), reason: str(r.reason), createdAt: str(r.created_at) }

@@ -3,7 +3,7 @@ import { chmodSync, existsSync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, lockFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -175,6 +175,7 @@ export class SqliteStore implements Store {
     return this.#run('DELETE FROM join_tokens WHERE name = ?', name) > 0
   }
 
+  // `seen` is not used: reading inside the transaction costs no round trip here.
   async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
     return this.#tx(() => {
       const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)
@@ -216,6 +217,12 @@ export class SqliteStore implements Store {
     return r && instanceFromRow(r)
   }
 
+  async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
+    const b = await this.getBot(bot)
+    const i = await this.getInstance(instanceId)
+    return { ...(b ? { bot: b } : {}), ...(i ? { instance: i } : {}) }
+  }
+
   async listInstances(bot?: string): Promise<BotInstance[]> {
     const rows = bot === undefined
       ? this.#all('SELECT * FROM bot_instances ORDER BY created_at, id')
@@ -223,6 +230,7 @@ export class SqliteStore implements Store {
     return rows.map(instanceFromRow)
   }
 
+  // `seen` is not used: reading inside the transaction costs no round trip here.
   async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
     return this.#tx(() => {
       const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
@@ -323,6 +331,10 @@ export class SqliteStore implements Store {
   async pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>> {
     const { sql, args } = pageQuery('bot_instances', req, () => '?')
     return pageFromRows('bot_instances', this.#all(sql, ...args), req.limit, instanceFromRow)
+  }
+  async pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>> {
+    const { sql, args } = pageQuery('bot_instances', req, () => '?')
+    return pageFromRows('bot_instances', this.#all(sql, ...args), req.limit, instanceJsonFromRow)
   }
 
   async pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>> {

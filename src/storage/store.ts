@@ -220,6 +220,8 @@ export interface Store {
   pageBots(req: PageRequest): Promise<Page<Bot>>
   pageTokens(req: PageRequest): Promise<Page<JoinToken>>
   pageInstances(req: PageRequest & { bot?: string }): Promise<Page<BotInstance>>
+  /** `pageInstances` with each item as its JSON text (what JSON.stringify gives), made without parsing the stored record. */
+  pageInstancesJson(req: PageRequest & { bot?: string }): Promise<Page<string>>
   /** Audit events newest first, filtered as `queryAudit`. */
   pageAudit(req: PageRequest & Omit<AuditQuery, 'limit'>): Promise<Page<AuditEvent>>
   /** Deletes the instance only if it is stored exactly as `instance` (nothing renewed or heartbeat since it was read). */
@@ -243,8 +245,11 @@ export interface Store {
   /**
    * Atomically reads the token, lets `decide` accept or refuse it (by throwing), and on
    * acceptance marks it used by `instanceId` and creates the instance, in one transaction.
+   * `seen`, the token as the caller read it, lets a networked backend decide on it and then
+   * mark and create in one statement that applies only if the token is still exactly that
+   * and unused; otherwise it runs the transaction (so `decide` may run twice).
    */
-  consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
+  consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance, seen?: JoinToken): Promise<BotInstance>
   /**
    * A platform join, in one transaction: `decide` accepts or refuses the token (by
    * throwing); on acceptance the replay key is recorded — one already recorded refuses
@@ -254,13 +259,21 @@ export interface Store {
   joinWithPlatformToken(name: string, replay: ReplayKey, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance>
 
   getInstance(id: string): Promise<BotInstance | undefined>
+  /** The bot of that name and the instance of that id, each undefined when absent, read together (one round trip). */
+  getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }>
   listInstances(bot?: string): Promise<BotInstance[]>
   /**
    * In one transaction: reads the instance and the locks that apply to it (its bot's name
    * or its id), lets `decide` (synchronous; it may throw, and then nothing is written) say
    * what changes, and writes that. Locks committed before the instance was read are seen.
+   *
+   * `seen` is the instance as the caller last read it. A networked backend may first
+   * decide on it (with no locks) without reading, and write that decision only if the
+   * stored row is still exactly `seen` and no lock applies, in one statement; when it is
+   * not (or `decide` throws, or wants a lock) it runs the transaction above. So `decide`
+   * may run twice and must keep nothing from a run but what it returns.
    */
-  updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange>
+  updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange, seen?: BotInstance): Promise<InstanceChange>
 
   /** Creates the lock; one with a `cause` that already exists for its target is not created again (false). */
   createLock(lock: Lock): Promise<boolean>

@@ -105,6 +105,8 @@ export async function assertLegacyUpgraded(s: Store): Promise<void> {
     assert.equal(i?.botId, '', `${id}: no bot`)
     assert.ok(i?.endedAt && Math.abs(Date.parse(i.endedAt) - Date.now()) < 120_000, `${id}: ended by the upgrade, at ${i?.endedAt}`)
   }
+  const listed = await s.pageInstances({ limit: 10 })
+  assert.deepEqual((await s.pageInstancesJson({ limit: 10 })).items, listed.items.map((i) => JSON.stringify(i)), 'old records list as JSON text exactly as re-serialized')
 }
 
 /** Registers the contract's tests under `describe(name)`. */
@@ -433,6 +435,23 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal((await b.listInstances()).length, 1)
       })
 
+      it('with the token the caller saw: one of several joins on two servers wins, the others see it used, and so does a later one', async () => {
+        const [a, b] = await pair()
+        await a.createToken(token('tok-000000000009'))
+        const seen = await a.getToken('tok-000000000009')
+        const results = await Promise.allSettled([a, b, a, b].map((s) => s.consumeToken('tok-000000000009', acceptUnused(instance('tok-000000000009')), seen)))
+        const won = results.filter((r) => r.status === 'fulfilled')
+        assert.equal(won.length, 1, 'exactly one join wins')
+        for (const r of results) {
+          if (r.status === 'rejected') assert.equal((r.reason as MemidError).code, 'ERR_TOKEN_USED', 'the losers saw the token used')
+        }
+        const winner = (won[0] as PromiseFulfilledResult<BotInstance>).value
+        assert.equal((await b.getToken('tok-000000000009'))?.usedByInstance, winner.id)
+        assert.deepEqual((await b.listInstances()).map((i) => i.id), [winner.id])
+        assert.deepEqual(await b.getInstance(winner.id), winner)
+        await rejectsWith(b.consumeToken('tok-000000000009', acceptUnused(instance('tok-000000000009')), seen), 'ERR_TOKEN_USED')
+      })
+
       it('a token consumed while its bot is deleted is either used or gone, never both', async () => {
         const [a, b] = await pair()
         await a.createBot(bot('ci'))
@@ -533,6 +552,38 @@ export function storeContract(name: string, backend: StoreBackend): void {
         await Promise.all(Array.from({ length: 20 }, (_x, i) =>
           (i % 2 ? a : b).updateInstance(inst.id, (cur) => ({ instance: { ...cur!, generation: cur!.generation + 1 } }))))
         assert.equal((await a.getInstance(inst.id))?.generation, 21)
+      })
+
+      it('with the instance the caller saw: a stale one is decided again on the stored row, on two servers every increment is kept', async () => {
+        const [a, b] = await pair()
+        const inst = await withInstance(a)
+        const bump = (cur: BotInstance | undefined) => ({ instance: { ...cur!, generation: cur!.generation + 1 }, audit: [{ type: 'renew', success: true, instance: cur!.id, fields: { from: cur!.generation } }] })
+        await Promise.all(Array.from({ length: 20 }, (_x, i) => (i % 2 ? a : b).updateInstance(inst.id, bump, inst)))
+        assert.equal((await a.getInstance(inst.id))?.generation, 21)
+        const audit = await a.queryAudit({ type: 'renew' })
+        assert.deepEqual(audit.map((e) => e.fields.from).sort((x, y) => Number(x) - Number(y)), Array.from({ length: 20 }, (_x, i) => i + 1), 'one audit row per kept move, none for a discarded one')
+      })
+
+      it('with the instance the caller saw: locks committed since are still seen, and a refusal writes nothing', async () => {
+        const s = await store()
+        const inst = await withInstance(s)
+        await s.createLock({ id: 'l-late', bot: 'ci', reason: 'late', createdAt: T0 })
+        await rejectsWith(s.updateInstance(inst.id, (cur, locks) => {
+          if (locks.length > 0) throw new MemidError('ERR_LOCKED', 'locked')
+          return { instance: { ...cur!, generation: 7 }, audit: [{ type: 'renew', success: true, fields: {} }] }
+        }, inst), 'ERR_LOCKED')
+        assert.deepEqual(await s.getInstance(inst.id), inst)
+        assert.deepEqual(await s.queryAudit({}), [])
+      })
+
+      it('getBotAndInstance reads both, either or neither', async () => {
+        const s = await store()
+        await s.createBot(bot('ci'))
+        const inst = await withInstance(s)
+        assert.deepEqual(await s.getBotAndInstance('ci', inst.id), { bot: await s.getBot('ci'), instance: inst })
+        assert.deepEqual(await s.getBotAndInstance('nobody', inst.id), { instance: inst })
+        assert.deepEqual(await s.getBotAndInstance('ci', 'no-such-instance'), { bot: await s.getBot('ci') })
+        assert.deepEqual(await s.getBotAndInstance('nobody', 'no-such-instance'), {})
       })
 
       it('decide is told when the instance does not exist', async () => {
@@ -652,6 +703,23 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.equal(all.next, undefined)
         assert.ok(all.items.every((x, i) => i === 0 || `${all.items[i - 1]!.createdAt}${all.items[i - 1]!.id}` > `${x.createdAt}${x.id}`), 'newest first')
         assert.deepEqual((await a.pageInstances({ limit: 5, bot: 'nobody' })).items, [])
+      })
+
+      it('pageInstancesJson gives each instance as the JSON text JSON.stringify makes of pageInstances\' item, same pages', async () => {
+        const s = await store()
+        const plain = await newInstance(s, 1, 'ci', at(1))
+        const pending = await newInstance(s, 2, 'ci', at(2))
+        await s.updateInstance(pending.id, (cur) => ({ instance: { ...cur!, pendingGeneration: 2, pendingRetries: 1, pendingKey: 'cd'.repeat(32), claims: { repository: 'acme/"quoted"', n: 1 } } }))
+        await newInstance(s, 3, 'web', at(3))
+        await s.createBot(bot('web'))
+        assert.deepEqual(await s.deleteBot('web', at(4)), { endedInstances: 1 })
+        for (const req of [{ limit: 2 }, { limit: 10 }, { limit: 10, bot: 'ci' }]) {
+          const objects = await s.pageInstances(req)
+          const texts = await s.pageInstancesJson(req)
+          assert.deepEqual(texts.items, objects.items.map((i) => JSON.stringify(i)))
+          assert.equal(texts.next, objects.next)
+        }
+        assert.ok((await s.pageInstancesJson({ limit: 10 })).items.some((t) => t.includes(plain.id)))
       })
 
       it('pages bots, tokens and the audit log; a bad cursor or limit is ERR_BAD_REQUEST', async () => {

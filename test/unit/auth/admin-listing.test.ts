@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { AdminService } from '../../../src/auth/admin.ts'
-import { adminRouter } from '../../../src/auth/admin-socket.ts'
+import { LISTING_CHUNK, adminRouter } from '../../../src/auth/admin-socket.ts'
 import { SqliteStore } from '../../../src/storage/sqlite.ts'
 import { systemClock } from '../../../src/core/clock.ts'
 import type { BotInstance, Page, Store } from '../../../src/storage/store.ts'
@@ -19,6 +19,8 @@ let store: Store
 let server: http.Server
 let sock: string
 let made = 0
+/** The page reads the admin API made of the store: method and limit. */
+const reads: { method: string; limit: number }[] = []
 
 async function addInstances(n: number, bot = 'ci'): Promise<string[]> {
   const ids: string[] = []
@@ -54,7 +56,17 @@ function getRaw(p: string, body?: unknown): Promise<{ status: number; text: stri
 
 before(async () => {
   dir = mkdtempSync(path.join(tmpdir(), 'memid-admin-listing-'))
-  store = SqliteStore.open(':memory:')
+  const sqlite = SqliteStore.open(':memory:')
+  store = new Proxy(sqlite, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver)
+      if (typeof v !== 'function') return v
+      return (...args: unknown[]) => {
+        if (typeof prop === 'string' && prop.startsWith('page')) reads.push({ method: prop, limit: (args[0] as { limit: number }).limit })
+        return (v as (...a: unknown[]) => unknown).apply(target, args)
+      }
+    },
+  })
   const admin = new AdminService({ store, clock: systemClock, audit: async (ev) => void (await store.appendAudit(ev)) })
   const router = adminRouter(admin)
   server = http.createServer((req, res) => void router.handle(req, res))
@@ -125,6 +137,19 @@ describe('admin listings page', () => {
       assert.equal(r.json.error.code, 'ERR_BAD_REQUEST')
       assert.match(r.json.error.message, /limit|after|color/)
     }
+  })
+
+  it('a listing reads the store in chunks of at most LISTING_CHUNK instances, as JSON text (no parse and re-serialize per instance)', async () => {
+    await addInstances(Math.max(0, 1000 - made))
+    reads.length = 0
+    const r = await get('/v1/instances?limit=1000')
+    assert.equal(r.json.items.length, 1000)
+    assert.ok(reads.length >= 1000 / LISTING_CHUNK)
+    for (const x of reads) {
+      assert.equal(x.method, 'pageInstancesJson')
+      assert.ok(x.limit <= LISTING_CHUNK, `one read of ${x.limit} rows`)
+    }
+    assert.deepEqual(r.json.items.slice(0, 3), (await store.pageInstances({ limit: 3 })).items, 'the same instances as the store gives')
   })
 
   it('a 10,000-instance listing streams in chunks: the event loop is never held for long', async () => {

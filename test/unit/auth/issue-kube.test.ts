@@ -80,4 +80,18 @@ describe('issueKubeCertificate', () => {
     assert.equal((await issueKubeCertificate(ctx(several), { publicKey: '', cluster: 'dev', user: 'u2' })).user, 'u2')
     await refused(issueKubeCertificate(ctx([role('none', { kubeClusters: ['dev'] })]), { publicKey: '', cluster: 'dev' }), 'ERR_ACCESS_DENIED', /no kube user/)
   })
+  it('a refusal lists the users the roles do grant, or says none', async () => {
+    const several = [role('a', { kubeClusters: ['dev'], kubeUsers: ['u2', 'u1'] })]
+    await refused(issueKubeCertificate(ctx(several), { publicKey: '', cluster: 'dev', user: 'root' }), 'ERR_ACCESS_DENIED', /; allowed: u1, u2$/)
+    await refused(issueKubeCertificate(ctx(several), { publicKey: '', cluster: 'dev' }), 'ERR_ACCESS_DENIED', /several kube users \(u1, u2\); name one/)
+    await refused(issueKubeCertificate(ctx([role('none', { kubeClusters: ['dev'] })]), { publicKey: '', cluster: 'dev', user: 'root' }), 'ERR_ACCESS_DENIED', /; allowed: none$/)
+  })
+
+  it('passes on the API server\'s CA when the cluster was registered with one, and none otherwise', async () => {
+    const caPem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'
+    await store.putResource({ kind: 'kube', name: 'withca', uri: 'https://withca.example:6443', caPem, createdAt: '' }, await createResourceCa('kube', 'withca'))
+    const all = [role('all', { kubeClusters: ['*'], kubeUsers: ['deployer'] })]
+    assert.deepEqual((await issueKubeCertificate(ctx(all), { publicKey: '', cluster: 'withca' })).upstream, { name: 'withca', uri: 'https://withca.example:6443', caPem })
+    assert.deepEqual((await issueKubeCertificate(ctx(all), { publicKey: '', cluster: 'dev' })).upstream, { name: 'dev', uri: 'https://dev.example:6443' })
+  })
 })

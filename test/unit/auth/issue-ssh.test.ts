@@ -1,7 +1,8 @@
-import { describe, it } from 'node:test'
+import { describe, it, mock } from 'node:test'
 import assert from 'node:assert/strict'
-import { createPublicKey, generateKeyPairSync } from 'node:crypto'
-import { issueSshCertificate } from '../../../src/auth/issue-ssh.ts'
+import crypto, { createPublicKey, generateKeyPairSync } from 'node:crypto'
+import { syncBuiltinESMExports } from 'node:module'
+import { issueSshCertificate, randomSshSerial } from '../../../src/auth/issue-ssh.ts'
 import { signHostCertificate } from '../../../src/auth/sign-host.ts'
 import type { IssueContext } from '../../../src/auth/issuer.ts'
 import type { CaSet } from '../../../src/auth/cas.ts'
@@ -60,6 +61,36 @@ describe('issueSshCertificate', () => {
       return true
     })
     await assert.rejects(issueSshCertificate(ctx([role('k', [])]), { publicKey: '' }), /has no SSH logins/)
+  })
+
+  it('names every login outside the roles, and refuses an empty list of principals', async () => {
+    const c = ctx([role('a', ['deploy', 'ops'])])
+    await assert.rejects(issueSshCertificate(c, { publicKey: '', principals: ['root', 'deploy', 'admin'] }),
+      (err: unknown) => err instanceof MemidError && err.code === 'ERR_ACCESS_DENIED' && /^SSH logins "root", "admin" not granted to bot "ci"/.test(err.message))
+    await assert.rejects(issueSshCertificate(c, { publicKey: '', principals: [] }),
+      (err: unknown) => err instanceof MemidError && err.code === 'ERR_ACCESS_DENIED' && err.message === 'principals: name at least one login, or leave it out for all of them')
+  })
+
+  it('certifies the requested logins once each, sorted, in a line commented memid:BOT', async () => {
+    const res = await issueSshCertificate(ctx([role('a', ['deploy', 'ops', 'web'])]), { publicKey: '', principals: ['web', 'deploy', 'web'] })
+    assert.deepEqual(res.principals, ['deploy', 'web'])
+    assert.deepEqual(parseSshCertificateLine(res.certificate).principals, ['deploy', 'web'])
+    assert.ok(res.certificate.endsWith(' memid:ci'), res.certificate.slice(-20))
+  })
+
+  it('a serial is never 0 (0 means "no serial" to sshd\'s revocation lists) and fits 63 bits', () => {
+    const spy = mock.method(crypto, 'randomBytes', (n: number) => Buffer.alloc(n))
+    syncBuiltinESMExports()
+    try {
+      assert.equal(randomSshSerial(), 1n)
+    } finally {
+      spy.mock.restore()
+      syncBuiltinESMExports()
+    }
+    for (let i = 0; i < 200; i++) {
+      const s = randomSshSerial()
+      assert.ok(s > 0n && s < 1n << 63n, String(s))
+    }
   })
 
   it('gives every certificate its own serial', async () => {

@@ -1,11 +1,11 @@
-import { after, before, describe, it } from 'node:test'
+import { after, before, describe, it, mock } from 'node:test'
 import assert from 'node:assert/strict'
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import {
-  ConnectionTracker, closeServer, formatAddress, isLoopback, listen, parseListenAddress, removeSocketFile, type ListenAddress,
+  ConnectionTracker, closeServer, formatAddress, isLoopback, isLoopbackHost, listen, parseListenAddress, removeSocketFile, type ListenAddress,
 } from '../../../src/core/listener.ts'
 import { MemidError } from '../../../src/core/errors.ts'
 
@@ -100,6 +100,22 @@ describe('parseListenAddress', () => {
         return true
       })
     }
+  })
+
+  it('a socket path of exactly 100 characters is taken; a longer one is named by its first 40', () => {
+    const p100 = `/${'x'.repeat(99)}`
+    assert.deepEqual(parseListenAddress(p100), { kind: 'unix', path: p100 })
+    assert.throws(() => parseListenAddress(`/${'y'.repeat(100)}`), { message: `socket path is longer than 100 characters: /${'y'.repeat(39)}…` })
+  })
+
+  it('a value that is not text, or garbage, is an ERR_CONFIG naming at most 80 printable characters of it', () => {
+    assert.throws(() => parseListenAddress(8001 as unknown as string), (e: unknown) => e instanceof MemidError && e.code === 'ERR_CONFIG')
+    assert.throws(() => parseListenAddress(`\u0001${'z'.repeat(100)}`), { message: `must be host:port or an absolute socket path, got "?${'z'.repeat(79)}"` })
+  })
+
+  it('isLoopbackHost takes bracketed IPv6 too', () => {
+    for (const h of ['[::1]', '[::ffff:127.0.0.1]', '[0:0::1]']) assert.equal(isLoopbackHost(h), true, h)
+    for (const h of ['[::2]', '[]', '[::1']) assert.equal(isLoopbackHost(h), false, h)
   })
 
   it('isLoopback and formatAddress', () => {
@@ -202,6 +218,34 @@ describe('listen on a unix socket', () => {
     await refused(listen(server(), unix(path.join(d, 'agent.sock'))), /owned by uid 65534/)
   })
 
+  it('refuses a directory owned by another uid than the process\'s (any user, not only root)', async () => {
+    const d = path.join(base, 'not-mine')
+    mkdirSync(d, { mode: 0o700 })
+    const owner = statSync(d).uid
+    const getuid = mock.method(process as { getuid(): number }, 'getuid', () => owner + 1000)
+    try {
+      await refused(listen(server(), unix(path.join(d, 'agent.sock'))), new RegExp(`owned by uid ${owner}, not by this user \\(uid ${owner + 1000}\\)`))
+    } finally {
+      getuid.mock.restore()
+    }
+  })
+
+  it('the socket is chmod 0600 even where the umask could not be applied', async () => {
+    const d = path.join(base, 'no-umask')
+    mkdirSync(d, { mode: 0o700 })
+    const p = path.join(d, 'agent.sock')
+    const old = process.umask(0)
+    // As in a worker thread, where process.umask(mask) cannot change the mask.
+    const umask = mock.method(process, 'umask', () => 0)
+    try {
+      await listen(server(), unix(p))
+    } finally {
+      umask.mock.restore()
+      process.umask(old)
+    }
+    assert.equal(lstatSync(p).mode & 0o777, 0o600)
+  })
+
   it('removeSocketFile removes our socket, nothing else, and tolerates absence', async () => {
     const d = path.join(base, 'remove')
     mkdirSync(d, { mode: 0o700 })
@@ -225,7 +269,7 @@ describe('listen on TCP', () => {
     assert.equal(bound.kind, 'tcp')
     assert.ok(bound.kind === 'tcp' && bound.port > 0)
     const again = bound.kind === 'tcp' ? bound.port : 0
-    await refused(listen(server(), { kind: 'tcp', host: '127.0.0.1', port: again }), /EADDRINUSE/)
+    await refused(listen(server(), { kind: 'tcp', host: '127.0.0.1', port: again }), new RegExp(`^cannot listen on 127\\.0\\.0\\.1:${again}: EADDRINUSE$`))
     const c = net.connect(again, '127.0.0.1')
     const got = await new Promise<string>((resolve, reject) => {
       let s = ''
@@ -234,6 +278,16 @@ describe('listen on TCP', () => {
       c.on('error', reject)
     })
     assert.equal(got, 'hello\n')
+  })
+})
+
+describe('listen on TCP with reusePort', () => {
+  it('several servers (worker threads) bind the same port; without reusePort the second is refused', async () => {
+    const first = await listen(server(), { kind: 'tcp', host: '127.0.0.1', port: 0 }, { reusePort: true })
+    const port = first.kind === 'tcp' ? first.port : 0
+    const second = await listen(server(), { kind: 'tcp', host: '127.0.0.1', port }, { reusePort: true })
+    assert.deepEqual(second, { kind: 'tcp', host: '127.0.0.1', port })
+    await refused(listen(server(), { kind: 'tcp', host: '127.0.0.1', port }), /EADDRINUSE/)
   })
 })
 

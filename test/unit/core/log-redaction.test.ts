@@ -1,5 +1,6 @@
 import { it } from 'node:test'
 import assert from 'node:assert/strict'
+import { generateKeyPairSync } from 'node:crypto'
 import { createLogger, type LogFormat } from '../../../src/core/log.ts'
 
 // The names a log field may carry a secret under, written out here rather than read from
@@ -7,7 +8,7 @@ import { createLogger, type LogFormat } from '../../../src/core/log.ts'
 const MUST_REDACT = [
   'key', 'privateKey', 'private_key', 'keyPem', 'token', 'joinToken', 'secret', 'password',
   'certificate', 'cert', 'certPem', 'certificates', 'authorization', 'Authorization', 'cookie',
-  'signature', 'pem', 'der',
+  'signature', 'pem', 'der', 'idToken', 'id_token', 'jwt',
 ]
 
 for (const format of ['json', 'text'] as LogFormat[]) {
@@ -64,4 +65,55 @@ it('secrets in the message itself (which no field scrub sees) are censored by th
   assert.equal(msgs[0], 'joining with tok-0123456789ab.[redacted] now', 'the token name stays, its secret goes')
   assert.equal(msgs[1], 'loaded [redacted] from memory')
   assert.equal(msgs[2], 'cert [redacted] and more')
+})
+
+function collect(): { log: ReturnType<typeof createLogger>; lines: string[] } {
+  const lines: string[] = []
+  return { log: createLogger({ level: 'info', sink: { write: (l) => void lines.push(l) } }), lines }
+}
+
+it('a KeyObject in a field is written as [redacted], not as an empty object', () => {
+  const { log, lines } = collect()
+  const { privateKey } = generateKeyPairSync('ed25519')
+  log.info({ held: privateKey, nested: { k: privateKey } }, 'key object')
+  const rec = JSON.parse(lines[0]!) as Record<string, any>
+  assert.equal(rec.held, '[redacted]')
+  assert.equal(rec.nested.k, '[redacted]')
+})
+
+it('a Buffer nested deeper than the field scrub walks is censored on the line', () => {
+  const { log, lines } = collect()
+  log.info({ a: { b: { c: { d: { e: { material: Buffer.from('deep-buffer-secret') } } } } } }, 'deep buffer')
+  assert.equal(lines.length, 1)
+  assert.doesNotMatch(lines[0]!, /"data":\[|100,101,101,112/, 'no byte values in the line')
+  assert.equal((JSON.parse(lines[0]!) as Record<string, any>).a.b.c.d.e.material, '[redacted]')
+})
+
+it('a PEM block cut off before its END line is censored in the message too', () => {
+  const { log, lines } = collect()
+  log.info('upstream said: -----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg')
+  assert.equal((JSON.parse(lines[0]!) as { msg: string }).msg, 'upstream said: [redacted]')
+})
+
+it('the field scrub censors an unterminated PEM block with a quote in it (where the line scrub stops)', () => {
+  const { log, lines } = collect()
+  log.info({ note: 'got -----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG"tail-of-the-key-body-abc' }, 'cut pem with a quote')
+  assert.doesNotMatch(lines[0]!, /MIGHAgEAMBMG|tail-of-the-key-body/)
+  assert.equal((JSON.parse(lines[0]!) as Record<string, string>).note, 'got [redacted]')
+})
+
+it('null fields stay null and a circular record is logged, not thrown on (the walk is bounded)', () => {
+  const { log, lines } = collect()
+  const loop: Record<string, unknown> = { name: 'loop' }
+  loop.self = loop
+  const ring: unknown[] = []
+  ring.push(ring)
+  log.info({ gone: null, deep: { gone: null } }, 'nulls')
+  log.info({ loop }, 'circular')
+  log.info({ ring }, 'circular array')
+  assert.equal(lines.length, 3)
+  const rec = JSON.parse(lines[0]!) as Record<string, any>
+  assert.equal(rec.gone, null)
+  assert.equal(rec.deep.gone, null)
+  assert.match(lines[1]!, /"msg":"circular"/)
 })

@@ -4,7 +4,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { endianness, tmpdir } from 'node:os'
 import path from 'node:path'
-import { addressBytes, PeerOwnerLookup, type ConnectionEnds } from '../../../src/core/peer-owner.ts'
+import { addressBytes, ProcNetPeerOwners, SockDiagPeerOwners, sharedPeerOwners, sockDiagMissing, type ConnectionEnds, type PeerOwners } from '../../../src/core/peer-owner.ts'
+import { loadSockDiag, type SockDiagLookup } from '../../../src/core/sock-diag.ts'
 
 const HEADER = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode'
 
@@ -20,23 +21,77 @@ const ends = (remotePort: number, localPort = 8001, local = '127.0.0.1', remote 
   localAddress: local, localPort, remoteAddress: remote, remotePort,
 })
 
-describe('PeerOwnerLookup against real loopback connections', () => {
-  const lookup = new PeerOwnerLookup()
+describe('the sock-diag addon', () => {
+  it('is built and used on Linux (npm install builds it; without it every connection batch walks /proc/net/tcp)', { skip: process.platform !== 'linux' }, () => {
+    assert.equal(sockDiagMissing, undefined, `install gcc and libc6-dev (apt-get install gcc libc6-dev), then run npm run build:native: ${sockDiagMissing}`)
+    assert.equal(sharedPeerOwners.method, 'sock_diag')
+  })
+
+  it('a missing or broken addon file is reported, not thrown', () => {
+    const missing = loadSockDiag('/nonexistent/sock-diag.node')
+    assert.ok('why' in missing && /not built/.test(missing.why))
+    const dir = mkdtempSync(path.join(tmpdir(), 'memid-addon-'))
+    try {
+      writeFileSync(path.join(dir, 'bad.node'), 'not an ELF file')
+      const bad = loadSockDiag(path.join(dir, 'bad.node'))
+      assert.ok('why' in bad && /cannot be loaded/.test(bad.why))
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('an error other than "no such socket" falls back to the /proc walk; "no such socket" does not', async () => {
+    const asked: string[] = []
+    const fallback: PeerOwners = { method: 'fake', owner: async () => { asked.push('fallback'); return { uid: 4242 } } }
+    const eafnosupport: SockDiagLookup = () => [97, 0, 0]
+    assert.deepEqual(await new SockDiagPeerOwners(eafnosupport, fallback).owner(ends(40000)), { uid: 4242 })
+    const enoent: SockDiagLookup = () => [2, 0, 0]
+    const none = await new SockDiagPeerOwners(enoent, fallback).owner(ends(40000))
+    assert.equal(none.uid, undefined)
+    assert.deepEqual(asked, ['fallback'])
+  })
+
+  it('a found socket with inode 0 (closed, TIME_WAIT) has no owner, not root', async () => {
+    const timeWait: SockDiagLookup = () => [0, 0, 0]
+    const owner = await new SockDiagPeerOwners(timeWait).owner(ends(40000))
+    assert.equal(owner.uid, undefined)
+  })
+
+  it('asks for an IPv4 client as AF_INET, then as an AF_INET6 socket holding the mapped address', async () => {
+    const calls: string[] = []
+    const onlyV6: SockDiagLookup = (family, src, sport, dst, dport) => {
+      calls.push(`${family} ${Buffer.from(src).toString('hex')}:${sport} ${Buffer.from(dst).toString('hex')}:${dport}`)
+      return family === 6 ? [0, 1234, 99] : [2, 0, 0]
+    }
+    assert.deepEqual(await new SockDiagPeerOwners(onlyV6).owner(ends(40000, 8001)), { uid: 1234 })
+    assert.deepEqual(calls, [
+      '4 7f000001:40000 7f000001:8001',
+      '6 00000000000000000000ffff7f000001:40000 00000000000000000000ffff7f000001:8001',
+    ])
+  })
+})
+
+const diag = loadSockDiag()
+const implementations: [string, () => PeerOwners & { close?(): void }][] = [['ProcNetPeerOwners', () => new ProcNetPeerOwners()]]
+if ('lookup' in diag) implementations.push(['SockDiagPeerOwners', () => new SockDiagPeerOwners(diag.lookup, { method: 'none', owner: async () => ({ uid: undefined, why: 'no fallback in this test' }) })])
+
+for (const [name, make] of implementations) describe(`${name} against real loopback connections`, () => {
+  const lookup = make()
   const servers: net.Server[] = []
   const sockets: net.Socket[] = []
   after(() => {
     for (const s of sockets) s.destroy()
     for (const s of servers) s.close()
-    lookup.close()
+    lookup.close?.()
   })
 
-  async function pair(host: string): Promise<net.Socket[]> {
+  async function pair(host: string, n = 20): Promise<net.Socket[]> {
     const accepted: net.Socket[] = []
     const server = net.createServer((s) => accepted.push(s))
     servers.push(server)
     await new Promise<void>((r) => server.listen(0, host, r))
     const port = (server.address() as net.AddressInfo).port
-    const clients = await Promise.all(Array.from({ length: 20 }, () => new Promise<net.Socket>((resolve, reject) => {
+    const clients = await Promise.all(Array.from({ length: n }, () => new Promise<net.Socket>((resolve, reject) => {
       const c = net.connect(port, host, () => resolve(c)).once('error', reject)
     })))
     sockets.push(...clients)
@@ -48,7 +103,7 @@ describe('PeerOwnerLookup against real loopback connections', () => {
     localAddress: s.localAddress as string, localPort: s.localPort as number, remoteAddress: s.remoteAddress as string, remotePort: s.remotePort as number,
   })
 
-  it('finds this process as the owner of 20 IPv4 clients accepted at once (one shared walk)', async () => {
+  it('finds this process as the owner of 20 IPv4 clients accepted at once', async () => {
     const accepted = await pair('127.0.0.1')
     const owners = await Promise.all(accepted.map((s) => lookup.owner(endsOf(s))))
     assert.deepEqual(owners, accepted.map(() => ({ uid: process.geteuid?.() })))
@@ -69,9 +124,19 @@ describe('PeerOwnerLookup against real loopback connections', () => {
     const owner = await lookup.owner(ends(1, 1))
     assert.equal(owner.uid, undefined)
   })
+
+  it('a client that closed its socket before the lookup has no owner (not root)', async () => {
+    const [accepted] = await pair('127.0.0.1', 1)
+    const s = accepted as net.Socket
+    const e = endsOf(s)
+    const client = sockets.find((c) => c.localPort === e.remotePort && c !== s) as net.Socket
+    await new Promise<void>((resolve) => { s.once('end', resolve); client.end(); client.destroy() })
+    const owner = await lookup.owner(e)
+    assert.equal(owner.uid, undefined)
+  })
 })
 
-describe('PeerOwnerLookup against hand-made tables', () => {
+describe('ProcNetPeerOwners against hand-made tables', () => {
   let dir: string
   before(() => {
     dir = mkdtempSync(path.join(tmpdir(), 'memid-procnet-'))
@@ -95,33 +160,33 @@ describe('PeerOwnerLookup against hand-made tables', () => {
   after(() => rmSync(dir, { recursive: true, force: true }))
 
   it('reads the uid of the client\'s row, not of the server\'s own end', async () => {
-    const l = new PeerOwnerLookup(dir)
+    const l = new ProcNetPeerOwners(dir)
     assert.deepEqual(await l.owner(ends(0xa001)), { uid: 1234 })
     l.close()
   })
 
   it('a TIME_WAIT row (inode 0, uid column 0) is not taken for root', async () => {
-    const l = new PeerOwnerLookup(dir)
+    const l = new ProcNetPeerOwners(dir)
     assert.deepEqual(await l.owner(ends(0xa002)), { uid: undefined, why: 'the client closed its socket' })
     l.close()
   })
 
   it('an IPv4 client holding an AF_INET6 socket is found in tcp6 in its mapped form', async () => {
-    const l = new PeerOwnerLookup(dir)
+    const l = new ProcNetPeerOwners(dir)
     assert.deepEqual(await l.owner(ends(0xa003)), { uid: 4321 })
     assert.deepEqual(await l.owner(ends(0xa003, 8001, '::ffff:127.0.0.1', '::ffff:127.0.0.1')), { uid: 4321 })
     l.close()
   })
 
   it('several lookups in one turn are answered by one walk, each with its own row', async () => {
-    const l = new PeerOwnerLookup(dir)
+    const l = new ProcNetPeerOwners(dir)
     const got = await Promise.all([0xa001, 0xa002, 0xa003, 0xa004].map((p) => l.owner(ends(p))))
     assert.deepEqual(got.map((o) => o.uid), [1234, undefined, 4321, undefined])
     l.close()
   })
 
   it('without /proc (another OS, a sandbox) the owner is unknown, with the reason', async () => {
-    const l = new PeerOwnerLookup(path.join(dir, 'missing'))
+    const l = new ProcNetPeerOwners(path.join(dir, 'missing'))
     const o = await l.owner(ends(0xa001))
     assert.equal(o.uid, undefined)
     assert.match((o as { why: string }).why, /missing\/tcp6? cannot be read on this system/)
@@ -129,7 +194,7 @@ describe('PeerOwnerLookup against hand-made tables', () => {
 
   it('a hex port shorter than 4 digits is padded as the kernel does', async () => {
     writeFileSync(path.join(dir, 'tcp'), [HEADER, row(0, `${LO}:${hexPort(80)}`, `${LO}:${hexPort(8001)}`, '01', 77, 5), ''].join('\n'))
-    const l = new PeerOwnerLookup(dir)
+    const l = new ProcNetPeerOwners(dir)
     assert.deepEqual(await l.owner(ends(80)), { uid: 77 })
     l.close()
   })

@@ -2,7 +2,7 @@ import { describe, test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import {
-  errorResponse, parseStartupParams, readClientHello, TunnelRefusal, MAX_STARTUP_PACKET,
+  errorResponse, parseStartupParams, printable, readClientHello, TunnelRefusal, MAX_STARTUP_PACKET,
 } from '../../../src/services/db-tunnel/postgres.ts'
 import { resolveDbTunnelConfig, socketPort } from '../../../src/services/db-tunnel/config.ts'
 import { ConfigError } from '../../../src/core/errors.ts'
@@ -106,6 +106,94 @@ describe('postgres wire helpers', () => {
       await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === reason)
     })
   }
+
+  /** What readClientHello makes of `bytes`: the hello, or the refusal's reason, message and SQLSTATE. */
+  async function helloOf(bytes: Buffer): Promise<{ hello?: Awaited<ReturnType<typeof readClientHello>>; reason?: string; message?: string; code?: string; answers: string }> {
+    const pair = await socketPair()
+    open.push(pair)
+    let answers = ''
+    pair.client.on('data', (d: Buffer) => { answers += d.toString('latin1') })
+    const hello = readClientHello(pair.server, 1000)
+    pair.client.write(bytes)
+    try {
+      return { hello: await hello, answers }
+    } catch (e) {
+      assert.ok(e instanceof TunnelRefusal, String(e))
+      return { reason: e.reason, message: e.message, code: e.fields.code, answers }
+    } finally {
+      pair.close()
+    }
+  }
+
+  test('startup packet lengths: 8 and 10000 bytes are read, 7 and 10001 refused at once with the length named', async () => {
+    const max = startupPacket({ user: 'a'.repeat(MAX_STARTUP_PACKET - 15) })
+    assert.equal(max.length, MAX_STARTUP_PACKET)
+    const ok = await helloOf(max)
+    assert.equal(ok.hello?.kind, 'startup', JSON.stringify(ok))
+    const min = await helloOf(Buffer.concat([header(9, 196608), Buffer.of(0)]))
+    assert.equal(min.hello?.kind, 'startup', 'an empty parameter list is a startup packet')
+    for (const len of [7, MAX_STARTUP_PACKET + 1, -1]) {
+      const r = await helloOf(header(len, 196608))
+      assert.deepEqual([r.reason, r.code, r.message], ['bad_startup', '08P01', `invalid length of startup packet: ${len}`], String(len))
+    }
+    const eight = await helloOf(header(8, 196608))
+    assert.equal(eight.reason, 'bad_startup', 'a startup packet needs its terminator')
+    assert.match(eight.message ?? '', /expected terminator/)
+  })
+
+  test('SSL and GSS requests must be exactly 8 bytes, each answered once, with nothing sent after them in the clear', async () => {
+    for (const code of [80877103, 80877104]) {
+      const long = await helloOf(Buffer.concat([header(12, code), Buffer.alloc(4)]))
+      assert.deepEqual([long.reason, long.message, long.answers], ['bad_startup', 'invalid length of SSL/GSS negotiation request', ''], String(code))
+      const piggyback = await helloOf(Buffer.concat([header(8, code), startupPacket({ user: 'a' })]))
+      assert.deepEqual([piggyback.reason, piggyback.code, piggyback.message, piggyback.answers],
+        ['bad_startup', '08P01', 'received unencrypted data after SSL/GSS request', ''], `${code}: bytes after the request`)
+    }
+    const gssTwice = await helloOf(Buffer.concat([header(8, 80877104)]))
+    assert.equal(gssTwice.reason, 'client_timeout', 'a lone GSS request is answered and the reader waits')
+    assert.equal(gssTwice.answers, 'N')
+  })
+
+  test('a repeated GSS request is refused; SSL after GSS is answered', async () => {
+    const pair = await socketPair()
+    open.push(pair)
+    const hello = readClientHello(pair.server, 2000)
+    let answers = ''
+    pair.client.on('data', (d: Buffer) => { answers += d.toString() })
+    pair.client.write(header(8, 80877104))
+    await waitFor(() => answers === 'N')
+    pair.client.write(header(8, 80877104))
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === 'bad_startup' && e.message === 'repeated SSL/GSS negotiation request')
+  })
+
+  test('cancel requests of 16 and 268 bytes are read; 15 and 269 refused', async () => {
+    for (const len of [16, 268]) {
+      const r = await helloOf(Buffer.concat([header(len, 80877102), Buffer.alloc(len - 8, 1)]))
+      assert.equal(r.hello?.kind, 'cancel', String(len))
+      assert.equal(r.hello?.packet.length, len)
+    }
+    for (const len of [15, 269]) {
+      const r = await helloOf(Buffer.concat([header(len, 80877102), Buffer.alloc(len - 8, 1)]))
+      assert.deepEqual([r.reason, r.message], ['bad_startup', 'invalid length of cancel request'], String(len))
+    }
+  })
+
+  test('protocol versions other than 3.x are refused as unsupported, naming the version', async () => {
+    for (const [version, name] of [[0x20000, '2.0'], [0x40000, '4.0'], [0x1234, '0.4660']] as const) {
+      const r = await helloOf(header(8, version))
+      assert.deepEqual([r.reason, r.code, r.message], ['bad_startup', '0A000', `unsupported frontend protocol ${name}: this tunnel speaks protocol 3`], name)
+    }
+    const v32 = await helloOf(startupPacket({ user: 'a' }, 0x30002))
+    assert.equal(v32.hello?.kind === 'startup' && v32.hello.version, 0x30002, 'protocol 3.2 is read')
+  })
+
+  test('printable keeps client text safe to echo: non-ASCII replaced, long values cut', () => {
+    assert.equal(printable('a\nb\u00e9\u0000c'), 'a?b??c')
+    assert.equal(printable('x'.repeat(64)), 'x'.repeat(64))
+    assert.equal(printable('x'.repeat(65)), `${'x'.repeat(64)}…`)
+    assert.equal(printable('abcdef', 3), 'abc…')
+    assert.equal(printable(' ~'), ' ~')
+  })
 
   test('readClientHello gives up on a silent client and on one that hangs up mid-packet', async () => {
     const silent = await socketPair()

@@ -211,3 +211,93 @@ describe('db-tunnel tls protocol data path', () => {
     }
   })
 })
+
+describe('db-tunnel startup checks (before any upstream connection is spent)', () => {
+  let clientCa: X509Authority
+  let serverCa: X509Authority
+  let cert: { keyPem: string; certPem: string }
+  const cleanups: (() => Promise<void> | void)[] = []
+  before(async () => {
+    clientCa = await testCa('client CA')
+    serverCa = await testCa('server CA')
+    cert = await serverCertificate(serverCa)
+  })
+  after(async () => {
+    for (const c of cleanups.reverse()) await c()
+  })
+
+  async function tunnelTo(o: { database?: string; maxConnections?: number } = {}) {
+    const clock = new TestClock()
+    const upstream = await fakePostgres('tls', cert, clientCa.certPem)
+    cleanups.push(upstream.close)
+    const source = new CredentialSource<TlsClientCredential>('database orders', clock)
+    source.set(await dbCredential({ clientCa, serverCaPem: serverCa.certPem, user: 'app', host: '127.0.0.1', port: upstream.port }))
+    const deps = tunnelDeps(source, clock)
+    const tunnel = createDbTunnelService({
+      listen: '127.0.0.1:0', service: 'orders', username: 'app', protocol: 'postgres',
+      maxConnections: o.maxConnections ?? 5, connectTimeoutMs: 3000, ...(o.database !== undefined ? { database: o.database } : {}),
+    }, deps)
+    await tunnel.start()
+    cleanups.push(() => tunnel.stop(500))
+    const port = Number(tunnel.address.split(':').pop())
+    /** Sends a startup message; the ErrorResponse fields, or 'served' when the upstream answered. */
+    const startup = async (params: Record<string, string>, keep = false) => {
+      const s = await rawConnect({ host: '127.0.0.1', port })
+      s.write(startupPacket(params))
+      const first = await new Promise<Buffer>((resolve) => s.once('data', resolve))
+      if (!keep) s.destroy()
+      // An ErrorResponse this small arrives in one piece.
+      return { s, first: first[0] === 0x45 ? parseErrorResponse(first) : 'served' as const }
+    }
+    return { upstream, startup, clock, source, deps }
+  }
+
+  test('no user name, or another user than the tunnel\'s: 28000 naming the user to connect as, upstream untouched', async () => {
+    const t = await tunnelTo()
+    assert.deepEqual((await t.startup({ database: 'orders' })).first, {
+      S: 'FATAL', V: 'FATAL', C: '28000', M: 'memid tunnel orders: no PostgreSQL user name specified in startup packet', H: 'connect with -U app',
+    })
+    assert.equal(((await t.startup({ user: '' })).first as Record<string, string>).M, 'memid tunnel orders: no PostgreSQL user name specified in startup packet')
+    assert.deepEqual((await t.startup({ user: 'post\ngres' })).first, {
+      S: 'FATAL', V: 'FATAL', C: '28000', M: 'memid tunnel orders: this tunnel serves the database user "app", not "post?gres"',
+      H: 'connect with -U app (or PGUSER=app), or configure another tunnel for "post?gres"',
+    })
+    assert.equal(t.upstream.seen.length, 0, 'no upstream connection for a refused startup')
+    assert.equal((await t.startup({ user: 'app', database: 'anything' })).first, 'served', 'a tunnel without a database name serves any')
+  })
+
+  test('a tunnel for one database name refuses others, and an omitted name is the user name (as in PostgreSQL)', async () => {
+    const t = await tunnelTo({ database: 'orders' })
+    assert.deepEqual((await t.startup({ user: 'app', database: 'billing' })).first, {
+      S: 'FATAL', V: 'FATAL', C: '28000', M: 'memid tunnel orders: this tunnel serves the database "orders", not "billing"', H: 'connect with -d orders',
+    })
+    assert.equal(((await t.startup({ user: 'app' })).first as Record<string, string>).M, 'memid tunnel orders: this tunnel serves the database "orders", not "app"')
+    assert.equal(((await t.startup({ user: 'app', database: '' })).first as Record<string, string>).M, 'memid tunnel orders: this tunnel serves the database "orders", not "app"')
+    assert.equal(t.upstream.seen.length, 0)
+    assert.equal((await t.startup({ user: 'app', database: 'orders' })).first, 'served')
+    const same = await tunnelTo({ database: 'app' })
+    assert.equal((await same.startup({ user: 'app' })).first, 'served', 'no name given, the user name is the database')
+  })
+
+  test('max_connections: the session beyond the limit gets 53300; a closed session frees its place', async () => {
+    const t = await tunnelTo({ maxConnections: 1 })
+    const first = await t.startup({ user: 'app' }, true)
+    assert.equal(first.first, 'served')
+    assert.deepEqual((await t.startup({ user: 'app' })).first, {
+      S: 'FATAL', V: 'FATAL', C: '53300', M: 'memid tunnel orders: too many connections: this tunnel allows 1 at a time', H: 'close idle sessions or raise max_connections of this tunnel',
+    })
+    first.s.destroy()
+    await new Promise((r) => setTimeout(r, 100))
+    assert.equal((await t.startup({ user: 'app' })).first, 'served')
+  })
+
+  test('an expired identity is 28000 (identity_expired), not a connection attempt', async () => {
+    const t = await tunnelTo()
+    t.clock.offsetMs = 10 * 3_600_000
+    const r = (await t.startup({ user: 'app' })).first as Record<string, string>
+    assert.equal(r.C, '28000')
+    assert.match(r.H ?? '', /memid status/)
+    assert.equal(t.upstream.seen.length, 0)
+    assert.match(await t.deps.metrics.metrics(), /reason="identity_expired"\} 1/)
+  })
+})

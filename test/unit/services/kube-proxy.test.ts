@@ -42,6 +42,34 @@ describe('kube proxy config', () => {
     assert.equal(list.allows('localhost'), false)
   })
 
+  it('IPv6 entries with and without brackets, ports matched exactly, entries trimmed and case-folded', () => {
+    const list = new HostAllowList([' KUBE.Internal ', '[FE80::1]:6443', 'fe80::2', '[fe80::3]'])
+    for (const h of ['kube.internal', 'KUBE.INTERNAL:1', '[fe80::1]:6443', '[FE80::1]:6443', 'fe80::2', '[fe80::2]:9', '[fe80::3]', '[fe80::3]:1']) {
+      assert.equal(list.allows(h), true, h)
+    }
+    for (const h of ['[fe80::1]:6444', '[fe80::1]', 'fe80::1', 'fe80::1:6443', '[fe80::2', 'fe80::2]', '[fe80::2]x', 'fe80::2:9:zz', '[zz::1]', 'kube.internal:123456',
+      'kube.internal:', ':6443', 'kube_internal', '[fe80::1]:123456', 'x:1:2']) {
+      assert.equal(list.allows(h), false, h)
+    }
+  })
+
+  it('refuses entries that are not a host or host:port, naming the entry', () => {
+    for (const [i, bad] of ['', 'a b', '[::1', '[zz]', 'x:y:z', 'host:123456', ':80', 'https://h'].entries()) {
+      assert.throws(() => new HostAllowList(['ok', bad]), (e: unknown) => e instanceof ConfigError && e.message === `allowedHosts[1]: "${bad}" is not a host or host:port`, `${i}: ${bad}`)
+    }
+  })
+
+  it('a cached verdict is the same verdict: allowed stays allowed, refused stays refused', () => {
+    const list = new HostAllowList(['localhost'])
+    for (let i = 0; i < 3; i++) {
+      assert.equal(list.allows('localhost:8001'), true)
+      assert.equal(list.allows('evil.example'), false)
+    }
+    for (let i = 0; i < 31; i++) list.allows(`h${i}.example`)
+    assert.equal(list.allows('localhost:8001'), true, 'after the cache was cleared')
+    assert.equal(list.allows('evil.example'), false, 'after the cache was cleared')
+  })
+
   it('keeps its verdict cache bounded under many distinct Host values', () => {
     const list = new HostAllowList(['localhost'])
     for (let i = 0; i < 1000; i++) assert.equal(list.allows(`h${i}.example`), false)

@@ -196,6 +196,23 @@ describe('ssh-agent service (protocol level)', () => {
     fwd.close()
   })
 
+  it('session-bind: a connection binds at most 16 sessions (as OpenSSH), and an authentication bind is the last', async () => {
+    const host = generateKeyPairSync('ed25519')
+    const hostBlob = sshPublicKeyBlob(host.publicKey)
+    const bind = (fwd: boolean, i: number) => {
+      const sid = Buffer.from(`session ${i}`.padEnd(32, '.'))
+      return [sshStr('session-bind@openssh.com'), sshStr(hostBlob), sshStr(sid), sshStr(sshSign(host.privateKey, sid, 0)), Buffer.of(fwd ? 1 : 0)]
+    }
+    const hops = await RawAgentClient.connect(h.sock)
+    for (let i = 0; i < 16; i++) assert.equal((await hops.request(EXTENSION, ...bind(true, i))).type, SUCCESS, `forwarding hop ${i + 1}`)
+    assert.equal((await hops.request(EXTENSION, ...bind(true, 16))).type, FAILURE, 'the 17th bind')
+    hops.close()
+    const auth = await RawAgentClient.connect(h.sock)
+    assert.equal((await auth.request(EXTENSION, ...bind(false, 0))).type, SUCCESS)
+    assert.equal((await auth.request(EXTENSION, ...bind(true, 1))).type, FAILURE, 'no forwarding bind after the authentication bind')
+    auth.close()
+  })
+
   it('closes a connection on an oversized, empty or truncated frame; other connections carry on', async () => {
     const cred = h.source.current()
     const bystander = await RawAgentClient.connect(h.sock)
