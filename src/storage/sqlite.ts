@@ -26,6 +26,8 @@ const MAX_STATEMENTS = 256
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync
   readonly #statements = new Map<string, StatementSync>()
+  /** Writes waiting for the next group commit (#grouped). */
+  #group: { fn: () => unknown; resolve(v: unknown): void; reject(e: unknown): void }[] = []
 
   private constructor(db: DatabaseSync) {
     this.#db = db
@@ -84,6 +86,53 @@ export class SqliteStore implements Store {
     }
   }
 
+  /**
+   * Group commit: the hot writes (a renewal's or heartbeat's generation move with its audit
+   * rows, a join, an audit event) that arrive in one event-loop turn share one transaction
+   * and so one fsync (synchronous=FULL: ~1.6 ms of the thread, blocked, per commit on this
+   * machine, twice per renewal before). Each runs in its own savepoint, so one that throws
+   * is undone alone, exactly as its own transaction would be; every promise settles only
+   * after the COMMIT returned, i.e. after the write is durable. A failed COMMIT fails them all.
+   */
+  #grouped<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.#group.push({ fn, resolve: resolve as (v: unknown) => void, reject }) === 1) setImmediate(() => this.#commitGroup())
+    })
+  }
+
+  #commitGroup(): void {
+    const group = this.#group
+    this.#group = []
+    if (group.length === 0) return
+    const results: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = []
+    try {
+      this.#prepare('BEGIN IMMEDIATE').run()
+      for (const w of group) {
+        this.#prepare('SAVEPOINT w').run()
+        try {
+          results.push({ ok: true, value: w.fn() })
+          this.#prepare('RELEASE w').run()
+        } catch (err) {
+          // An error SQLite itself rolled back the transaction for fails the whole group below.
+          if (!this.#db.isTransaction) throw err
+          this.#prepare('ROLLBACK TO w').run()
+          this.#prepare('RELEASE w').run()
+          results.push({ ok: false, err })
+        }
+      }
+      this.#prepare('COMMIT').run()
+    } catch (err) {
+      if (this.#db.isTransaction) this.#prepare('ROLLBACK').run()
+      for (const w of group) w.reject(err)
+      return
+    }
+    group.forEach((w, i) => {
+      const r = results[i] as (typeof results)[number]
+      if (r.ok) w.resolve(r.value)
+      else w.reject(r.err)
+    })
+  }
+
   /** The statement for `sql`, compiled once. */
   #prepare(sql: string): StatementSync {
     let st = this.#statements.get(sql)
@@ -117,6 +166,8 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    // Writes still waiting for their group commit are committed (or refused) first.
+    if (this.#db.isOpen) this.#commitGroup()
     this.#statements.clear()
     if (this.#db.isOpen) this.#db.close()
   }
@@ -198,7 +249,7 @@ export class SqliteStore implements Store {
 
   // `seen` is not used: reading inside the transaction costs no round trip here.
   async consumeToken(name: string, decide: (token: JoinToken | undefined) => BotInstance): Promise<BotInstance> {
-    return this.#tx(() => {
+    return this.#grouped(() => {
       const r = this.#get('SELECT * FROM join_tokens WHERE name = ?', name)
       const instance = decide(r && tokenFromRow(r))
       this.#run('UPDATE join_tokens SET used_at = ?, used_by_instance = ? WHERE name = ? AND used_at IS NULL',
@@ -253,7 +304,7 @@ export class SqliteStore implements Store {
 
   // `seen` is not used: reading inside the transaction costs no round trip here.
   async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
-    return this.#tx(() => {
+    return this.#grouped(() => {
       const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
       const cur = r && instanceFromRow(r)
       const change = decide(cur, this.#locksFor(cur?.bot ?? null, id))
@@ -373,7 +424,7 @@ export class SqliteStore implements Store {
   }
 
   async appendAudit(ev: NewAuditEvent): Promise<AuditEvent> {
-    return this.#insertAudit(ev)
+    return this.#grouped(() => this.#insertAudit(ev))
   }
 
   #insertAudit(ev: NewAuditEvent): AuditEvent {
