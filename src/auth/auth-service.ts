@@ -16,6 +16,7 @@ import type { CaSet } from './cas.ts'
 import { decideRenewal, decideRequest, type Decision } from './generation.ts'
 import { secretMatches, splitToken } from './tokens.ts'
 import type { IssueContext } from './issuer.ts'
+import { spkiDer } from '../pki/x509.ts'
 import { issueKubeCertificate } from './issue-kube.ts'
 import { issueDbCertificate } from './issue-db.ts'
 import { issueSshCertificate } from './issue-ssh.ts'
@@ -267,7 +268,8 @@ export class AuthService {
     const a = await this.#authenticate(peer, 'renew')
     const now = this.#clock.now()
     const publicKey = parseAgentKey(req.publicKey, 'ec')
-    const keyId = createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex')
+    // spkiDer: the bytes OpenSSL's SPKI export gives, without its DER encoder (~0.1 ms).
+    const keyId = createHash('sha256').update(spkiDer(publicKey)).digest('hex')
     const g = a.claims.generation
     const ttlMs = clampTtl(req.ttl, a.bot)
     let seen = a.instance
