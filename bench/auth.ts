@@ -82,6 +82,8 @@ async function serve(): Promise<void> {
     await server.admin.addResource('db', { name: 'orders', uri: 'postgres://127.0.0.1:5432' })
     await server.admin.addBot({ name: 'bench', roles: ['r'], maxTtl: '1h' })
   }
+  // A normal exit on SIGTERM, so that MEMID_BENCH_CPU_PROF=DIR (--cpu-prof) writes its profile.
+  process.once('SIGTERM', () => process.exit(0))
   const loop = monitorEventLoopDelay({ resolution: 5 })
   loop.enable()
   const turns = new LoopTurns()

@@ -149,7 +149,9 @@ export async function serveAgentApi(o: {
     // No session resumption: a resumed session skips verifying the client certificate
     // (its expiry included) and carries over `authorized` from a handshake long past.
     // Without tickets and without a session cache every connection is a full handshake.
-    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+    // No renegotiation either: the API reads the verified client certificate once per
+    // connection (http-api.ts), so it must not change on a live connection.
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET | cryptoConstants.SSL_OP_NO_RENEGOTIATION,
   }, (req, res) => {
     served++
     void api.handle(req, res)

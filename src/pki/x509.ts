@@ -221,10 +221,11 @@ const SPKI_P256_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d03
 const SPKI_ED25519_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
 
 /**
- * The SubjectPublicKeyInfo of a key. For P-256 and Ed25519 it is a fixed prefix and the
- * point, read from the JWK export: OpenSSL 3's DER encoder costs as much as the signature.
+ * The SubjectPublicKeyInfo (DER) of a key, the same bytes as `export({ type: 'spki',
+ * format: 'der' })`. For P-256 and Ed25519 it is a fixed prefix and the point, read from
+ * the JWK export: OpenSSL 3's DER encoder costs as much as the signature.
  */
-function spkiDer(key: KeyObject): Buffer {
+export function spkiDer(key: KeyObject): Buffer {
   if (key.asymmetricKeyType === 'rsa') return key.export({ type: 'spki', format: 'der' })
   const jwk = key.export({ format: 'jwk' })
   if (key.asymmetricKeyType === 'ed25519') return Buffer.concat([SPKI_ED25519_PREFIX, Buffer.from(jwk.x as string, 'base64url')])

@@ -5,11 +5,14 @@
  */
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import tls from 'node:tls'
 import { createPublicKey, generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto'
 import type { AuthClient } from '../../src/agent/auth-client.ts'
 import { MemidError } from '../../src/core/errors.ts'
 import { createLogger } from '../../src/core/log.ts'
 import { createCaCertificate, type X509Authority } from '../../src/pki/x509.ts'
+import { buildClientContext } from '../../src/pki/tls-context.ts'
 import { startAuthServer, type AuthServer } from '../../src/auth/server.ts'
 import { issueBotIdentity, readBotClaims } from '../../src/auth/bot-identity.ts'
 import type { CreatedToken } from '../../src/auth/admin.ts'
@@ -227,5 +230,37 @@ describe('auth service security checks (in process)', () => {
     const [hb] = await srv.admin.pageAudit({ type: 'heartbeat.failed', bot: b.name, limit: 1000 }).then((p) => p.items.reverse())
     assert.equal(hb?.code, 'ERR_LOCKED')
     assert.equal(hb?.fields.generation, 1)
+  })
+
+  test('an identity that expires while its connection stays open is refused on that connection (ERR_CERT_EXPIRED)', async () => {
+    const b = await bot()
+    const real = await join(c, b.token)
+    // Valid for 1.5 s. The service reads a connection's certificate once, so only the
+    // per-request expiry check can refuse the second heartbeat on the kept-alive socket;
+    // a new connection would fail the handshake's verification instead (ERR_UNAUTHENTICATED).
+    const short = await forge(c, srv.cas.bot, real, { ttlMs: 1_500, now: Date.now() })
+    await heartbeat(c, short)
+    await new Promise((r) => setTimeout(r, 1_800))
+    await rejectsCode(heartbeat(c, short), 'ERR_CERT_EXPIRED')
+    await heartbeat(c, real)
+  })
+
+  test('a client cannot renegotiate on a live connection (the certificate read at the handshake is the one the connection keeps)', async () => {
+    const b = await bot()
+    const real = await join(c, b.token)
+    const { port } = new URL(`https://${srv.address}`)
+    const sock = tls.connect({
+      host: '127.0.0.1', port: Number(port), servername: 'memid-auth', maxVersion: 'TLSv1.2',
+      secureContext: buildClientContext({ key: real.key, certPem: real.res.certificate, caPem: c.cas.tls }),
+    })
+    await once(sock, 'secureConnect')
+    const err = await new Promise<Error | null>((resolve) => {
+      sock.once('error', resolve)
+      sock.once('close', () => resolve(new Error('closed')))
+      const asked = sock.renegotiate({ rejectUnauthorized: false }, (e) => resolve(e ?? null))
+      if (!asked) resolve(new Error('renegotiate() refused locally'))
+    })
+    sock.destroy()
+    assert.ok(err !== null, 'the server accepted a renegotiation')
   })
 })

@@ -6,7 +6,7 @@ import tls from 'node:tls'
 import type net from 'node:net'
 import * as x509 from '@peculiar/x509'
 import {
-  BACKDATE_MS, certificateSerial, createCaCertificate, issueLeaf, newSerial, spkiPin, type IssuedX509, type LeafOptions, type X509Authority,
+  BACKDATE_MS, certificateSerial, createCaCertificate, issueLeaf, newSerial, spkiDer, spkiPin, type IssuedX509, type LeafOptions, type X509Authority,
 } from '../../../src/pki/x509.ts'
 
 const EKU_SERVER = '1.3.6.1.5.5.7.3.1'
@@ -182,6 +182,16 @@ describe('issued certificates in a real TLS handshake', () => {
     const named = await leaf({ publicKey: srv.publicKey, usage: 'server', dnsNames: ['auth.internal'] })
     const port2 = await serve(named.pem, srv.privateKey)
     await assert.rejects(dial(port2, clientCert.pem, cli.privateKey, 'other.internal'), /altnames|Hostname/i)
+  })
+})
+
+describe('spkiDer', () => {
+  // The renewal's key id (a retried renewal with the same key must find its pending
+  // generation) hashes these bytes; key ids stored before hashed OpenSSL's export.
+  it('gives the bytes of OpenSSL\'s SPKI export for P-256 (also a point with leading zero bytes), Ed25519 and RSA', () => {
+    const keys: KeyObject[] = [generateKeyPairSync('ed25519').publicKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey]
+    for (let i = 0; i < 300; i++) keys.push(generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey)
+    for (const k of keys) assert.deepEqual(spkiDer(k), k.export({ type: 'spki', format: 'der' }))
   })
 })
 

@@ -7,7 +7,7 @@ import { DatabaseSync } from 'node:sqlite'
 import { SqliteStore } from '../../../src/storage/sqlite.ts'
 import { openStore } from '../../../src/storage/open.ts'
 import { MemidError } from '../../../src/core/errors.ts'
-import { LEGACY_V1_ROWS, T0, assertLegacyUpgraded, role, storeContract } from '../../helpers/store-contract.ts'
+import { LEGACY_V1_ROWS, T0, acceptUnused, assertLegacyUpgraded, bot, instance, role, storeContract, token } from '../../helpers/store-contract.ts'
 import { SQLITE, SCHEMA_MIGRATIONS_DDL, migrations } from '../../../src/storage/migrations.ts'
 
 let dir: string
@@ -103,6 +103,37 @@ describe('SqliteStore file', () => {
     const s = SqliteStore.open(':memory:')
     await s.close()
     await s.close()
+  })
+})
+
+describe('SqliteStore group commit', () => {
+  it('writes queued in one turn share a commit, yet one that fails is undone alone and the next sees only the committed ones', async () => {
+    const s = store(path.join(dir, 'group.db'))
+    await s.createBot(bot('ci'))
+    await s.createToken(token('tok-0000000000g1'))
+    const inst = await s.consumeToken('tok-0000000000g1', acceptUnused(instance('tok-0000000000g1')))
+    await s.createLock({ id: 'taken', bot: 'nobody', reason: 'x', createdAt: T0 })
+    const seen: number[] = []
+    // Queued in the same turn: the second writes its instance, then fails on its lock (the id exists).
+    const [first, second, third] = await Promise.allSettled([
+      s.updateInstance(inst.id, (cur) => ({ instance: { ...cur!, generation: 2 }, audit: [{ type: 'g', success: true, fields: { n: 1 } }] })),
+      s.updateInstance(inst.id, (cur) => ({ instance: { ...cur!, generation: 99 }, audit: [{ type: 'g', success: true, fields: { n: 2 } }], locks: [{ id: 'taken', bot: 'ci', reason: 'y', createdAt: T0 }] })),
+      s.updateInstance(inst.id, (cur) => {
+        seen.push(cur!.generation)
+        return { instance: { ...cur!, generation: 3 }, audit: [{ type: 'g', success: true, fields: { n: 3 } }] }
+      }),
+    ])
+    assert.equal(first.status, 'fulfilled')
+    assert.equal(second.status, 'rejected')
+    assert.equal(third.status, 'fulfilled')
+    assert.deepEqual(seen, [2], 'the third saw the first write, not the undone second')
+    assert.equal((await s.getInstance(inst.id))?.generation, 3)
+    assert.deepEqual((await s.queryAudit({ type: 'g', limit: 10 })).map((e) => e.fields.n), [1, 3])
+    assert.deepEqual((await s.listLocks()).map((l) => l.bot), ['nobody'])
+    // And durable: another connection reads the same.
+    const other = new DatabaseSync(path.join(dir, 'group.db'))
+    assert.equal((other.prepare('SELECT generation FROM bot_instances WHERE id = ?').get(inst.id) as { generation: number }).generation, 3)
+    other.close()
   })
 })
 
