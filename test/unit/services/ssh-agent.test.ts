@@ -160,6 +160,24 @@ describe('ssh-agent service (protocol level)', () => {
     c.close()
   })
 
+  it('counts and logs each refused change by its name (a fixed list, not read from the code)', async () => {
+    const names: [number, string][] = [
+      [1, 'request-rsa-identities'], [3, 'rsa-challenge'], [7, 'add-rsa-identity'], [8, 'remove-rsa-identity'], [9, 'remove-all-rsa-identities'],
+      [17, 'add-identity'], [18, 'remove-identity'], [19, 'remove-all-identities'], [20, 'add-smartcard-key'], [21, 'remove-smartcard-key'],
+      [22, 'lock'], [23, 'unlock'], [24, 'add-rsa-id-constrained'], [25, 'add-id-constrained'], [26, 'add-smartcard-key-constrained'],
+    ]
+    const before = await h.metrics.getSingleMetricAsString('memid_ssh_agent_refused_requests_total')
+    const count = (text: string, name: string) => Number(new RegExp(`request="${name}"\\} (\\d+)`).exec(text)?.[1] ?? 0)
+    const c = await RawAgentClient.connect(h.sock)
+    for (const [type] of names) assert.equal((await c.request(type)).type, FAILURE, `type ${type}`)
+    c.close()
+    const after = await h.metrics.getSingleMetricAsString('memid_ssh_agent_refused_requests_total')
+    for (const [type, name] of names) {
+      assert.equal(count(after, name) - count(before, name), 1, `${type} counted as ${name}`)
+      assert.ok(h.logs.some((l) => l.includes('"request":"' + name + '"') && l.includes('the memid ssh agent is read-only')), `${name} logged`)
+    }
+  })
+
   it('answers the query extension and refuses unknown extensions', async () => {
     const c = await RawAgentClient.connect(h.sock)
     const q = await c.request(EXTENSION, sshStr('query'))
