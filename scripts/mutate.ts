@@ -8,6 +8,7 @@
  *   npm run mutate -- auth log       only the named groups
  *   MUTATE_CONCURRENCY=2 npm run mutate
  *   npm run mutate -- auth --only src/auth/tokens.ts,src/auth/rbac.ts   part of a group
+ *   MUTATE_FRESH=1 npm run mutate -- log   ignore the group's previous (incremental) results
  *
  * Not part of CI: it takes long (see README, "Mutation testing"). Reports land in
  * reports/mutation/<group>.html and .json.
@@ -26,7 +27,7 @@ interface Group {
 /**
  * The line range of one function or method, found by the text that opens it, so the
  * configuration follows the code when lines move. The range ends at the first line that
- * closes the block at the opening line's indentation.
+ * closes the block at the opening line's indentation (`closing`: `}` or `]` unless given).
  */
 function fn(file: string, opening: string, closing = ['}', ']']): string {
   const lines = readFileSync(file, 'utf8').split('\n')
