@@ -8,6 +8,7 @@
  *   npm run mutate -- auth log       only the named groups
  *   MUTATE_CONCURRENCY=2 npm run mutate
  *   npm run mutate -- auth --only src/auth/tokens.ts,src/auth/rbac.ts   part of a group
+ *   MUTATE_FRESH=1 npm run mutate -- log   ignore the group's previous (incremental) results
  *
  * Not part of CI: it takes long (see README, "Mutation testing"). Reports land in
  * reports/mutation/<group>.html and .json.
@@ -26,14 +27,14 @@ interface Group {
 /**
  * The line range of one function or method, found by the text that opens it, so the
  * configuration follows the code when lines move. The range ends at the first line that
- * closes the block at the opening line's indentation.
+ * closes the block at the opening line's indentation (`closing`: `}` or `]` unless given).
  */
-function fn(file: string, opening: string): string {
+function fn(file: string, opening: string, closing = ['}', ']']): string {
   const lines = readFileSync(file, 'utf8').split('\n')
   const start = lines.findIndex((l) => l.includes(opening))
   if (start < 0) throw new Error(`${file}: no line contains ${JSON.stringify(opening)} (update scripts/mutate.ts)`)
   const indent = /^\s*/.exec(lines[start] as string)?.[0] ?? ''
-  const end = lines.findIndex((l, i) => i > start && (l === `${indent}}` || l === `${indent}]`))
+  const end = lines.findIndex((l, i) => i > start && closing.some((c) => l === `${indent}${c}`))
   if (end < 0) throw new Error(`${file}: cannot find the end of ${JSON.stringify(opening)}`)
   return `${file}:${start + 1}-${end + 1}`
 }
@@ -94,13 +95,24 @@ const GROUPS: Group[] = [
   },
   {
     name: 'ssh-agent',
-    mutate: ['src/services/ssh-agent/connection.ts', 'src/services/ssh-agent/protocol.ts'],
-    tests: ['test/unit/services/ssh-agent.test.ts', 'test/integration/ssh-agent.test.ts'],
+    // The read-only refusals, sign checks and session binding, the framing, and the list of
+    // refused requests. The rest of protocol.ts is constants that build frames at load time:
+    // every test would run for each of them. The real-ssh integration test adds little here
+    // and triples each mutant's time.
+    mutate: ['src/services/ssh-agent/connection.ts', fn('src/services/ssh-agent/protocol.ts', 'export const MUTATING_REQUESTS', ['])']), fn('src/services/ssh-agent/protocol.ts', 'export class FrameReader')],
+    tests: ['test/unit/services/ssh-agent.test.ts'],
   },
   {
+    // Header stripping, the Host allow-list and Status answers: pure functions with unit tests.
+    name: 'kube-headers',
+    mutate: ['src/services/kube-proxy/headers.ts', 'src/services/kube-proxy/status.ts', fn('src/services/kube-proxy/config.ts', 'export class HostAllowList {'), fn('src/services/kube-proxy/config.ts', 'function splitHost(')],
+    tests: ['test/unit/services/kube-proxy.test.ts'],
+  },
+  {
+    // Where the service applies them: the Host check per request, failing closed without a certificate.
     name: 'kube-proxy',
-    mutate: ['src/services/kube-proxy/headers.ts', 'src/services/kube-proxy/status.ts', fn('src/services/kube-proxy/config.ts', 'export class HostAllowList {'), fn('src/services/kube-proxy/config.ts', 'function splitHost('), fn('src/services/kube-proxy/index.ts', '  #hostAllowed('), fn('src/services/kube-proxy/index.ts', '  #current(')],
-    tests: ['test/unit/services/kube-proxy.test.ts', 'test/unit/services/kube-proxy-service.test.ts'],
+    mutate: [fn('src/services/kube-proxy/index.ts', '  #hostAllowed('), fn('src/services/kube-proxy/index.ts', '  #current(')],
+    tests: ['test/unit/services/kube-proxy-service.test.ts'],
   },
   {
     name: 'db-tunnel',

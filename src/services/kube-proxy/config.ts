@@ -60,6 +60,11 @@ export class HostAllowList {
     })
   }
 
+  /** How many verdicts are cached (for tests: the cache must stay bounded). */
+  get cachedVerdicts(): number {
+    return this.#seen.size
+  }
+
   /** True when a request carrying this Host header may be forwarded. */
   allows(hostHeader: string | undefined): boolean {
     if (hostHeader === undefined) return false

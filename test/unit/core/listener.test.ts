@@ -5,9 +5,9 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import {
-  ConnectionTracker, closeServer, formatAddress, isLoopback, isLoopbackHost, listen, parseListenAddress, removeSocketFile, type ListenAddress,
+  ConnectionTracker, closeServer, formatAddress, isLoopback, isLoopbackHost, listen, parseListenAddress, parseListenAt, removeSocketFile, type ListenAddress,
 } from '../../../src/core/listener.ts'
-import { MemidError } from '../../../src/core/errors.ts'
+import { ConfigError, MemidError } from '../../../src/core/errors.ts'
 
 let base: string
 const servers: net.Server[] = []
@@ -111,6 +111,12 @@ describe('parseListenAddress', () => {
   it('a value that is not text, or garbage, is an ERR_CONFIG naming at most 80 printable characters of it', () => {
     assert.throws(() => parseListenAddress(8001 as unknown as string), (e: unknown) => e instanceof MemidError && e.code === 'ERR_CONFIG')
     assert.throws(() => parseListenAddress(`\u0001${'z'.repeat(100)}`), { message: `must be host:port or an absolute socket path, got "?${'z'.repeat(79)}"` })
+  })
+
+  it('parseListenAt names the config key in a ConfigError', () => {
+    assert.deepEqual(parseListenAt('127.0.0.1:1', 'listen'), { kind: 'tcp', host: '127.0.0.1', port: 1 })
+    assert.throws(() => parseListenAt('nope', 'services[2].listen'),
+      (e: unknown) => e instanceof ConfigError && e.message === 'services[2].listen: must be host:port or an absolute socket path, got "nope"')
   })
 
   it('isLoopbackHost takes bracketed IPv6 too', () => {

@@ -199,6 +199,8 @@ describe('LocalAccess', () => {
     const k = known.lines.find((l) => l.msg === 'local connection refused: user not allowed')
     assert.equal(k?.uid, 1234)
     assert.ok(!('why' in (k ?? {})))
+    const odd = { owner: async () => { throw 'not an Error' } } as unknown as PeerOwnerLookup
+    assert.match((await access({}, odd).a.check(s))?.message ?? '', /unknown \(lookup failed\)/)
   })
 
   it('logs again exactly 10 s after the last refusal line, counting those in between', async () => {

@@ -2,7 +2,7 @@ import { describe, test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import {
-  errorResponse, parseStartupParams, printable, readClientHello, TunnelRefusal, MAX_STARTUP_PACKET,
+  errorResponse, parseStartupParams, printable, readClientHello, SSL_REQUEST, TunnelRefusal, MAX_STARTUP_PACKET,
 } from '../../../src/services/db-tunnel/postgres.ts'
 import { resolveDbTunnelConfig, socketPort } from '../../../src/services/db-tunnel/config.ts'
 import { ConfigError } from '../../../src/core/errors.ts'
@@ -185,6 +185,49 @@ describe('postgres wire helpers', () => {
     }
     const v32 = await helloOf(startupPacket({ user: 'a' }, 0x30002))
     assert.equal(v32.hello?.kind === 'startup' && v32.hello.version, 0x30002, 'protocol 3.2 is read')
+  })
+
+  test('each broken startup layout is named: terminator, trailing data, unterminated name or value, duplicates', () => {
+    const raw = (body: string) => Buffer.concat([header(8 + body.length, 196608), Buffer.from(body, 'latin1')])
+    for (const [body, message] of [
+      ['user\0app\0', 'invalid startup packet layout: expected terminator as last byte'],
+      ['user\0app\0\0x', 'invalid startup packet layout: data after the terminator'],
+      ['user', 'invalid startup packet layout: unterminated parameter name'],
+      ['user\0app', 'invalid startup packet layout: unterminated parameter value'],
+      ['user\0a\0user\0b\0\0', 'duplicate startup parameter "user"'],
+    ] as const) {
+      assert.throws(() => parseStartupParams(raw(body)), (e: unknown) => e instanceof TunnelRefusal && e.name === 'TunnelRefusal' && e.reason === 'bad_startup' && e.message === message, JSON.stringify(body))
+    }
+  })
+
+  test('the SSLRequest sent upstream is length 8, code 80877103', () => {
+    assert.equal(SSL_REQUEST.toString('hex'), '0000000804d2162f')
+  })
+
+  test('GSS then SSL: both answered N, then the startup packet is read', async () => {
+    const pair = await socketPair()
+    open.push(pair)
+    let answers = ''
+    pair.client.on('data', (d: Buffer) => { answers += d.toString() })
+    const hello = readClientHello(pair.server, 2000)
+    pair.client.write(header(8, 80877104))
+    await waitFor(() => answers === 'N')
+    pair.client.write(header(8, 80877103))
+    await waitFor(() => answers === 'NN')
+    pair.client.write(startupPacket({ user: 'app' }))
+    assert.equal((await hello).kind, 'startup')
+  })
+
+  test('a silent client and a client that hangs up get 08P01 with their own message', async () => {
+    const silent = await socketPair()
+    open.push(silent)
+    await assert.rejects(readClientHello(silent.server, 100),
+      (e: unknown) => e instanceof TunnelRefusal && e.fields.code === '08P01' && e.message === 'no startup message received within 100 ms')
+    const quitter = await socketPair()
+    open.push(quitter)
+    const hello = readClientHello(quitter.server, 2000)
+    quitter.client.end(Buffer.from([0, 0]))
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.fields.code === '08P01' && e.message === 'incomplete startup packet')
   })
 
   test('printable keeps client text safe to echo: non-ASCII replaced, long values cut', () => {

@@ -264,6 +264,9 @@ describe('db-tunnel startup checks (before any upstream connection is spent)', (
     })
     assert.equal(t.upstream.seen.length, 0, 'no upstream connection for a refused startup')
     assert.equal((await t.startup({ user: 'app', database: 'anything' })).first, 'served', 'a tunnel without a database name serves any')
+    const m = await t.deps.metrics.metrics()
+    assert.match(m, /reason="bad_startup"\} 2/)
+    assert.match(m, /reason="wrong_user"\} 1/)
   })
 
   test('a tunnel for one database name refuses others, and an omitted name is the user name (as in PostgreSQL)', async () => {
@@ -275,6 +278,7 @@ describe('db-tunnel startup checks (before any upstream connection is spent)', (
     assert.equal(((await t.startup({ user: 'app', database: '' })).first as Record<string, string>).M, 'memid tunnel orders: this tunnel serves the database "orders", not "app"')
     assert.equal(t.upstream.seen.length, 0)
     assert.equal((await t.startup({ user: 'app', database: 'orders' })).first, 'served')
+    assert.match(await t.deps.metrics.metrics(), /reason="wrong_database"\} 3/)
     const same = await tunnelTo({ database: 'app' })
     assert.equal((await same.startup({ user: 'app' })).first, 'served', 'no name given, the user name is the database')
   })
@@ -286,6 +290,7 @@ describe('db-tunnel startup checks (before any upstream connection is spent)', (
     assert.deepEqual((await t.startup({ user: 'app' })).first, {
       S: 'FATAL', V: 'FATAL', C: '53300', M: 'memid tunnel orders: too many connections: this tunnel allows 1 at a time', H: 'close idle sessions or raise max_connections of this tunnel',
     })
+    assert.match(await t.deps.metrics.metrics(), /reason="too_many_connections"\} 1/)
     first.s.destroy()
     await new Promise((r) => setTimeout(r, 100))
     assert.equal((await t.startup({ user: 'app' })).first, 'served')

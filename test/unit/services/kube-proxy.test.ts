@@ -1,13 +1,15 @@
-import { describe, it } from 'node:test'
+import { after, describe, it } from 'node:test'
+import http from 'node:http'
+import net from 'node:net'
 import assert from 'node:assert/strict'
 import { parse } from 'yaml'
 import { ConfigError } from '../../../src/core/errors.ts'
 import { HostAllowList, resolveKubeProxyConfig } from '../../../src/services/kube-proxy/config.ts'
 import {
-  downstreamResponseHeaders, isDiscovery, isWatch, upgradeRequestHead, upstreamHttp2Headers, upstreamRequestHeaders,
+  authority, downstreamResponseHeaders, isDiscovery, isWatch, upgradeRequestHead, upstreamHttp2Headers, upstreamRequestHeaders,
 } from '../../../src/services/kube-proxy/headers.ts'
 import { renderKubeconfig } from '../../../src/services/kube-proxy/kubeconfig.ts'
-import { statusBody, warningHeader } from '../../../src/services/kube-proxy/status.ts'
+import { statusBody, warningHeader, writeRawStatus, writeStatus } from '../../../src/services/kube-proxy/status.ts'
 
 describe('kube proxy config', () => {
   it('accepts host:port and socket paths, and names the key of a bad value', () => {
@@ -53,6 +55,11 @@ describe('kube proxy config', () => {
     }
   })
 
+  it('names a long bad entry by its first 80 characters', () => {
+    const long = `bad host ${'x'.repeat(100)}`
+    assert.throws(() => new HostAllowList([long]), (e: unknown) => e instanceof ConfigError && e.message === `allowedHosts[0]: "${long.slice(0, 80)}" is not a host or host:port`)
+  })
+
   it('refuses entries that are not a host or host:port, naming the entry', () => {
     for (const [i, bad] of ['', 'a b', '[::1', '[zz]', 'x:y:z', 'host:123456', ':80', 'https://h'].entries()) {
       assert.throws(() => new HostAllowList(['ok', bad]), (e: unknown) => e instanceof ConfigError && e.message === `allowedHosts[1]: "${bad}" is not a host or host:port`, `${i}: ${bad}`)
@@ -72,7 +79,10 @@ describe('kube proxy config', () => {
 
   it('keeps its verdict cache bounded under many distinct Host values', () => {
     const list = new HostAllowList(['localhost'])
-    for (let i = 0; i < 1000; i++) assert.equal(list.allows(`h${i}.example`), false)
+    for (let i = 0; i < 1000; i++) {
+      assert.equal(list.allows(`h${i}.example`), false)
+      assert.ok(list.cachedVerdicts <= 32, String(list.cachedVerdicts))
+    }
     assert.equal(list.allows('localhost:1'), true)
   })
 })
@@ -120,6 +130,112 @@ describe('kube proxy headers', () => {
     assert.equal(isWatch('/api/v1/pods?watch=false'), false)
     assert.equal(isWatch('/api/v1/namespaces/watch/pods'), false)
     assert.equal(isWatch('/api/v1/pods'), false)
+  })
+})
+
+describe('kube proxy headers, each rule on its own', () => {
+  const HOP = ['Connection', 'close', 'Keep-Alive', 'timeout=5', 'Proxy-Connection', 'keep-alive', 'Proxy-Authenticate', 'Basic', 'Proxy-Authorization', 'Basic x',
+    'TE', 'trailers', 'Trailer', 'Expires', 'Transfer-Encoding', 'chunked', 'Upgrade', 'websocket']
+
+  it('every hop-by-hop header is dropped by name alone (Connection naming none of them)', () => {
+    const raw = [...HOP, 'Accept', 'a']
+    assert.deepEqual(upstreamRequestHeaders(raw, 'h:1'), ['Host', 'h:1', 'Accept', 'a'])
+    assert.deepEqual(downstreamResponseHeaders(raw), ['Accept', 'a'])
+    assert.deepEqual(upstreamHttp2Headers('GET', '/api', raw, 'h:1'), { ':method': 'GET', ':path': '/api', ':authority': 'h:1', ':scheme': 'https', accept: 'a' })
+    assert.equal(upgradeRequestHead('GET', '/x', raw, 'h:1'), 'GET /x HTTP/1.1\r\nHost: h:1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAccept: a\r\n\r\n')
+  })
+
+  it('a crafted pseudo-header never reaches the API server', () => {
+    const raw = [':authority', 'evil', ':method', 'DELETE', ':path', '/api/v1/secrets', ':scheme', 'http', 'Accept', 'a']
+    assert.deepEqual(upstreamHttp2Headers('GET', '/api', raw, 'h:1'), { ':method': 'GET', ':path': '/api', ':authority': 'h:1', ':scheme': 'https', accept: 'a' })
+    assert.deepEqual(upstreamRequestHeaders(raw, 'h:1'), ['Host', 'h:1', 'Accept', 'a'])
+  })
+
+  it('without a Connection header nothing else is dropped, in each direction', () => {
+    const raw = ['Accept', 'a', 'X-Ref', 'Impersonate-User', 'Impersonate-User', 'alice']
+    assert.deepEqual(upstreamRequestHeaders(raw, 'h:1'), ['Host', 'h:1', ...raw])
+    assert.deepEqual(downstreamResponseHeaders(raw), raw)
+    assert.deepEqual(upstreamHttp2Headers('GET', '/', raw, 'h:1'), { ':method': 'GET', ':path': '/', ':authority': 'h:1', ':scheme': 'https', accept: 'a', 'x-ref': 'Impersonate-User', 'impersonate-user': 'alice' })
+    assert.equal(upgradeRequestHead('GET', '/', raw, 'h:1'), 'GET / HTTP/1.1\r\nHost: h:1\r\nConnection: Upgrade\r\nAccept: a\r\nX-Ref: Impersonate-User\r\nImpersonate-User: alice\r\n\r\n')
+  })
+
+  it('a header repeated three times becomes a list of three in HTTP/2', () => {
+    assert.deepEqual(upstreamHttp2Headers('GET', '/', ['Accept', 'a', 'Accept', 'b', 'Accept', 'c'], 'h:1').accept, ['a', 'b', 'c'])
+  })
+
+  it('authority brackets IPv6 hosts', () => {
+    assert.equal(authority('::1', 6443), '[::1]:6443')
+    assert.equal(authority('10.0.0.1', 443), '10.0.0.1:443')
+  })
+
+  it('watch and discovery paths are matched from the start of the path, not in the query or a prefix', () => {
+    assert.equal(isWatch('/api/v1/watch/'), true)
+    assert.equal(isWatch('/api/v1?x=/watch/'), false)
+    assert.equal(isWatch('/x/api/v1/watch/pods'), false)
+    assert.equal(isDiscovery('/foo/api'), false)
+    assert.equal(isDiscovery('/x/version'), false)
+  })
+})
+
+describe('kube proxy Status answers on the wire', () => {
+  const servers: (http.Server | net.Server)[] = []
+  after(() => servers.forEach((s) => s.close()))
+
+  it('writeStatus sends the Status with JSON, no-cache and, when asked, the Warning', async () => {
+    const server = http.createServer((req, res) => writeStatus(res, 503, 'ServiceUnavailable', 'no certificate', req.url === '/warn'))
+    servers.push(server)
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    const base = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    for (const warn of [false, true]) {
+      const res = await fetch(`${base}/${warn ? 'warn' : 'plain'}`)
+      assert.equal(res.status, 503)
+      assert.equal(res.headers.get('content-type'), 'application/json')
+      assert.equal(res.headers.get('cache-control'), 'no-cache, private')
+      assert.equal(res.headers.get('warning'), warn ? '299 - "no certificate"' : null)
+      assert.deepEqual(await res.json(), JSON.parse(statusBody(503, 'ServiceUnavailable', 'no certificate')))
+    }
+  })
+
+  it('writeStatus after the headers went out cuts the response instead', async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': '100' })
+      res.write('partial')
+      writeStatus(res, 502, 'InternalError', 'upstream went away')
+    })
+    servers.push(server)
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/`
+    // Cut, not left hanging until the client gives up.
+    await assert.rejects(fetch(url, { signal: AbortSignal.timeout(3000) }).then((r) => r.text()),
+      (e: unknown) => e instanceof Error && e.name !== 'TimeoutError' && /other side closed|terminated/.test(String((e as { cause?: unknown }).cause ?? e.message)))
+  })
+
+  it('writeRawStatus answers a raw socket with the reason phrase of each code, then closes it', async () => {
+    for (const [code, phrase] of [[400, 'Bad Request'], [403, 'Forbidden'], [408, 'Request Timeout'], [431, 'Request Header Fields Too Large'],
+      [502, 'Bad Gateway'], [503, 'Service Unavailable'], [599, 'Error']] as const) {
+      const server = net.createServer((s) => writeRawStatus(s, code, 'BadRequest', 'nope'))
+      servers.push(server)
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+      const got = await new Promise<string>((resolve, reject) => {
+        let text = ''
+        const c = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1')
+        c.on('data', (d) => (text += d))
+        c.on('end', () => resolve(text))
+        c.on('error', reject)
+      })
+      const body = statusBody(code, 'BadRequest', 'nope')
+      assert.equal(got, `HTTP/1.1 ${code} ${phrase}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+    }
+  })
+
+  it('writeRawStatus on a socket that is already gone only destroys it', () => {
+    let destroyed = 0
+    let written = 0
+    const gone = { destroyed: true, writable: false, destroy: () => void destroyed++, end: () => void written++ }
+    writeRawStatus(gone as unknown as net.Socket, 400, 'BadRequest', 'x')
+    const halfGone = { destroyed: false, writable: false, destroy: () => void destroyed++, end: () => void written++ }
+    writeRawStatus(halfGone as unknown as net.Socket, 400, 'BadRequest', 'x')
+    assert.deepEqual([destroyed, written], [2, 0])
   })
 })
 

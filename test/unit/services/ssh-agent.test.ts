@@ -160,6 +160,51 @@ describe('ssh-agent service (protocol level)', () => {
     c.close()
   })
 
+  it('counts and logs each refused change by its name (a fixed list, not read from the code)', async () => {
+    const names: [number, string][] = [
+      [1, 'request-rsa-identities'], [3, 'rsa-challenge'], [7, 'add-rsa-identity'], [8, 'remove-rsa-identity'], [9, 'remove-all-rsa-identities'],
+      [17, 'add-identity'], [18, 'remove-identity'], [19, 'remove-all-identities'], [20, 'add-smartcard-key'], [21, 'remove-smartcard-key'],
+      [22, 'lock'], [23, 'unlock'], [24, 'add-rsa-id-constrained'], [25, 'add-id-constrained'], [26, 'add-smartcard-key-constrained'],
+    ]
+    const before = await h.metrics.getSingleMetricAsString('memid_ssh_agent_refused_requests_total')
+    const count = (text: string, name: string) => Number(new RegExp(`request="${name}"\\} (\\d+)`).exec(text)?.[1] ?? 0)
+    const c = await RawAgentClient.connect(h.sock)
+    for (const [type] of names) assert.equal((await c.request(type)).type, FAILURE, `type ${type}`)
+    c.close()
+    const after = await h.metrics.getSingleMetricAsString('memid_ssh_agent_refused_requests_total')
+    for (const [type, name] of names) {
+      assert.equal(count(after, name) - count(before, name), 1, `${type} counted as ${name}`)
+      assert.ok(h.logs.some((l) => l.includes('"request":"' + name + '"') && l.includes('the memid ssh agent is read-only')), `${name} logged`)
+    }
+  })
+
+  it('sign requests: short payloads close the connection; unknown keys and signatures are counted', async () => {
+    const cred = h.source.current()
+    const count = async (result: string) => Number(new RegExp(`result="${result}"\\} (\\d+)`).exec(await h.metrics.metrics())?.[1] ?? 0)
+    for (const [name, payload] of [['empty', []], ['only a key', [sshStr(cred.certificateBlob)]]] as [string, Buffer[]][]) {
+      const c = await RawAgentClient.connect(h.sock)
+      c.writeRaw(agentFrame(SIGN, ...payload))
+      await assert.rejects(c.next(2000), /closed the connection/, name)
+    }
+    assert.match(await h.metrics.metrics(), /memid_ssh_agent_protocol_errors_total\{reason="malformed"\} [1-9]/)
+    const ok0 = await count('ok')
+    const unknown0 = await count('unknown_key')
+    const c = await RawAgentClient.connect(h.sock)
+    assert.equal((await c.request(SIGN, sshStr(sshPublicKeyBlob(generateKeyPairSync('ed25519').publicKey)), sshStr('x'), u32(0))).type, FAILURE)
+    assert.equal((await c.request(SIGN, sshStr(cred.certificateBlob), sshStr('x'), u32(0))).type, SIGN_RESPONSE)
+    assert.equal(await count('unknown_key'), unknown0 + 1)
+    assert.equal(await count('ok'), ok0 + 1)
+    // Pipelined after an extension, in one write: both answered.
+    c.writeRaw(Buffer.concat([agentFrame(EXTENSION, sshStr('query')), agentFrame(IDENTITIES)]))
+    assert.equal((await c.next()).type, EXTENSION_RESPONSE)
+    assert.equal((await c.next()).type, IDENTITIES_ANSWER)
+    // An unknown message type is not logged as a refused change.
+    const refusedLines = h.logs.filter((l) => l.includes('the memid ssh agent is read-only')).length
+    assert.equal((await c.request(200)).type, FAILURE)
+    assert.equal(h.logs.filter((l) => l.includes('the memid ssh agent is read-only')).length, refusedLines)
+    c.close()
+  })
+
   it('answers the query extension and refuses unknown extensions', async () => {
     const c = await RawAgentClient.connect(h.sock)
     const q = await c.request(EXTENSION, sshStr('query'))
