@@ -199,7 +199,7 @@ describe('LocalAccess', () => {
     const k = known.lines.find((l) => l.msg === 'local connection refused: user not allowed')
     assert.equal(k?.uid, 1234)
     assert.ok(!('why' in (k ?? {})))
-    const odd = { owner: async () => { throw 'not an Error' } } as unknown as PeerOwnerLookup
+    const odd: PeerOwners = { method: 'sock_diag', owner: async () => { throw 'not an Error' } }
     assert.match((await access({}, odd).a.check(s))?.message ?? '', /unknown \(lookup failed\)/)
   })
 
