@@ -4,22 +4,9 @@ import { createPublicKey, generateKeyPairSync, X509Certificate } from 'node:cryp
 import { issueDbCertificate } from '../../../src/auth/issue-db.ts'
 import { createResourceCa, loadOrCreateCas, type CaSet } from '../../../src/auth/cas.ts'
 import type { IssueContext } from '../../../src/auth/issuer.ts'
-import { MemidError } from '../../../src/core/errors.ts'
 import { SqliteStore } from '../../../src/storage/sqlite.ts'
 import type { Role } from '../../../src/storage/store.ts'
-
-function role(name: string, grant: Partial<Pick<Role, 'databases' | 'dbUsers' | 'dbNames'>>): Role {
-  return { name, logins: [], kubeClusters: [], kubeUsers: [], kubeGroups: [], databases: [], dbUsers: [], dbNames: [], createdAt: '', ...grant }
-}
-
-async function refused(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof MemidError, String(err))
-    assert.equal(err.code, code, err.message)
-    assert.match(err.message, message)
-    return true
-  })
-}
+import { refused, role } from '../../helpers/issue.ts'
 
 describe('issueDbCertificate', () => {
   let store: SqliteStore
