@@ -104,7 +104,7 @@ export interface LoggerOptions {
 export function createLogger(opts: LoggerOptions = {}): Logger {
   const sink = opts.sink ?? stderrSink
   const stream = opts.format === 'text' ? textSink(sink) : sink
-  return pino(
+  const logger = pino(
     {
       level: opts.level ?? process.env.MEMID_LOG_LEVEL ?? 'info',
       base: opts.base ?? null,
@@ -115,6 +115,14 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     },
     stream,
   )
+  // Child bindings skip the log formatter and go straight to the path redactor, which
+  // throws on a Buffer (and would walk a KeyObject): scrub them first. Children are made
+  // with Object.create(parent), so every descendant finds this method.
+  const child = Object.getPrototypeOf(logger).child as Logger['child']
+  logger.child = function (this: Logger, bindings, options) {
+    return child.call(this, scrub(bindings, 0) as typeof bindings, options)
+  } as Logger['child']
+  return logger
 }
 
 /** A logger that drops everything, for library users who pass none. */

@@ -189,6 +189,24 @@ describe('log redaction', () => {
     assert.equal(rec.pid, undefined, 'no pid/hostname noise by default')
   })
 
+  it('a child logger bound to a Buffer, a typed array or a KeyObject logs the field as [redacted] instead of throwing, and its children too', () => {
+    for (const format of ['json', 'text'] as const) {
+      const { log, text, lines } = collect(format)
+      const child = log.child({ component: 'agent', raw: m.keyDer, view: new Uint8Array(m.keyDer), k: m.key })
+      child.child({ der: m.keyDer, nested: { blob: m.keyDer } }).info('grandchild')
+      child.info('child')
+      assert.equal(lines().length, 2)
+      const out = text()
+      assert.match(out, /grandchild/)
+      assert.match(out, /component.{1,3}agent/)
+      for (const f of secretFragments()) assert.ok(!out.includes(f), `${format}: leaked ${f.slice(0, 24)}…`)
+      if (format === 'json') {
+        const g = JSON.parse(lines()[0] as string) as Record<string, unknown>
+        assert.deepEqual([g.raw, g.view, g.k, g.der, (g.nested as Record<string, unknown>).blob], Array(5).fill('[redacted]'))
+      }
+    }
+  })
+
   it('the level is honoured', () => {
     const lines: string[] = []
     const log = createLogger({ level: 'warn', sink: { write: (l) => void lines.push(l) } })
