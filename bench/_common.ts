@@ -239,10 +239,28 @@ export async function waitForQuiet(maxMs = 60_000, threshold = 0.15): Promise<nu
 }
 
 /**
- * Runs the measured rounds: each starts once the machine is quiet, the two parties take
- * turns going first, and `foreign` records what else ran meanwhile. `measured` is called
- * after each round (for per-round ratios). Returns the seconds spent waiting for quiet.
+ * Runs `round(r)` `rounds` times, each after waiting (up to `quietWaitMs`) for the machine
+ * to be idle and with the other load measured around it. Returns the seconds spent waiting.
  */
+export async function quietRounds(opts: {
+  rounds: number
+  quietWaitMs: number
+  foreign: ForeignLoad
+  round(r: number): void | Promise<void>
+}): Promise<number> {
+  let waited = 0
+  for (let r = 0; r < opts.rounds; r++) {
+    const t0 = Date.now()
+    await waitForQuiet(opts.quietWaitMs)
+    waited += Date.now() - t0
+    opts.foreign.begin()
+    await opts.round(r)
+    opts.foreign.end()
+  }
+  return waited / 1000
+}
+
+/** `quietRounds` for two parties, which go first in turn; `measured()` after each round. */
 export async function alternateRounds<P extends string>(opts: {
   rounds: number
   quietWaitMs: number
@@ -252,17 +270,13 @@ export async function alternateRounds<P extends string>(opts: {
   measured(): void
 }): Promise<number> {
   const [a, b] = opts.parties
-  let waited = 0
-  for (let r = 0; r < opts.rounds; r++) {
-    const t0 = Date.now()
-    await waitForQuiet(opts.quietWaitMs)
-    waited += Date.now() - t0
-    opts.foreign.begin()
-    for (const who of r % 2 === 0 ? [a, b] : [b, a]) await opts.measure(who)
-    opts.foreign.end()
-    opts.measured()
-  }
-  return waited / 1000
+  return quietRounds({
+    ...opts,
+    async round(r) {
+      for (const who of r % 2 === 0 ? [a, b] : [b, a]) await opts.measure(who)
+      opts.measured()
+    },
+  })
 }
 
 export function median(xs: number[]): number {

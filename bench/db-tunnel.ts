@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url'
 import { sharedPeerOwners } from '../src/core/peer-owner.ts'
 import {
   benchCa, benchLeaf, benchService, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
-  machineLine, median, nginxVersion, startNginx, startRole, waitForPort, waitForQuiet, withBenchDir, writePem, type ClientMaterial,
+  machineLine, median, nginxVersion, startNginx, startRole, waitForPort, quietRounds, withBenchDir, writePem, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -177,19 +177,17 @@ async function main(): Promise<void> {
     }
     const checkPair: { on: Sample[]; off: Sample[] } = { on: [], off: [] }
     const foreign = new ForeignLoad(() => [memid.child.pid, nocheck.child.pid, stunnel.pid, nginx.pid, echo.pid])
-    let waited = 0
-    for (let r = 0; r < rounds; r++) {
-      const t0 = Date.now()
-      await waitForQuiet(quietWaitMs)
-      waited += Date.now() - t0
-      foreign.begin()
-      const order: Party[] = r % 2 === 0 ? ['memid', 'stunnel', 'direct'] : ['stunnel', 'memid', 'direct']
-      for (const test of ['conn', 'bulk', 'ping'] as const) for (const who of order) samples[test][who].push(tests[test](who))
-      // The check's price: on and off measured next to each other (on, off, off, on), so
-      // that load from outside moves both alike; the ratio is taken per pair.
-      for (const who of ['memid', 'memid-nocheck', 'memid-nocheck', 'memid'] as const) checkPair[who === 'memid' ? 'on' : 'off'].push(tests.conn(who))
-      foreign.end()
-    }
+    // memid and stunnel take turns going first; direct, the limit, always goes last.
+    const waited = await quietRounds({
+      rounds, quietWaitMs, foreign,
+      round(r) {
+        const order: Party[] = r % 2 === 0 ? ['memid', 'stunnel', 'direct'] : ['stunnel', 'memid', 'direct']
+        for (const test of ['conn', 'bulk', 'ping'] as const) for (const who of order) samples[test][who].push(tests[test](who))
+        // The check's price: on and off measured next to each other (on, off, off, on), so
+        // that load from outside moves both alike; the ratio is taken per pair.
+        for (const who of ['memid', 'memid-nocheck', 'memid-nocheck', 'memid'] as const) checkPair[who === 'memid' ? 'on' : 'off'].push(tests.conn(who))
+      },
+    })
 
     const ms = (x: number) => (Number.isNaN(x) ? '–' : x < 1 ? `${(x * 1000).toFixed(0)} µs` : `${x.toFixed(1)} ms`)
     const show = (test: keyof typeof tests, title: string, unit: string, cpuUnit: string, directNote: string, target: string, higher: 'rate' | 'p50') => {
@@ -219,6 +217,6 @@ async function main(): Promise<void> {
       `memid CPU on ${median(checkPair.on.map((x) => x.cpu)).toFixed(0)} µs/conn, off ${median(checkPair.off.map((x) => x.cpu)).toFixed(0)} µs/conn`)
     show('bulk', 'bulk MB/s each way (one connection, echo)', 'MB/s', 's/GB', '(plain TCP to the echo server: loopback ceiling, no TLS)', 'target ≥ 1.2×', 'rate')
     show('ping', `64 B ping-pong on one connection (${pings} round trips)`, '', 'µs/round trip', '(C client, TLS straight to nginx)', 'target ≤ 1.0×, lower is better', 'p50')
-    console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${(waited / 1000).toFixed(0)} s for quiet)`)
+    console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${waited.toFixed(0)} s for quiet)`)
   })
 }

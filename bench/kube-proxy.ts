@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util'
 import { defaultWorkers } from '../src/config/agent.ts'
 import {
   benchCa, benchLeaf, benchService, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
-  requireTool, startKubectlProxy, startNginx, startRole, waitForQuiet, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
+  requireTool, startKubectlProxy, startNginx, startRole, quietRounds, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
 } from './_common.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -136,16 +136,14 @@ async function main(): Promise<void> {
     for (const who of ['memid', 'kubectl', 'direct'] as const) for (const test of ['small', 'stream'] as const) measure(test, who, 1)
 
     const foreign = new ForeignLoad(() => [memid.child.pid, kp.child.pid, nginx.pid])
-    let waited = 0
-    for (let r = 0; r < rounds; r++) {
-      const t0 = Date.now()
-      await waitForQuiet(quietWaitMs)
-      waited += Date.now() - t0
-      foreign.begin()
-      const order: Party[] = r % 2 === 0 ? ['memid', 'kubectl', 'direct'] : ['kubectl', 'memid', 'direct']
-      for (const test of ['small', 'stream'] as const) for (const who of order) samples[test][who].push(measure(test, who))
-      foreign.end()
-    }
+    // memid and kubectl proxy take turns going first; direct, the limit, always goes last.
+    const waited = await quietRounds({
+      rounds, quietWaitMs, foreign,
+      round(r) {
+        const order: Party[] = r % 2 === 0 ? ['memid', 'kubectl', 'direct'] : ['kubectl', 'memid', 'direct']
+        for (const test of ['small', 'stream'] as const) for (const who of order) samples[test][who].push(measure(test, who))
+      },
+    })
 
     console.log(`${machineLine()}; memid --workers ${workers}; nginx ${nginxVersion()} (mTLS, h2 + http/1.1 offered); wrk -t1 -c${connections} -d${seconds}s × ${rounds} rounds, medians (per-round values in brackets)`)
     const titles = { small: `small GET ${SMALL_PATH} (~1 KB PodList)`, stream: `stream ${STREAM_PATH} (32 × 1 KB chunks per response)` }
@@ -163,7 +161,7 @@ async function main(): Promise<void> {
       const b = med.kubectl as Sample
       console.log(`  ratio memid/kubectl ${(a.rate / b.rate).toFixed(2)}× req/s (target ${test === 'small' ? '≥ 1.2×' : '≥ 1.0×'}), p99 ${(a.p99 / b.p99).toFixed(2)}× (target ≤ 1.0×), CPU per request ${(a.cpu / b.cpu).toFixed(2)}×`)
     }
-    console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${(waited / 1000).toFixed(0)} s for quiet)`)
+    console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${waited.toFixed(0)} s for quiet)`)
   })
 }
 
