@@ -1,9 +1,22 @@
-import 'reflect-metadata'
 import { randomBytes, webcrypto, createHash, createPublicKey, sign, X509Certificate, type KeyObject } from 'node:crypto'
-import * as x509 from '@peculiar/x509'
+import type * as X509 from '@peculiar/x509'
 import { bitString, children, directoryString, ipBytes, octetString, oid, readTlv, seq, TAG, time, tlv, uint } from './der.ts'
 
-x509.cryptoProvider.set(webcrypto as never)
+/**
+ * @peculiar/x509 builds only the self-signed CA, once per auth service's life. It and its
+ * ASN.1 schemas cost ~0.2 s of CPU and ~20 MB to load, so it is imported on first use: the
+ * agent, which never creates a CA, does not load it at all.
+ */
+let peculiar: Promise<typeof X509> | undefined
+function loadX509(): Promise<typeof X509> {
+  peculiar ??= (async () => {
+    await import('reflect-metadata')
+    const x509 = await import('@peculiar/x509')
+    x509.cryptoProvider.set(webcrypto as never)
+    return x509
+  })()
+  return peculiar
+}
 
 type CryptoKey = webcrypto.CryptoKey
 
@@ -59,12 +72,13 @@ function toPublicCryptoKey(key: KeyObject): CryptoKey {
   throw new TypeError(`unsupported public key type ${String(a)}`)
 }
 
-function jsonName(commonName: string, organizations: string[] = []): x509.JsonName {
+function jsonName(commonName: string, organizations: string[] = []): X509.JsonName {
   return [{ CN: [commonName] }, ...organizations.map((o) => ({ O: [o] }))]
 }
 
 /** Creates a self-signed CA certificate (basicConstraints CA:TRUE, keyCertSign). */
 export async function createCaCertificate(key: KeyObject, publicKey: KeyObject, commonName: string, ttlMs: number): Promise<string> {
+  const x509 = await loadX509()
   const now = Date.now()
   const pub = toPublicCryptoKey(publicKey)
   const cert = await x509.X509CertificateGenerator.create({
