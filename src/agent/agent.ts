@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client'
+import { aggregateMetrics, Counter, Gauge, Registry } from '../core/metrics.ts'
 import type { Clock } from '../core/clock.ts'
 import { systemClock } from '../core/clock.ts'
 import { MemidError, describeError } from '../core/errors.ts'
@@ -229,7 +229,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
   async #metrics(): Promise<string> {
     const extra = (await Promise.all(this.#slots.map((s) => s.service?.metrics?.() ?? []))).flat()
     if (extra.length === 0) return this.#registry.metrics()
-    return AggregatorRegistry.aggregate([await this.#registry.getMetricsAsJSON(), ...extra]).metrics()
+    return aggregateMetrics([await this.#registry.getMetricsAsJSON(), ...extra]).metrics()
   }
 
   #fatal(err: MemidError): void {

@@ -1,6 +1,6 @@
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import os from 'node:os'
-import type { Counter } from 'prom-client'
+import type { Counter } from '../core/metrics.ts'
 import type { Clock } from '../core/clock.ts'
 import { MemidError, describeError, hasCode } from '../core/errors.ts'
 import type { Logger } from '../core/log.ts'

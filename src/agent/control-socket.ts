@@ -1,6 +1,6 @@
-import http from 'node:http'
+import type { Server, ServerResponse } from 'node:http'
 import { MemidError } from '../core/errors.ts'
-import { Router, sendJson } from '../core/http.ts'
+import { Router, createHttpServer, sendJson } from '../core/http.ts'
 import { type Health, Lifecycle } from '../core/lifecycle.ts'
 import { closeServer, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
@@ -16,7 +16,7 @@ export interface ControlHandlers {
  */
 export class ControlSocket {
   readonly name = 'control-socket'
-  readonly #server: http.Server
+  readonly #server: Server
   readonly #path: string
   readonly #life = new Lifecycle('control-socket')
   #bound: ListenAddress | undefined
@@ -27,7 +27,7 @@ export class ControlSocket {
     r.on('GET', '/v1/status', (_q, res) => sendJson(res, 200, h.status()))
     r.on('GET', '/v1/kubeconfig', async (_q, res) => text(res, await h.kubeconfig()))
     r.on('GET', '/v1/known-hosts', (_q, res) => text(res, h.knownHosts()))
-    this.#server = http.createServer((req, res) => void r.handle(req, res))
+    this.#server = createHttpServer((req, res) => void r.handle(req, res))
     this.#server.headersTimeout = 5_000
     this.#server.requestTimeout = 10_000
     this.#server.on('clientError', (_err, socket) => socket.destroy())
@@ -63,7 +63,7 @@ export class ControlSocket {
   }
 }
 
-function text(res: http.ServerResponse, body: string): void {
+function text(res: ServerResponse, body: string): void {
   res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) })
   res.end(body)
 }

@@ -1,6 +1,6 @@
-import http from 'node:http'
-import { Registry } from 'prom-client'
-import { sendJson } from '../core/http.ts'
+import type { Server } from 'node:http'
+import { Registry } from '../core/metrics.ts'
+import { createHttpServer, sendJson } from '../core/http.ts'
 import { type Health, Lifecycle } from '../core/lifecycle.ts'
 import { closeServer, formatAddress, isLoopback, isLoopbackHost, listen, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 
@@ -30,7 +30,7 @@ function hostOf(header: string | undefined): string | undefined {
  */
 export class DiagnosticsServer {
   readonly name = 'diagnostics'
-  readonly #server: http.Server
+  readonly #server: Server
   readonly #listen: ListenAddress
   readonly #life = new Lifecycle('diagnostics')
   #bound: ListenAddress | undefined
@@ -40,7 +40,7 @@ export class DiagnosticsServer {
   /** `metrics` renders the Prometheus text (the agent's registry and its workers', summed). */
   constructor(listenAddr: ListenAddress, metrics: () => Promise<string>, readiness: () => Readiness) {
     this.#listen = listenAddr
-    this.#server = http.createServer((req, res) => {
+    this.#server = createHttpServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0]
       if (this.#loopbackHostsOnly) {
         const host = hostOf(req.headers.host)

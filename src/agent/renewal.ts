@@ -1,4 +1,4 @@
-import type { Counter } from 'prom-client'
+import type { Counter } from '../core/metrics.ts'
 import { systemClock, type TimerClock, type TimerHandle } from '../core/clock.ts'
 import type { Logger } from '../core/log.ts'
 import { FATAL_IDENTITY_CODES, MemidError, describeError } from '../core/errors.ts'

@@ -1,5 +1,5 @@
 import { constants as cryptoConstants, generateKeyPairSync, createPublicKey, type KeyObject } from 'node:crypto'
-import http from 'node:http'
+import type { Server } from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
 import os from 'node:os'
@@ -8,6 +8,7 @@ import type { Clock } from '../core/clock.ts'
 import { systemClock } from '../core/clock.ts'
 import type { Logger, LogFormat } from '../core/log.ts'
 import { MemidError } from '../core/errors.ts'
+import { createHttpServer } from '../core/http.ts'
 import { issueLeaf } from '../pki/x509.ts'
 import { withPrivateKeyPem } from '../pki/pem.ts'
 import { formatAddress, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
@@ -72,11 +73,11 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
     : await serveAgentApi({ auth, cas, identity, addr, logger: log, ...(opts.joinRate !== undefined ? { joinRate: opts.joinRate } : {}) })
   const address = formatAddress(api.address)
 
-  let adminServer: http.Server | undefined
+  let adminServer: Server | undefined
   let adminAddr: ListenAddress | undefined
   if (opts.adminSocket !== undefined) {
     const router = adminRouter(admin)
-    adminServer = http.createServer((req, res) => void router.handle(req, res))
+    adminServer = createHttpServer((req, res) => void router.handle(req, res))
     hardenServer(adminServer, log)
     adminAddr = await listen(adminServer, parseListenAddress(opts.adminSocket))
   }
@@ -163,7 +164,7 @@ export async function serveAgentApi(o: {
 }
 
 /** Timeouts and error handling so a slow, garbled or hostile client affects only itself. */
-function hardenServer(server: http.Server, log: Logger): void {
+function hardenServer(server: Server, log: Logger): void {
   server.headersTimeout = 10_000
   server.requestTimeout = 30_000
   server.keepAliveTimeout = 5_000
@@ -177,7 +178,7 @@ function hardenServer(server: http.Server, log: Logger): void {
   server.on('tlsClientError', (err: NodeJS.ErrnoException) => log.debug({ err: err.code ?? err.message }, 'TLS handshake failed'))
 }
 
-export async function drainHttp(server: http.Server, deadlineMs: number): Promise<void> {
+export async function drainHttp(server: Server, deadlineMs: number): Promise<void> {
   const closed = new Promise<void>((resolve) => server.close(() => resolve()))
   server.closeIdleConnections()
   const timer = setTimeout(() => server.closeAllConnections(), deadlineMs)

@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import type { Command } from 'commander'
-import YAML from 'yaml'
 import { MemidError } from '../core/errors.ts'
 import { formatDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
+import { loadYaml } from '../core/yaml.ts'
 import type { AuditEvent, Bot, BotInstance, Lock, Page, Resource, Role } from '../storage/store.ts'
 import type { AddedResource, CreatedPlatformToken, CreatedToken, PublicToken } from '../auth/admin.ts'
 import { emit, list, parseFormat, table, type Format } from './output.ts'
@@ -245,5 +245,5 @@ function instanceText(i: BotInstance): string {
     latestAuthentications: i.latestAuthentications,
     heartbeats: i.heartbeats,
   }
-  return YAML.stringify(doc)
+  return loadYaml().stringify(doc)
 }

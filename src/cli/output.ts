@@ -1,4 +1,4 @@
-import YAML from 'yaml'
+import { loadYaml } from '../core/yaml.ts'
 import { MemidError } from '../core/errors.ts'
 
 export type Format = 'text' | 'json' | 'yaml'
@@ -20,7 +20,7 @@ export function table(headers: string[], rows: (string | number | undefined)[][]
 /** Writes `value` as JSON or YAML, or calls `text` for the human form. */
 export function emit(format: Format, value: unknown, text: () => string): void {
   if (format === 'json') process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
-  else if (format === 'yaml') process.stdout.write(YAML.stringify(value))
+  else if (format === 'yaml') process.stdout.write(loadYaml().stringify(value))
   else process.stdout.write(text())
 }
 

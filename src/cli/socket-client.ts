@@ -1,5 +1,5 @@
-import http from 'node:http'
 import { MemidError, type ErrorCode } from '../core/errors.ts'
+import { httpRequest } from '../core/http.ts'
 
 /**
  * JSON over HTTP on a local unix socket: the admin socket of the auth service and the
@@ -8,7 +8,7 @@ import { MemidError, type ErrorCode } from '../core/errors.ts'
 export function socketRequest<T>(socketPath: string, method: string, path: string, body: unknown, what: string, hint: string): Promise<T> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body)
-    const req = http.request({
+    const req = httpRequest({
       socketPath, method, path,
       headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
       timeout: 15_000,

@@ -7,7 +7,7 @@ import type { PlatformJoinRequest } from '../api/types.ts'
 import { formatAddress, parseListenAddress, type ListenAddress } from '../core/listener.ts'
 import type { ResolvedService } from '../services/definition.ts'
 import { serviceFromFile, serviceFromOptions, serviceTypes, type ServiceOptions } from '../services/registry.ts'
-import { readYamlFile } from './auth.ts'
+import { readYamlFile } from '../core/yaml.ts'
 import { defaultControlSocket } from './paths.ts'
 
 export { defaultControlSocket } from './paths.ts'

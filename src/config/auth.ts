@@ -1,12 +1,12 @@
-import { readFileSync, mkdirSync, statSync, chmodSync } from 'node:fs'
+import { mkdirSync, statSync, chmodSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import path from 'node:path'
-import YAML from 'yaml'
 import { z } from 'zod'
 import { ConfigError } from '../core/errors.ts'
 import { durationSchema, nameSchema, parseWith } from '../core/validate.ts'
 import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from './paths.ts'
+import { readYamlFile } from '../core/yaml.ts'
 
 const fileSchema = z.strictObject({
   version: z.literal('v1'),
@@ -45,21 +45,6 @@ export interface AuthFlags {
 }
 
 export { resolveDataDir } from './paths.ts'
-
-/** Reads a YAML config file into a plain value; a missing or malformed file is a ConfigError. */
-export function readYamlFile(file: string): unknown {
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new ConfigError(`--config: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
-  }
-  try {
-    return YAML.parse(text, { maxAliasCount: 10 }) ?? {}
-  } catch (err) {
-    throw new ConfigError(`${file}: not valid YAML: ${(err as Error).message.split('\n')[0]}`)
-  }
-}
 
 /** File, then flags on top. */
 export function loadAuthConfig(flags: AuthFlags): AuthConfig {

@@ -1,11 +1,10 @@
 import { mkdirSync, lstatSync, chmodSync, unlinkSync, statSync, readFileSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { Counter, type Registry } from 'prom-client'
+import { Counter, type Registry, metricOnce } from './metrics.ts'
 import type { Clock } from './clock.ts'
 import { ConfigError, MemidError } from './errors.ts'
 import type { Logger } from './log.ts'
-import { metricOnce } from './metrics.ts'
 import { sharedPeerOwners, sockDiagMissing, type PeerOwner, type PeerOwners } from './peer-owner.ts'
 
 /** Where a local service listens: TCP on a host and port, or a unix socket path. */

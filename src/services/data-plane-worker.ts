@@ -5,7 +5,7 @@
  * same way, so this thread writes nothing.
  */
 import { parentPort, workerData } from 'node:worker_threads'
-import { Registry } from 'prom-client'
+import { Registry } from '../core/metrics.ts'
 import { systemClock } from '../core/clock.ts'
 import { describeError } from '../core/errors.ts'
 import { createLogger } from '../core/log.ts'

@@ -1,4 +1,4 @@
-import type { MetricObjectWithValues, MetricValue, Registry } from 'prom-client'
+import type { MetricObjectWithValues, MetricValue, Registry } from '../core/metrics.ts'
 import type { Clock } from '../core/clock.ts'
 import { describeError } from '../core/errors.ts'
 import type { Health } from '../core/lifecycle.ts'

@@ -1,5 +1,4 @@
-import { Counter, Gauge, type Registry } from 'prom-client'
-import { metricOnce } from '../../core/metrics.ts'
+import { Counter, Gauge, type Registry, metricOnce } from '../../core/metrics.ts'
 
 /** What a tunnel exposes so the shared metrics can read it at scrape time. */
 export interface TunnelStats {

@@ -7,11 +7,12 @@
  * http-proxy destroys upgrades that are not WebSocket (so SPDY exec and port-forward die)
  * and keeps upstream watch requests running after the client has gone away.
  */
-import http from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError, describeError } from '../../core/errors.ts'
+import { createHttpServer } from '../../core/http.ts'
 import type { Logger } from '../../core/log.ts'
 import { ConnectionTracker, closeServer, formatAddress, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
 import { bindListener, speaksForService } from '../../core/shared-port.ts'
@@ -68,7 +69,7 @@ class KubeProxyService implements Service {
   readonly #checking = new WeakMap<Duplex, Promise<void>>()
   /** Connections from a user who may not use the proxy: every request gets 403. */
   readonly #refusedConns = new WeakMap<Duplex, LocalRefusal>()
-  readonly #server: http.Server
+  readonly #server: Server
   #bound: ListenAddress | undefined
   readonly #life: Lifecycle
   #conns: UpstreamConnections | undefined
@@ -97,7 +98,7 @@ class KubeProxyService implements Service {
     this.#log = deps.logger.child({ service: this.name })
     this.#metrics = new KubeProxyMetrics(deps.metrics, cfg.cluster)
     this.#access = new LocalAccess(this.name, cfg.exposure, { logger: this.#log, metrics: deps.metrics, clock: deps.clock })
-    this.#server = http.createServer({
+    this.#server = createHttpServer({
       maxHeaderSize: MAX_HEADER_BYTES,
       // Watches and `logs -f` stay open for as long as kubectl wants: no idle timeout.
       requestTimeout: 0,
@@ -193,7 +194,7 @@ class KubeProxyService implements Service {
     }
   }
 
-  #hostAllowed(req: http.IncomingMessage): boolean {
+  #hostAllowed(req: IncomingMessage): boolean {
     if (this.#cfg.allowedHosts.allows(req.headers.host)) return true
     // A hostile page can send these in a loop: one line per 10 s at most, with a count.
     this.#refusedHosts++
@@ -219,7 +220,7 @@ class KubeProxyService implements Service {
     this.#upstreamError = undefined
   }
 
-  #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
     const checking = this.#checking.get(req.socket)
     if (checking !== undefined) return void checking.then(() => this.#onRequest(req, res))
     const watch = isWatch(req.url ?? '')
@@ -249,7 +250,7 @@ class KubeProxyService implements Service {
     conns.forward(req, res, this.#forwardHooks)
   }
 
-  #onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+  #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy())
     const checking = this.#checking.get(socket)
     if (checking === undefined) return this.#upgradeChecked(req, socket, head)
@@ -258,7 +259,7 @@ class KubeProxyService implements Service {
     void checking.then(() => this.#upgradeChecked(req, socket, head))
   }
 
-  #upgradeChecked(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+  #upgradeChecked(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const refusal = this.#refusedConns.get(socket)
     if (refusal !== undefined) {
       this.#metrics.request(403)

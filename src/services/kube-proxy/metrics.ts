@@ -1,5 +1,5 @@
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
-import { metricOnce } from '../../core/metrics.ts'
+import type * as Prom from 'prom-client'
+import { Counter, Gauge, Histogram, type Registry, metricOnce } from '../../core/metrics.ts'
 
 /**
  * The proxy's metrics, labelled by cluster so several proxies in one agent share the same
@@ -11,8 +11,8 @@ export class KubeProxyMetrics {
   readonly #upgrades: Gauge<'cluster'>
   readonly #watches: Gauge<'cluster'>
   readonly #cluster: string
-  readonly #byCode = new Map<number, Counter.Internal>()
-  readonly #latencyChild: Histogram.Internal<'cluster'>
+  readonly #byCode = new Map<number, Prom.Counter.Internal>()
+  readonly #latencyChild: Prom.Histogram.Internal<'cluster'>
 
   constructor(registry: Registry, cluster: string) {
     this.#cluster = cluster

@@ -1,5 +1,4 @@
-import { Counter, Gauge, type Registry } from 'prom-client'
-import { metricOnce } from '../../core/metrics.ts'
+import { Counter, Gauge, type Registry, metricOnce } from '../../core/metrics.ts'
 
 /** The agent's metrics, with the hot-path counters bound to their labels once. */
 export interface SshAgentMetrics {

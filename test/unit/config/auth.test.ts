@@ -3,7 +3,8 @@ import assert from 'node:assert/strict'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { availableParallelism, tmpdir } from 'node:os'
 import path from 'node:path'
-import { ensureDataDir, loadAuthConfig, readYamlFile, resolveDataDir } from '../../../src/config/auth.ts'
+import { ensureDataDir, loadAuthConfig, resolveDataDir } from '../../../src/config/auth.ts'
+import { readYamlFile } from '../../../src/core/yaml.ts'
 import { MemidError } from '../../../src/core/errors.ts'
 
 let dir: string
