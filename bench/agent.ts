@@ -97,6 +97,14 @@ function memory(pid: number): { rss: number; peak: number } {
   return { rss: kb('VmRSS') / 1024, peak: kb('VmHWM') / 1024 }
 }
 
+/** CPU time a process has used so far (user + system), in ms: less sensitive to other load than wall time. */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')
+  // After the command name: state is field 3, utime 14 and stime 15 (1-based), in clock ticks.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+}
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+
 const loadavg = () => os.loadavg().map((l) => l.toFixed(1)).join(' ')
 
 await withBenchDir('memid-bench-agent-', async (dir) => {
@@ -132,16 +140,18 @@ await withBenchDir('memid-bench-agent-', async (dir) => {
     // start → ready: from spawn to the "agent ready" line's timestamp.
     for (const workers of [1, 4]) {
       const times: number[] = []
+      const cpu: number[] = []
       const rss: number[] = []
       for (let i = 0; i < STARTS; i++) {
         const agent = startAgent(workers)
         const rec = await agent.waitFor((r) => r.msg === 'agent ready')
         times.push(Number(rec.time) - agent.spawnedAt)
+        cpu.push(cpuMs(agent.child.pid as number))
         await new Promise((r) => setTimeout(r, 500))
         rss.push(memory(agent.child.pid as number).rss)
         await agent.stop()
       }
-      console.log(`start → ready, --workers ${workers}, three services: median ${median(times).toFixed(0)} ms (runs: ${times.map((t) => t.toFixed(0)).join(', ')}; target ≤ 500 ms); RSS at ready ${median(rss).toFixed(1)} MB`)
+      console.log(`start → ready, --workers ${workers}, three services: median ${median(times).toFixed(0)} ms (runs: ${times.map((t) => t.toFixed(0)).join(', ')}; target ≤ 500 ms); agent CPU to ready ${median(cpu).toFixed(0)} ms; RSS at ready ${median(rss).toFixed(1)} MB`)
     }
 
     // RSS after renewals, --workers 4.

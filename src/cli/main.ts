@@ -1,41 +1,33 @@
-import { Command, CommanderError } from 'commander'
-import { EXIT_OK, EXIT_USAGE, exitProcess, exitWithError } from './exit.ts'
-import { registerAuthCommands } from './auth.ts'
-import { registerAdminCommands } from './admin.ts'
-import { registerAgentCommands } from './agent.ts'
-import { VERSION } from '../version.ts'
+import { hardenProcess } from '../core/harden.ts'
+import { exitWithError } from './exit.ts'
 
-/** Builds the command tree; flag and config parsing only, the work lives in src/. */
-export function buildProgram(): Command {
-  const program = new Command('memid')
-    .description('machine identity that never touches the disk')
-    .version(VERSION)
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `memid: ${s.slice(7)}` : s) })
-  registerAuthCommands(program)
-  registerAdminCommands(program)
-  registerAgentCommands(program)
-  for (const cmd of allCommands(program)) cmd.exitOverride()
-  return program
+/**
+ * The long-running commands, which harden the process (no core dumps, no inspector on
+ * SIGUSR1) by re-executing it before they read any secret.
+ */
+function isLongRunning(argv: string[]): boolean {
+  const [command, sub] = argv.slice(2)
+  return command === 'start' || command === 'dev' || (command === 'auth' && sub === 'start')
 }
 
-function allCommands(c: Command): Command[] {
-  return [c, ...c.commands.flatMap(allCommands)]
-}
-
-/** The process entry point: exit 0 ok, 1 user error, 2 usage, 3 identity lost. */
+/**
+ * The process entry point: exit 0 ok, 1 user error, 2 usage, 3 identity lost.
+ *
+ * A long-running command re-executes the process (see `hardenProcess`) here, before the
+ * command tree and its dependencies (commander, zod, pino, the services) are loaded: the
+ * process that is replaced costs only Node's start, not a second load of the whole CLI.
+ * The command's action hardens again, which in the re-executed process only checks.
+ */
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram()
-  try {
-    await program.parseAsync(argv)
-  } catch (err) {
-    if (err instanceof CommanderError) {
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') exitProcess(EXIT_OK)
-      exitProcess(EXIT_USAGE)
+  if (isLongRunning(argv)) {
+    try {
+      hardenProcess()
+    } catch (err) {
+      exitWithError(err)
     }
-    exitWithError(err)
   }
+  const { runProgram } = await import('./program.ts')
+  await runProgram(argv)
 }
 
 if (import.meta.main) {
