@@ -243,6 +243,20 @@ describe('the generation state machine on PostgreSQL, two auth servers on one da
     assert.deepEqual((await s.sa.queryAudit({})).filter((e) => e.type === 'generation.mismatch' || e.type === 'lock.created').map((e) => e.type), ['generation.mismatch', 'lock.created'])
   })
 
+  it('copies racing through both servers (one identity, twelve keys at once): one renewal wins, every copy is refused, one lock row and one lock.created', async () => {
+    const s = await servers()
+    const peer = await joined(s, 'ci')
+    const got = await Promise.allSettled(Array.from({ length: 12 }, (_x, i) => (i % 2 ? s.a : s.b).renew({ publicKey: newKey().publicKey, ttl: '1h' }, peer)))
+    const won = got.filter((r) => r.status === 'fulfilled')
+    assert.equal(won.length, 1, 'exactly one copy renews')
+    for (const r of got) {
+      if (r.status === 'rejected') assert.ok(r.reason instanceof MemidError && ['ERR_STALE_GENERATION', 'ERR_LOCKED'].includes(r.reason.code), String(r.reason))
+    }
+    const locks = await s.sb.listLocks()
+    assert.equal(locks.length, 1, `one lock row, not one per copy: ${JSON.stringify(locks)}`)
+    assert.equal((await s.sa.queryAudit({ type: 'lock.created' })).length, 1)
+  })
+
   it('a lock committed through the other server while a renewal is in flight stops it; so does a bot deletion', async () => {
     const s = await servers()
     const peer = await joined(s, 'ci')
