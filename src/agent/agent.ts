@@ -3,6 +3,7 @@ import { aggregateMetrics, Counter, Gauge, Registry } from '../core/metrics.ts'
 import type { Clock } from '../core/clock.ts'
 import { systemClock } from '../core/clock.ts'
 import { MemidError, describeError } from '../core/errors.ts'
+import { collectAfterRenewal } from '../core/gc.ts'
 import { formatAddress } from '../core/listener.ts'
 import { silentLogger, type Logger } from '../core/log.ts'
 import { resolveAgentOptions, type AgentConfig, type AgentConfigOptions } from '../config/agent.ts'
@@ -164,6 +165,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       run: async () => {
         const cred = await slot.renew(this.#identity.issuer())
         this.#log.info({ service: name, serial: cred.serial, notAfter: cred.notAfter.toISOString() }, 'service certificate issued')
+        collectAfterRenewal()
       },
     })
     return { resolved, slot, credential: slot.credential, loop, service: undefined }

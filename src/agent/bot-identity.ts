@@ -3,6 +3,7 @@ import os from 'node:os'
 import type { Counter } from '../core/metrics.ts'
 import type { Clock } from '../core/clock.ts'
 import { MemidError, describeError, hasCode } from '../core/errors.ts'
+import { collectAfterRenewal } from '../core/gc.ts'
 import type { Logger } from '../core/log.ts'
 import { buildClientContext } from '../pki/tls-context.ts'
 import type { HeartbeatRequest, IdentityResponse } from '../api/types.ts'
@@ -251,6 +252,7 @@ export class BotIdentityKeeper {
     // Old keep-alive sockets still authenticate as the previous generation; drop them.
     setTimeout(() => current.caller.agent.destroy(), 1_000).unref()
     this.#o.logger.info({ generation: next.generation, serial: next.serial, notAfter: next.notAfter.toISOString() }, 'identity renewed')
+    collectAfterRenewal()
     // The heartbeat under the new identity is what confirms the new generation.
     await this.heartbeat()
     await this.#o.onRenewed(next)

@@ -2,6 +2,7 @@ import type { Command } from 'commander'
 import { serviceFlags, type AgentFlags } from '../config/agent.ts'
 import type { AgentStatus } from '../agent/agent.ts'
 import { defaultControlSocket } from '../config/paths.ts'
+import { AGENT_NODE_FLAGS } from '../core/gc.ts'
 import { hardenProcess } from '../core/harden.ts'
 import { emit, parseFormat, table } from './output.ts'
 import { socketRequest } from './socket-client.ts'
@@ -55,7 +56,7 @@ export function registerAgentCommands(program: Command): void {
   }
   start.option('--log-format <format>', 'json or text')
     .action(async (flags: AgentFlags) => {
-      hardenProcess()
+      hardenProcess(process.env, AGENT_NODE_FLAGS)
       const { runStart } = await import('./start.ts')
       await runStart(flags)
     })

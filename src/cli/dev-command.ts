@@ -1,5 +1,6 @@
 import type { Command } from 'commander'
 import type { DevFlags } from './dev.ts'
+import { AGENT_NODE_FLAGS } from '../core/gc.ts'
 import { hardenProcess } from '../core/harden.ts'
 
 /** Registers `memid dev`; its implementation is loaded only when it runs. */
@@ -21,7 +22,7 @@ export function registerDevCommand(program: Command): void {
     .option('--db-listen <host:port>', 'tunnel address', '127.0.0.1:6432')
     .option('--log-format <format>', 'json or text', 'text')
     .action(async (f: DevFlags) => {
-      hardenProcess()
+      hardenProcess(process.env, AGENT_NODE_FLAGS)
       const { runDev } = await import('./dev.ts')
       await runDev(f)
     })

@@ -1,13 +1,17 @@
+import { AGENT_NODE_FLAGS } from '../core/gc.ts'
 import { hardenProcess } from '../core/harden.ts'
 import { exitWithError } from './exit.ts'
 
 /**
  * The long-running commands, which harden the process (no core dumps, no inspector on
- * SIGUSR1) by re-executing it before they read any secret.
+ * SIGUSR1) by re-executing it before they read any secret, and the node flags each runs
+ * with; undefined for the others.
  */
-function isLongRunning(argv: string[]): boolean {
+export function longRunningFlags(argv: string[]): readonly string[] | undefined {
   const [command, sub] = argv.slice(2)
-  return command === 'start' || command === 'dev' || (command === 'auth' && sub === 'start')
+  if (command === 'start' || command === 'dev') return AGENT_NODE_FLAGS
+  if (command === 'auth' && sub === 'start') return []
+  return undefined
 }
 
 /**
@@ -19,9 +23,10 @@ function isLongRunning(argv: string[]): boolean {
  * The command's action hardens again, which in the re-executed process only checks.
  */
 export async function main(argv: string[]): Promise<void> {
-  if (isLongRunning(argv)) {
+  const flags = longRunningFlags(argv)
+  if (flags !== undefined) {
     try {
-      hardenProcess()
+      hardenProcess(process.env, flags)
     } catch (err) {
       exitWithError(err)
     }

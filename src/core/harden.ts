@@ -47,8 +47,10 @@ export function inspectorFlag(nodeOptions: string | undefined, execArgv: readonl
  *   stdin) with node's `--disable-sigusr1`, through `/bin/sh -c 'ulimit -c 0 && exec "$@"'`
  *   when the limit is not 0 0 yet, then checks /proc/self/limits; still not 0 0 means a
  *   refusal to start, never a silent run.
+ * - `nodeFlags` (the agent's heap settings) are added on the same re-execution, and their
+ *   absence is a reason to re-execute too.
  */
-export function hardenProcess(env: NodeJS.ProcessEnv = process.env): void {
+export function hardenProcess(env: NodeJS.ProcessEnv = process.env, nodeFlags: readonly string[] = []): void {
   const inspect = inspectorFlag(env.NODE_OPTIONS, process.execArgv)
   if (inspect !== undefined || inspector.url() !== undefined) {
     inspector.close()
@@ -64,7 +66,8 @@ export function hardenProcess(env: NodeJS.ProcessEnv = process.env): void {
   if (process.platform === 'win32') return
   const limit = coreSizeLimit()
   const noCore = limit === undefined ? reexeced : limit.soft === '0' && limit.hard === '0'
-  if (noCore && process.execArgv.includes(NO_SIGUSR1)) return
+  const missing = [NO_SIGUSR1, ...nodeFlags].filter((f) => !process.execArgv.includes(f))
+  if (noCore && missing.length === 0) return
   if (reexeced) {
     throw new MemidError('ERR_HARDENING', `cannot run with a core-size limit of 0 (now ${limit ? `${limit.soft} ${limit.hard}` : 'unknown'}) and ${NO_SIGUSR1}: start memid under "ulimit -c 0" (systemd: LimitCORE=0) with node ${NO_SIGUSR1}`)
   }
@@ -76,7 +79,7 @@ export function hardenProcess(env: NodeJS.ProcessEnv = process.env): void {
     if (r.status === 0 && after?.soft === '0' && after.hard === '0') return
     throw new MemidError('ERR_HARDENING', `cannot drop the core-size limit to 0: this Node has no process.execve (>= 22.15) and prlimit failed; start memid under "ulimit -c 0" with node ${NO_SIGUSR1}`)
   }
-  const node = [process.execPath, NO_SIGUSR1, ...process.execArgv.filter((a) => a !== NO_SIGUSR1), ...process.argv.slice(1)]
+  const node = [process.execPath, ...missing, ...process.execArgv, ...process.argv.slice(1)]
   // Already 0 0 (systemd LimitCORE=0): only the flag is missing, no shell needed (and no
   // setrlimit call that a seccomp filter might refuse).
   const [file, args] = noCore ? [process.execPath, node] : ['/bin/sh', ['sh', '-c', 'ulimit -c 0 && exec "$@"', 'memid', ...node]]

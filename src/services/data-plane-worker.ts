@@ -9,6 +9,7 @@ import { Registry } from '../core/metrics.ts'
 import { systemClock } from '../core/clock.ts'
 import { describeError } from '../core/errors.ts'
 import { createLogger } from '../core/log.ts'
+import { collectAfterRenewal } from '../core/gc.ts'
 import { SharedPort } from '../core/shared-port.ts'
 import { CredentialSource, type IssuedCredential } from '../credentials/credentials.ts'
 import type { ThreadEntry } from './definition.ts'
@@ -69,7 +70,9 @@ function add(m: ToDataPlane & { type: 'add' }): void {
 }
 
 function receive(h: Hosted, packed: unknown): void {
-  if (h.entry !== undefined) h.credentials.set(h.entry.unpack(packed))
+  if (h.entry === undefined) return
+  h.credentials.set(h.entry.unpack(packed))
+  collectAfterRenewal()
 }
 
 async function start(h: Hosted, m: ToDataPlane & { type: 'start' }): Promise<void> {
