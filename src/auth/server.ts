@@ -51,8 +51,13 @@ export interface AuthServer {
   cas: CaSet
   auth: AuthService
   admin: AdminService
-  /** Resolves (with why) if an API worker thread dies while serving; never with one worker. */
+  /**
+   * Resolves (with why) when an API worker thread keeps dying and is not restarted any more;
+   * never with one worker. A worker that dies once is restarted.
+   */
   failed?: Promise<string>
+  /** Ends one API worker thread as a crash would (tests); it is restarted like any that died. */
+  crashApiWorker?(index: number): Promise<void>
   /** Stops accepting, finishes in-flight requests (up to the deadline), closes the store. */
   stop(deadlineMs?: number): Promise<void>
 }
@@ -91,6 +96,7 @@ export async function startAuthServer(opts: AuthServerOptions): Promise<AuthServ
   return {
     address, caPin: caPin(cas), cas, auth, admin,
     ...(api.failed !== undefined ? { failed: api.failed } : {}),
+    ...(api.crashWorker !== undefined ? { crashApiWorker: api.crashWorker } : {}),
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
         await Promise.all([api.stop(deadlineMs), adminServer ? drainHttp(adminServer, deadlineMs) : undefined, retention?.stop()])
@@ -128,8 +134,10 @@ export interface RunningApi {
   stop(deadlineMs: number): Promise<void>
   /** Requests this API has answered so far (each worker reports its own at stop). */
   served(): number
-  /** Worker threads only: resolves with why one died while serving. */
+  /** Worker threads only: resolves with why one kept dying and is not restarted any more. */
   failed?: Promise<string>
+  /** Worker threads only: ends one as a crash would (tests). */
+  crashWorker?(index: number): Promise<void>
 }
 
 /**

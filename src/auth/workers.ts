@@ -1,7 +1,7 @@
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
-import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
+import { describeError, ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import type { ListenAddress } from '../core/listener.ts'
 import type { Logger, LogFormat } from '../core/log.ts'
 import type { CaSet } from './cas.ts'
@@ -63,9 +63,18 @@ async function startWorker(init: ApiWorkerInit, cas: CaSet, identity: ServerIden
 }
 
 /**
+ * Waits before restarting a worker that died, by how many times in a row it died before
+ * serving for STABLE_MS; one more and the service gives up (`failed`).
+ */
+const RESTART_BACKOFF_MS = [250, 1_000, 5_000, 15_000, 30_000]
+const STABLE_MS = 60_000
+
+/**
  * Serves the agent API from `count` worker threads sharing one port (SO_REUSEPORT). The
- * first worker binds (so `HOST:0` picks the port), the others join it. A worker that
- * dies while serving is reported through `failed`; the others keep serving.
+ * first worker binds (so `HOST:0` picks the port), the others join it. A worker that dies
+ * while serving is logged and started again on the same port, with backoff, while the
+ * others keep serving; only when its restarts keep failing does `failed` resolve (and
+ * `memid auth start` exit 1 for its supervisor).
  */
 export async function startApiWorkers(o: {
   count: number; storage: string; logFormat: LogFormat; cas: CaSet; identity: ServerIdentity; addr: ListenAddress & { kind: 'tcp' }
@@ -92,22 +101,54 @@ export async function startApiWorkers(o: {
   }
   let stopping = false
   let served = 0
-  running.forEach((r, i) => r.worker.on('message', (m: FromWorker) => {
-    if (m.type !== 'stopped') return
-    served += m.served
-    o.logger.info({ worker: i, served: m.served }, 'auth worker stopped')
-  }))
-  const failed = new Promise<string>((resolve) => {
-    running.forEach((r, i) => void r.exited.then((code) => {
-      if (!stopping) resolve(`auth worker ${i} exited (${code}) while serving`)
-    }))
-  })
+  let giveUp: (why: string) => void = () => undefined
+  const failed = new Promise<string>((resolve) => (giveUp = resolve))
+  const restarts = new Map<number, NodeJS.Timeout>()
+
+  /** `failures`: exits in a row that came before the worker had served for STABLE_MS. */
+  const restart = (index: number, code: number, failures: number) => {
+    if (stopping) return
+    const delay = RESTART_BACKOFF_MS[failures]
+    if (delay === undefined) {
+      giveUp(`auth worker ${index} exited (${code}) ${failures} times in a row without serving for long; giving up`)
+      return
+    }
+    o.logger.error({ worker: index, code, restartInMs: delay }, `auth worker ${index} exited; restarting it`)
+    restarts.set(index, setTimeout(() => {
+      restarts.delete(index)
+      if (stopping) return
+      startWorker({ ...base, index, port }, o.cas, o.identity, o.logger).then((next) => {
+        if (stopping) return void next.worker.terminate()
+        running[index] = next
+        o.logger.info({ worker: index }, `auth worker ${index} serves again`)
+        watch(index, next, failures + 1)
+      }, (err: unknown) => {
+        o.logger.error({ worker: index, reason: describeError(err) }, `auth worker ${index} did not restart`)
+        restart(index, code, failures + 1)
+      })
+    }, delay))
+  }
+  const watch = (index: number, r: Running, failures: number) => {
+    const since = Date.now()
+    r.worker.on('message', (m: FromWorker) => {
+      if (m.type !== 'stopped') return
+      served += m.served
+      o.logger.info({ worker: index, served: m.served }, 'auth worker stopped')
+    })
+    void r.exited.then((code) => restart(index, code, Date.now() - since >= STABLE_MS ? 0 : failures))
+  }
+  running.forEach((r, i) => watch(i, r, 0))
+
   return {
     address: { kind: 'tcp', host: o.addr.host, port },
     failed,
     served: () => served,
+    async crashWorker(index) {
+      await running[index]?.worker.terminate()
+    },
     async stop(deadlineMs) {
       stopping = true
+      for (const t of restarts.values()) clearTimeout(t)
       for (const r of running) r.worker.postMessage({ type: 'stop', deadlineMs } satisfies ToWorker)
       // A worker that does not drain in time (plus a margin) is ended.
       const timer = setTimeout(() => void stopAll(), deadlineMs + 2_000)

@@ -90,7 +90,8 @@ export function registerAuthCommands(program: Command): void {
       })
       log.info({ listen: server.address, caPin: server.caPin, clusterName: cfg.clusterName, adminSocket: path.join(cfg.dataDir, 'admin.sock'), workers: cfg.workers }, 'auth service ready')
       let closed!: (exit: { code: number }) => void
-      // A dead worker leaves a process that serves only part of its connections: stop it all.
+      // A worker that keeps dying (each is restarted with backoff) leaves a process that
+      // serves only part of its connections: stop it all, for the supervisor to restart.
       void server.failed?.then((reason) => {
         log.error({ reason }, 'auth worker failed: stopping')
         void server.stop(10_000).finally(() => closed({ code: EXIT_ERROR }))

@@ -1,7 +1,11 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readdirSync, readFileSync } from 'node:fs'
-import { startAuth, type AuthFixture } from '../fixtures/memid.ts'
+import path from 'node:path'
+import { startAuthServer, type AuthServer } from '../../src/auth/server.ts'
+import { createLogger } from '../../src/core/log.ts'
+import { SqliteStore } from '../../src/storage/sqlite.ts'
+import { eventually, startAuth, tempDir, type AuthFixture } from '../fixtures/memid.ts'
 import { client, heartbeat, join, renew, type TestIdentity } from '../helpers/identity.ts'
 
 const PEM = /-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----/
@@ -61,5 +65,55 @@ describe('auth start --workers 2', () => {
     const bad = await auth.cli(['auth', 'start', '--workers', '0'])
     assert.notEqual(bad.code, 0)
     assert.match(bad.stderr, /--workers: must be a whole number/)
+  })
+})
+
+describe('an auth API worker that dies', () => {
+  let server: AuthServer
+  let cleanup: () => void
+  const lines: Record<string, unknown>[] = []
+
+  before(async () => {
+    const tmp = tempDir('memid-auth-crash-')
+    cleanup = tmp.cleanup
+    const file = path.join(tmp.dir, 'memid.db')
+    server = await startAuthServer({
+      store: SqliteStore.open(file), listen: '127.0.0.1:0', clusterName: 'crash', joinRate: 1000,
+      logger: createLogger({ sink: { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) } }),
+      workers: { count: 2, storage: `sqlite:${file}`, logFormat: 'json' },
+    })
+  })
+  after(async () => {
+    await server?.stop(2_000)
+    cleanup?.()
+  })
+
+  test('is logged and restarted on the same port; the other worker keeps serving its open connection and new ones meanwhile, and the restarted one serves again', async () => {
+    const auth = { addr: server.address, caPin: server.caPin }
+    const tokens: string[] = []
+    await server.admin.addRole({ name: 'r', logins: ['deploy'] })
+    for (let i = 0; i < 40; i++) tokens.push((await server.admin.addBot({ name: `b${i}`, roles: ['r'] })).token.token)
+    const c = await client(auth)
+    // A keep-alive connection opened before the crash; heartbeats reuse it.
+    const kept = await join(c, tokens.pop()!)
+    await heartbeat(c, kept)
+    let failed: string | undefined
+    void server.failed?.then((why) => (failed = why))
+
+    await server.crashApiWorker!(1)
+    const exited = await eventually(() => lines.find((l) => l.msg === 'auth worker 1 exited; restarting it'), 10_000, 'the crash logged')
+    assert.equal(exited.level, 50)
+    // While worker 1 is down, every new connection reaches worker 0; the kept one too if it was there.
+    for (let i = 0; i < 4; i++) await join(await client(auth), tokens.pop()!)
+    await eventually(() => lines.some((l) => l.msg === 'auth worker 1 serves again'), 10_000, 'the restart logged')
+    // New connections (a fresh TLS connection per join) are spread over both workers again.
+    const ids = await Promise.all(tokens.splice(0, 24).map(async (t) => join(await client(auth), t)))
+    for (const id of ids) await renew(await client(auth), id)
+    assert.equal(failed, undefined, 'one crash is not a reason to stop the service')
+
+    await server.stop(5_000)
+    const stopped = lines.filter((l) => l.msg === 'auth worker stopped')
+    assert.deepEqual(stopped.map((l) => l.worker).sort(), [0, 1])
+    for (const l of stopped) assert.ok((l.served as number) > 0, `worker ${String(l.worker)} answered after the restart: ${JSON.stringify(stopped)}`)
   })
 })
