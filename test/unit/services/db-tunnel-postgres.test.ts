@@ -285,6 +285,19 @@ describe('postgres wire helpers', () => {
     pair.server.on('error', () => undefined)
   })
 
+  test('a socket destroyed during the startup (the tunnel stopping) ends the wait at once', async () => {
+    const pair = await socketPair()
+    open.push(pair)
+    const started = Date.now()
+    const hello = readClientHello(pair.server, 3000)
+    pair.client.write(startupPacket({ user: 'app' }).subarray(0, 10))
+    await new Promise((r) => setTimeout(r, 50))
+    // A local destroy emits neither 'end' nor 'error', only 'close'.
+    pair.server.destroy()
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === 'client_closed')
+    assert.ok(Date.now() - started < 2000, 'not held until the startup timeout')
+  })
+
   test('a bad length is refused as soon as its 4 bytes are in, without waiting for more', async () => {
     const r = await helloOf(header(7, 196608).subarray(0, 4))
     assert.deepEqual([r.reason, r.message], ['bad_startup', 'invalid length of startup packet: 7'])
