@@ -9,13 +9,13 @@ import { ConfigError } from '../../../src/core/errors.ts'
 import { parseErrorResponse, startupPacket } from '../../fixtures/psql.ts'
 
 /** A connected pair: `server` is the side the tunnel reads, `client` writes into it. */
-async function socketPair(): Promise<{ client: net.Socket; server: net.Socket; close(): void }> {
-  const listener = net.createServer({ pauseOnConnect: true })
+async function socketPair(o: { allowHalfOpen?: boolean; serverErrorHandler?: boolean } = {}): Promise<{ client: net.Socket; server: net.Socket; close(): void }> {
+  const listener = net.createServer({ pauseOnConnect: true, allowHalfOpen: o.allowHalfOpen ?? false })
   await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r))
   const accepted = new Promise<net.Socket>((r) => listener.once('connection', r))
   const client = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1')
   const server = await accepted
-  server.on('error', () => undefined)
+  if (o.serverErrorHandler ?? true) server.on('error', () => undefined)
   client.on('error', () => undefined)
   listener.close()
   return { client, server, close: () => { client.destroy(); server.destroy() } }
@@ -37,6 +37,11 @@ describe('postgres wire helpers', () => {
     assert.equal(b[0], 0x45)
     assert.equal(b.readInt32BE(1), b.length - 1)
     assert.deepEqual(parseErrorResponse(b), { S: 'FATAL', V: 'FATAL', C: '28000', M: 'nope', D: 'd', H: 'h' })
+  })
+
+  test('errorResponse ends with the message terminator a strict client waits for, and its length counts it', () => {
+    // 'E', int32 29, then S/V/C/M fields each ending in NUL, then the final NUL.
+    assert.equal(errorResponse({ code: '28000', message: 'm' }).toString('hex'), '450000001d53464154414c0056464154414c00433238303030004d6d0000')
   })
 
   test('parseStartupParams reads pairs and rejects broken layouts', () => {
@@ -72,6 +77,34 @@ describe('postgres wire helpers', () => {
     // readClientHello leaves the socket paused for the pipe to resume.
     pair.server.resume()
     assert.equal((await rest).toString(), 'next')
+  })
+
+  test('once it returns, readClientHello is off the socket: paused, none of its listeners left, later bytes go to the pipe alone', async () => {
+    const events = ['data', 'end', 'error', 'close'] as const
+    const cases: [string, Buffer][] = [
+      ['startup', startupPacket({ user: 'app' })],
+      ['cancel', Buffer.concat([header(16, 80877102), Buffer.alloc(8, 7)])],
+      ['refused', header(7, 196608)],
+    ]
+    for (const [name, bytes] of cases) {
+      const pair = await socketPair()
+      open.push(pair)
+      const before = events.map((e) => pair.server.listenerCount(e))
+      const hello = readClientHello(pair.server, 2000)
+      pair.client.write(bytes)
+      await hello.catch(() => undefined)
+      assert.deepEqual(events.map((e) => pair.server.listenerCount(e)), before, `${name}: listeners`)
+      assert.equal(pair.server.isPaused(), true, `${name}: paused`)
+      if (name !== 'startup') continue
+      // What the client sends next is the session's: a reader still attached would parse it as another hello and pause the socket.
+      const got: Buffer[] = []
+      pair.server.on('data', (d: Buffer) => got.push(d))
+      pair.server.resume()
+      pair.client.write(startupPacket({ user: 'app' }))
+      await waitFor(() => Buffer.concat(got).length === startupPacket({ user: 'app' }).length)
+      await new Promise((r) => setTimeout(r, 20))
+      assert.equal(pair.server.isPaused(), false, 'the pipe keeps flowing')
+    }
   })
 
   test('readClientHello returns a CancelRequest (short and protocol 3.2 long keys)', async () => {
@@ -228,6 +261,46 @@ describe('postgres wire helpers', () => {
     const hello = readClientHello(quitter.server, 2000)
     quitter.client.end(Buffer.from([0, 0]))
     await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.fields.code === '08P01' && e.message === 'incomplete startup packet')
+  })
+
+  test('a client that half-closes mid-packet is let go at once, on a listener that allows half-open sockets as the tunnel\'s does', async () => {
+    const pair = await socketPair({ allowHalfOpen: true })
+    open.push(pair)
+    const started = Date.now()
+    const hello = readClientHello(pair.server, 3000)
+    pair.client.end(startupPacket({ user: 'app' }).subarray(0, 10))
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === 'client_closed')
+    assert.ok(Date.now() - started < 2000, 'not held until the startup timeout')
+  })
+
+  test('a connection reset during the startup is a client_closed refusal, not an uncaught error', async () => {
+    // No error handler of the caller's: readClientHello must take the socket's error itself.
+    const pair = await socketPair({ serverErrorHandler: false })
+    open.push(pair)
+    const hello = readClientHello(pair.server, 3000)
+    pair.client.write(startupPacket({ user: 'app' }).subarray(0, 10))
+    await new Promise((r) => setTimeout(r, 50))
+    pair.client.resetAndDestroy()
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === 'client_closed')
+    pair.server.on('error', () => undefined)
+  })
+
+  test('a socket destroyed during the startup (the tunnel stopping) ends the wait at once', async () => {
+    const pair = await socketPair()
+    open.push(pair)
+    const started = Date.now()
+    const hello = readClientHello(pair.server, 3000)
+    pair.client.write(startupPacket({ user: 'app' }).subarray(0, 10))
+    await new Promise((r) => setTimeout(r, 50))
+    // A local destroy emits neither 'end' nor 'error', only 'close'.
+    pair.server.destroy()
+    await assert.rejects(hello, (e: unknown) => e instanceof TunnelRefusal && e.reason === 'client_closed')
+    assert.ok(Date.now() - started < 2000, 'not held until the startup timeout')
+  })
+
+  test('a bad length is refused as soon as its 4 bytes are in, without waiting for more', async () => {
+    const r = await helloOf(header(7, 196608).subarray(0, 4))
+    assert.deepEqual([r.reason, r.message], ['bad_startup', 'invalid length of startup packet: 7'])
   })
 
   test('printable keeps client text safe to echo: non-ASCII replaced, long values cut', () => {

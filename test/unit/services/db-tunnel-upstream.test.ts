@@ -147,13 +147,14 @@ describe('db-tunnel upstream failures become ErrorResponses', () => {
 })
 
 describe('db-tunnel service lifecycle', () => {
-  test('before the first credential: 57P03 naming why', async () => {
+  test('before the first credential: 57P03 naming why and what to run, counted as not_ready', async () => {
     const clock = new TestClock()
     const source = new CredentialSource<TlsClientCredential>('database orders', clock)
     source.fail(new Error('role does not allow database user app'))
+    const deps = tunnelDeps(source, clock)
     const tunnel = createDbTunnelService({
       listen: '127.0.0.1:0', service: 'orders', username: 'app', protocol: 'postgres', maxConnections: 5, connectTimeoutMs: 1000,
-    }, tunnelDeps(source, clock))
+    }, deps)
     assert.equal(tunnel.health().status, 'starting')
     await tunnel.start()
     try {
@@ -164,6 +165,8 @@ describe('db-tunnel service lifecycle', () => {
       const err = parseErrorResponse((await readUntilClose(s)).data)
       assert.equal(err?.C, '57P03')
       assert.equal(err?.M, 'memid tunnel orders: no database orders credential yet: role does not allow database user app')
+      assert.equal(err?.H, 'run `memid status` on this host to see why the agent cannot renew its certificates')
+      assert.match(await deps.metrics.metrics(), /reason="not_ready"\} 1/)
     } finally {
       await tunnel.stop(100)
     }

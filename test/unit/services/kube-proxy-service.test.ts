@@ -282,6 +282,37 @@ describe('kube proxy service', () => {
     }
   })
 
+  it('logs refused Host headers at most once per 10 s with the count since the last line, the host cut to 100 characters', async () => {
+    const h = await harness()
+    // A frozen clock, so the 10 s boundary is exact.
+    let now = Date.now()
+    h.clock.now = () => now
+    const warned = () => h.logs.map((l) => JSON.parse(l)).filter((l) => l.msg === 'kube proxy refused requests with a foreign Host header')
+      .map((l) => ({ level: l.level, host: l.host, refused: l.refused }))
+    const foreign = async (host: string) => assert.equal((await request(h, '/version', { headers: { host } })).status, 403, host)
+    try {
+      await foreign('evil.example')
+      assert.deepEqual(warned(), [{ level: 40, host: 'evil.example', refused: 1 }])
+      now += 9_999
+      await foreign('evil.example')
+      const up = await raw(h.port, 'GET /api/v1/namespaces/default/pods/p1/exec HTTP/1.1\r\nHost: attacker.test\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n')
+      assert.match(up, /^HTTP\/1\.1 403 /)
+      assert.equal((await request(h, '/version', { headers: { host: 'localhost' } })).status, 200, 'an allowed host is not counted')
+      assert.equal(warned().length, 1, 'a flood within 10 s is one line')
+      now += 1
+      await foreign('x'.repeat(300))
+      assert.deepEqual(warned()[1], { level: 40, host: 'x'.repeat(100), refused: 3 })
+      now += 10_000
+      // HTTP/1.0 may omit Host; no Host is not an allowed one.
+      assert.match(await raw(h.port, 'GET /version HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 403 /)
+      assert.deepEqual(warned()[2], { level: 40, host: '', refused: 1 })
+      assert.equal(h.srv.requests.some((r) => r.path !== '/version'), false)
+      assert.equal(h.srv.requests.length, 1, 'only the allowed request reached the cluster')
+    } finally {
+      await h.stop()
+    }
+  })
+
   it('accepts the hosts a deployment lists in allowedHosts', async () => {
     const h = await harness({ allowedHosts: ['kube-proxy.internal'] })
     try {
@@ -329,6 +360,38 @@ describe('kube proxy service', () => {
       assert.match(r.json().message, /no kube-proxy:test certificate certificate yet|no .* yet/)
       // Before the first certificate renewal is still trying: degraded; failed is for expired.
       assert.equal(h.svc.health().status, 'degraded')
+    } finally {
+      await h.stop()
+    }
+  })
+
+  it('fails closed with a 503 Status when the credential lookup throws something unexpected, on requests and upgrades', async () => {
+    const h = await harness()
+    try {
+      h.source.current = () => { throw new TypeError('credential store broke') }
+      const r = await request(h, '/api/v1/namespaces/default/pods')
+      assert.equal(r.status, 503)
+      assert.deepEqual([r.json().kind, r.json().message], ['Status', 'memid: credential store broke'])
+      const up = await raw(h.port, 'GET /api/v1/namespaces/default/pods/p1/exec HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n')
+      assert.match(up, /^HTTP\/1\.1 503 [\s\S]*memid: credential store broke/)
+      assert.equal(h.srv.requests.length, 0)
+    } finally {
+      await h.stop()
+    }
+  })
+
+  it('each request uses the certificate current() holds, even when the renewal event was missed', async () => {
+    const h = await harness()
+    try {
+      assert.equal((await request(h, '/version')).status, 200)
+      const first = h.source.peek() as TlsClientCredential
+      // The proxy rebuilds its connections on 'renewed'; without that event it must still notice.
+      h.source.removeAllListeners('renewed')
+      h.source.set(await issueKubeCredential({ ca, server: h.srv, user: 'bot-ci', groups: ['devs', 'ops'] }))
+      const second = h.source.peek() as TlsClientCredential
+      assert.notEqual(first.serial, second.serial)
+      assert.equal((await request(h, '/version')).status, 200)
+      assert.equal(h.srv.requests.at(-1)?.serial, second.serial)
     } finally {
       await h.stop()
     }
