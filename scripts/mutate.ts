@@ -100,7 +100,7 @@ const GROUPS: Group[] = [
     // every test would run for each of them. The real-ssh integration test adds little here
     // and triples each mutant's time.
     mutate: ['src/services/ssh-agent/connection.ts', fn('src/services/ssh-agent/protocol.ts', 'export const MUTATING_REQUESTS', ['])']), fn('src/services/ssh-agent/protocol.ts', 'export class FrameReader')],
-    tests: ['test/unit/services/ssh-agent.test.ts'],
+    tests: ['test/unit/services/ssh-agent.test.ts', 'test/unit/services/ssh-agent-connection.test.ts'],
   },
   {
     // Header stripping, the Host allow-list and Status answers: pure functions with unit tests.
