@@ -2,10 +2,10 @@
 // blobs built by hand, since sshPublicKeyBlob never writes a bad one.
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
+import { createHash, generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
 import { MemidError } from '../../../src/core/errors.ts'
 import {
-  parseSshCertificate, parseSshPublicKeyBlob, parseSshPublicKeyLine, signSshCertificate, sshKeyType, sshPlainKeyBlob, sshPublicKeyBlob,
+  parseSshCertificate, parseSshCertificateLine, parseSshPublicKeyBlob, parseSshPublicKeyLine, signSshCertificate, sshCertificateLine, sshFingerprint, sshKeyType, sshPlainKeyBlob, sshPublicKeyBlob,
   sshPublicKeyLine, sshSign, verifySshCertificate, verifySshSignature,
 } from '../../../src/pki/openssh.ts'
 import { SshReader, SshWriter } from '../../../src/pki/ssh-wire.ts'
@@ -91,11 +91,23 @@ describe('SSH public key blobs that do not parse', () => {
   })
 })
 
+describe('SSH fingerprints', () => {
+  it('are SHA256: and the unpadded base64 of the blob\'s SHA-256', () => {
+    const b = sshPublicKeyBlob(ed.publicKey)
+    assert.equal(sshFingerprint(b), `SHA256:${createHash('sha256').update(b).digest('base64').slice(0, 43)}`)
+    assert.match(sshFingerprint(b), /^SHA256:[A-Za-z0-9+/]{43}$/)
+  })
+})
+
 describe('OpenSSH public key lines', () => {
   const line = sshPublicKeyLine(ed.publicKey)
 
   it('skips blank and comment lines, takes the first key, and allows CRLF', () => {
     assert.ok(parseSshPublicKeyLine(`\n# a comment\n   \r\n  ${line} me@host\r\n${sshPublicKeyLine(ec.publicKey)}\n`).equals(ed.publicKey))
+    assert.ok(parseSshPublicKeyLine(`# a comment\n${line}\n`).equals(ed.publicKey))
+    assert.ok(parseSshPublicKeyLine(`# a comment\r\n${line}\r\n`).equals(ed.publicKey))
+    const [type, data] = line.split(' ') as [string, string]
+    assert.ok(parseSshPublicKeyLine(`${type} \t ${data}   me`).equals(ed.publicKey), 'any run of blanks separates the fields')
   })
 
   it('refuses base64 with foreign characters, extra padding or a bad length, and input that is not a string', () => {
@@ -184,6 +196,71 @@ describe('OpenSSH certificates: edges', () => {
   })
 })
 
+describe('truncated input names what was truncated', () => {
+  /** Offsets of the certificate's fields, in wire order. */
+  function fieldsOf(b: Buffer): number[] {
+    const r = new SshReader(b)
+    const at: number[] = []
+    const step = (f: () => unknown) => {
+      at.push(r.offset)
+      f()
+    }
+    step(() => r.text())
+    step(() => r.string())
+    step(() => r.string())
+    step(() => r.u64())
+    step(() => r.u32())
+    step(() => r.text())
+    step(() => r.string()) // principals: index 6
+    step(() => r.u64())
+    step(() => r.u64())
+    step(() => r.string()) // critical options: index 9
+    step(() => r.string()) // extensions: index 10
+    return at
+  }
+
+  it('keys, key lines and certificates', () => {
+    const key = sshPublicKeyBlob(ed.publicKey)
+    refused(() => parseSshPublicKeyBlob(key.subarray(0, 20)), /^SSH public key is truncated$/)
+    refused(() => parseSshPublicKeyLine(`ssh-ed25519 ${Buffer.of(0, 0, 0).toString('base64')}`), /^OpenSSH public key is truncated$/)
+    const c = cert()
+    refused(() => parseSshCertificate(c.subarray(0, 60)), /^OpenSSH certificate is truncated$/)
+    refused(() => sshCertificateLine(Buffer.alloc(2)), /^OpenSSH certificate is truncated$/)
+    refused(() => parseSshCertificateLine('\n'), /^empty OpenSSH certificate$/)
+    refused(() => parseSshCertificateLine('ssh-ed25519-cert-v01@openssh.com'), /not an OpenSSH certificate line/)
+  })
+
+  it('the principals, critical options and extensions of a certificate', () => {
+    const c = cert({ criticalOptions: { 'force-command': '/bin/true' }, extensions: { 'permit-pty': '' } })
+    const at = fieldsOf(c)
+    for (const [field, what] of [[6, 'certificate principals'], [9, 'certificate critical options'], [10, 'certificate extensions']] as const) {
+      const bad = Buffer.from(c)
+      bad.writeUInt32BE(0xffff, (at[field] as number) + 4)
+      refused(() => parseSshCertificate(bad), new RegExp(`^${what} is truncated$`))
+    }
+  })
+
+  it('bytes after the certificate\'s signature are refused', () => {
+    refused(() => parseSshCertificate(Buffer.concat([cert(), Buffer.of(0)])), /^OpenSSH certificate has 1 trailing bytes$/)
+  })
+})
+
+describe('OpenSSH certificates: the signer', () => {
+  it('a certificate signed by the CA key but naming another key as its signer does not verify', () => {
+    const other = generateKeyPairSync('ed25519')
+    const c = cert()
+    const r = new SshReader(c)
+    for (let i = 0; i < 11; i++) i === 3 ? r.u64() : i === 4 ? r.u32() : i === 7 || i === 8 ? r.u64() : r.string()
+    r.string() // reserved
+    const keyAt = r.offset
+    const body = Buffer.concat([c.subarray(0, keyAt), new SshWriter().string(sshPublicKeyBlob(other.publicKey)).toBuffer()])
+    const forged = Buffer.concat([body, new SshWriter().string(sshSign(ed.privateKey, body, 0)).toBuffer()])
+    assert.ok(parseSshCertificate(forged).signatureKey.equals(sshPublicKeyBlob(other.publicKey)))
+    assert.equal(verifySshCertificate(forged, ed.publicKey), false)
+    assert.equal(verifySshCertificate(forged, other.publicKey), false)
+  })
+})
+
 describe('SSH signatures: what does not verify', () => {
   const data = Buffer.from('data')
 
@@ -203,6 +280,11 @@ describe('SSH signatures: what does not verify', () => {
     rsaInner.text()
     const rsaRaw = rsaInner.string()
     assert.equal(verifySshSignature(rsa2048.publicKey, new SshWriter().string('rsa-sha2-999').string(rsaRaw).toBuffer(), data), false)
+    for (const flags of [0, 2, 4]) {
+      const raw = new SshReader(sshSign(rsa2048.privateKey, data, flags))
+      raw.text()
+      assert.equal(verifySshSignature(rsa2048.publicKey, new SshWriter().string('x-unknown@example.com').string(raw.string()).toBuffer(), data), false, `flags ${flags} under an unknown name`)
+    }
     assert.equal(verifySshSignature(rsa2048.publicKey, new SshWriter().string('rsa-sha2-256').string(rsaRaw).toBuffer(), data), false, 'the hash the name says is used')
     assert.ok(verifySshSignature(rsa2048.publicKey, rsaSig, data))
     assert.ok(verifySshSignature(rsa2048.publicKey, sshSign(rsa2048.privateKey, data, 2), data))
