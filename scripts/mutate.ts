@@ -77,7 +77,7 @@ const GROUPS: Group[] = [
   {
     name: 'pki',
     mutate: ['src/pki/openssh.ts', 'src/pki/x509.ts', 'src/pki/pem.ts', 'src/pki/tls-context.ts'],
-    tests: ['test/unit/pki/openssh.test.ts', 'test/unit/pki/x509.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/pem.test.ts', 'test/unit/pki/openssh-strict.test.ts', 'test/unit/pki/x509-ca.test.ts', 'test/unit/pki/x509-v1-ca.test.ts', 'test/unit/pki/tls-context.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
+    tests: ['test/unit/pki/openssh.test.ts', 'test/unit/pki/x509.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/pem.test.ts', 'test/unit/pki/openssh-strict.test.ts', 'test/unit/pki/x509-ca.test.ts', 'test/unit/pki/x509-v1-ca.test.ts', 'test/unit/pki/x509-ca-renewal.test.ts', 'test/unit/pki/openssh-inputs.test.ts', 'test/unit/pki/tls-context.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
   },
   {
     name: 'log',
