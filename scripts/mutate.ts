@@ -77,7 +77,7 @@ const GROUPS: Group[] = [
   {
     name: 'pki',
     mutate: ['src/pki/openssh.ts', 'src/pki/x509.ts', 'src/pki/pem.ts', 'src/pki/tls-context.ts'],
-    tests: ['test/unit/pki/openssh.test.ts', 'test/unit/pki/x509.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/pem.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
+    tests: ['test/unit/pki/openssh.test.ts', 'test/unit/pki/x509.test.ts', 'test/unit/pki/x509-template.test.ts', 'test/unit/pki/pem.test.ts', 'test/unit/pki/openssh-strict.test.ts', 'test/unit/pki/x509-ca.test.ts', 'test/unit/pki/x509-v1-ca.test.ts', 'test/unit/pki/x509-ca-renewal.test.ts', 'test/unit/pki/openssh-inputs.test.ts', 'test/unit/pki/tls-context.test.ts', 'test/unit/auth/issue-ssh.test.ts', 'test/unit/auth/issue-kube.test.ts'],
   },
   {
     name: 'log',
@@ -100,7 +100,7 @@ const GROUPS: Group[] = [
     // every test would run for each of them. The real-ssh integration test adds little here
     // and triples each mutant's time.
     mutate: ['src/services/ssh-agent/connection.ts', fn('src/services/ssh-agent/protocol.ts', 'export const MUTATING_REQUESTS', ['])']), fn('src/services/ssh-agent/protocol.ts', 'export class FrameReader')],
-    tests: ['test/unit/services/ssh-agent.test.ts'],
+    tests: ['test/unit/services/ssh-agent.test.ts', 'test/unit/services/ssh-agent-connection.test.ts'],
   },
   {
     // Header stripping, the Host allow-list and Status answers: pure functions with unit tests.

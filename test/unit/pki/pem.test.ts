@@ -77,6 +77,15 @@ describe('withPrivateKeyPem', () => {
     assert.ok(lent.every((b) => b === 0), 'every byte of the lent PEM is zero')
   })
 
+  it('also wipes the DER export the PEM was made from', () => {
+    const [, key] = keys[0]!
+    let der: Buffer | undefined
+    const spy = { export: (o: object) => (der = key.export(o as never) as Buffer) } as unknown as KeyObject
+    withPrivateKeyPem(spy, (pem) => assert.ok(createPrivateKey(pem).equals(key)))
+    assert.ok(der && der.length > 100)
+    assert.ok(der.every((b) => b === 0), 'every byte of the DER export is zero')
+  })
+
   it('zeroes the buffer when use throws, and rethrows', () => {
     const [, key] = keys.find(([n]) => n === 'rsa 2048')!
     let lent: Buffer | undefined

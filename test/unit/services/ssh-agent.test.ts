@@ -15,16 +15,9 @@ import { createSshAgentService } from '../../../src/services/ssh-agent/index.ts'
 import { MAX_FRAME, MUTATING_REQUESTS } from '../../../src/services/ssh-agent/protocol.ts'
 import type { Service } from '../../../src/services/service.ts'
 import { issueTestSshCredential, type TestKeyType } from '../../fixtures/ssh-credentials.ts'
-import { agentFrame, parseIdentities, RawAgentClient, sshStr, u32 } from '../../fixtures/ssh-agent-client.ts'
+import { agentFrame, MSG, parseIdentities, RawAgentClient, sshStr, u32 } from '../../fixtures/ssh-agent-client.ts'
 
-const FAILURE = 5
-const SUCCESS = 6
-const IDENTITIES = 11
-const IDENTITIES_ANSWER = 12
-const SIGN = 13
-const SIGN_RESPONSE = 14
-const EXTENSION = 27
-const EXTENSION_RESPONSE = 29
+const { FAILURE, SUCCESS, IDENTITIES, IDENTITIES_ANSWER, SIGN, SIGN_RESPONSE, EXTENSION, EXTENSION_RESPONSE } = MSG
 
 const ca = generateKeyPairSync('ed25519')
 
@@ -238,6 +231,7 @@ describe('ssh-agent service (protocol level)', () => {
     assert.equal((await fwd.request(EXTENSION, ...bind(good, true))).type, SUCCESS)
     assert.equal((await fwd.request(SIGN, sshStr(cred.certificateBlob), sshStr('x'), u32(0))).type, FAILURE)
     assert.match(await h.metrics.metrics(), /memid_ssh_agent_sign_requests_total\{result="forwarded"\} 1/)
+    assert.ok(h.logs.some((l) => l.includes('refused to sign on a forwarded agent connection')), 'the refusal is logged with its reason')
     fwd.close()
   })
 
