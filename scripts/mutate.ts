@@ -61,7 +61,7 @@ const GROUPS: Group[] = [
     // The service that applies them: authentication, locks, TTL clamps, audit, the HTTP edge.
     name: 'auth-service',
     mutate: ['src/auth/auth-service.ts', 'src/auth/http-api.ts'],
-    tests: ['test/unit/auth/generation.test.ts', 'test/integration/auth-security.test.ts'],
+    tests: ['test/unit/auth/auth-service.test.ts', 'test/unit/auth/generation.test.ts', 'test/integration/auth-security.test.ts'],
   },
   {
     name: 'storage',
