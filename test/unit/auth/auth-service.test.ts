@@ -48,7 +48,8 @@ afterEach(async () => {
 async function world(): Promise<World> {
   const store = SqliteStore.open(':memory:')
   opened.push(store)
-  const clock = new ManualClock(Date.parse('2026-06-01T12:00:00Z'))
+  // Now, on a whole second: certificate times have one-second resolution.
+  const clock = new ManualClock(Math.floor(Date.now() / 1000) * 1000)
   const w = { store, clock, logLines: [] as string[], beforeUpdate: undefined, failAudit: new Set<string>() } as unknown as World
   const watched = new Proxy(store, {
     get(target, prop, receiver) {
