@@ -153,13 +153,15 @@ describe('auth service: joins with a join token', () => {
     assert.equal(inst.joinMethod, 'token')
     assert.deepEqual(inst.initialAuthentication, { time: new Date(w.clock.now()).toISOString(), joinMethod: 'token', remoteAddr: '10.0.0.7', generation: 1 })
     assert.deepEqual([inst.generation, inst.pendingGeneration], [1, null])
+    assert.deepEqual(inst.latestAuthentications, [inst.initialAuthentication])
+    assert.deepEqual(inst.heartbeats, [])
     const logged = w.logLines.map((l) => JSON.parse(l)).find((l) => l.msg === 'bot joined')
     assert.deepEqual([logged?.bot, logged?.instance, logged?.joinMethod, logged?.remoteAddr], [b.name, id.res.instanceId, 'token', '10.0.0.7'])
   })
 
   it('a token that is not NAME.SECRET is refused (ERR_TOKEN_INVALID) and the refusal is audited without a token name', async () => {
     const w = await world()
-    await refused(join(w, 'no-dot-here'), 'ERR_TOKEN_INVALID')
+    await refused(join(w, 'no-dot-here'), 'ERR_TOKEN_INVALID', /^the join token is not valid$/)
     const ev = await lastAudit(w, 'join.failed')
     assert.equal(ev?.code, 'ERR_TOKEN_INVALID')
     assert.equal(ev?.success, false)
@@ -610,6 +612,18 @@ describe('auth service: platform joins and the public token info', () => {
     assert.equal(ev?.fields.tokenName, p.name)
     assert.equal(ev?.fields.joinMethod, 'oidc')
     assert.equal(ev?.fields.claim, 'sub')
+  })
+
+  it('a platform join whose issuer cannot be reached for its keys is refused (ERR_JOIN_ISSUER_UNREACHABLE) and audited', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    // No JWKS in the token: the keys come from the issuer's discovery document, over HTTPS (nothing listens on port 1).
+    const t = await w.admin.addToken({ bot: b.name, joinMethod: 'oidc', issuer: 'https://127.0.0.1:1', audience: 'memid-test', allow: ['sub=deploy'] })
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    const jwt = await new SignJWT({ sub: 'deploy' }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://127.0.0.1:1').setAudience('memid-test')
+      .setIssuedAt(Math.floor(w.clock.now() / 1000)).setExpirationTime(Math.floor(w.clock.now() / 1000) + 300).sign(privateKey)
+    await refused(w.auth.join({ joinMethod: 'oidc', tokenName: t.name, idToken: jwt, publicKey: newKey().publicKey }, { remoteAddr: '10.0.0.8' }), 'ERR_JOIN_ISSUER_UNREACHABLE')
+    assert.equal((await lastAudit(w, 'join.failed'))?.code, 'ERR_JOIN_ISSUER_UNREACHABLE')
   })
 
   it('a platform join with a bad key or for a locked bot is refused, and creates no identity', async () => {
