@@ -505,6 +505,28 @@ describe('auth service: renewals and heartbeats', () => {
     assert.equal((await w.store.queryAudit({ type: 'renew' })).length, 0)
   })
 
+  it('a store that decides first on the instance as read, then on the stored row (PostgreSQL), is followed by its last decision', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    const real = w.store.updateInstance.bind(w.store)
+    // The first decision sees a snapshot the request looks like a copy on (a later
+    // generation than it presents); the stored row, decided on next, accepts it.
+    const twice: Store['updateInstance'] = async (iid, decide, seen) => {
+      if (seen !== undefined) {
+        try {
+          decide({ ...seen, generation: seen.generation + 5, pendingGeneration: null }, [])
+        } catch { /* a refusal on the snapshot: the store decides again on the row */ }
+      }
+      return real(iid, decide)
+    }
+    w.store.updateInstance = twice
+    const next = await w.auth.renew({ publicKey: newKey().publicKey }, id.peer)
+    assert.equal(next.generation, 2)
+    assert.deepEqual(await heartbeat(w, id.peer), { generation: 1 })
+    assert.equal((await w.store.listLocks()).length, 0)
+  })
+
   it('an instance that vanishes inside the transaction is refused (ERR_INSTANCE_NOT_FOUND) and audited', async () => {
     const w = await world()
     const b = await addBot(w)
