@@ -127,6 +127,7 @@ const KEYS = {
   p384: generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey,
   rsa2048: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
   rsa1024: generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey,
+  rsaPss2048: generateKeyPairSync('rsa-pss', { modulusLength: 2048 }).privateKey,
 }
 
 const pem = (k: KeyObject) => createPublicKey(k).export({ type: 'spki', format: 'pem' }) as string
@@ -345,6 +346,34 @@ describe('auth service: which identity a request authenticates as', () => {
     await heartbeat(w, id.peer)
   })
 
+  it('a lock on the whole bot refuses its instances\' requests (ERR_LOCKED), naming the bot and the reason', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    await w.admin.addLock({ bot: b.name, reason: 'leaked runner' })
+    await refused(heartbeat(w, id.peer), 'ERR_LOCKED', new RegExp(`^bot "${b.name}" is locked: leaked runner$`))
+    await refused(w.auth.renew({ publicKey: newKey().publicKey }, id.peer), 'ERR_LOCKED')
+  })
+
+  it('an instance of an earlier bot of the same name is refused (ERR_BOT_NOT_FOUND), even if it was never marked ended', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    await w.admin.removeBot(b.name)
+    await w.admin.addBot({ name: b.name, roles: [b.name] })
+    // A row that escaped the deletion's end mark (a restore of an old backup): it still names the old bot id.
+    await w.store.updateInstance(id.res.instanceId, (cur) => {
+      const { endedAt: _e, ...alive } = cur!
+      return { instance: alive }
+    })
+    // An identity from before bot ids in certificates: only the instance row can tell the bots apart.
+    const leaf = await issueLeaf({
+      ca: w.cas.bot, publicKey: createPublicKey(newKey().key), commonName: b.name, organizations: ['memid-bot'],
+      uris: [`memid://bot/${b.name}?instance=${id.res.instanceId}&generation=1`], ttlMs: 3_600_000, usage: 'client', now: w.clock.now(),
+    })
+    await refused(heartbeat(w, { remoteAddr: '10.0.0.7', certificate: Buffer.from(new X509Certificate(leaf.pem).raw) }), 'ERR_BOT_NOT_FOUND')
+  })
+
   it('a bot-CA identity naming an instance that does not exist is refused (ERR_INSTANCE_NOT_FOUND)', async () => {
     const w = await world()
     const b = await addBot(w)
@@ -417,7 +446,7 @@ describe('auth service: renewals and heartbeats', () => {
     assert.deepEqual(inst.latestAuthentications.at(-1), { time: new Date(w.clock.now()).toISOString(), joinMethod: 'bot-certificate', remoteAddr: '10.0.0.7', generation: 2 })
     assert.equal(inst.latestAuthentications.length, 2)
     const renewed = await lastAudit(w, 'renew')
-    assert.deepEqual([renewed?.bot, renewed?.instance, renewed?.remoteAddr, renewed?.fields], [b.name, id.res.instanceId, '10.0.0.7', { from: 1, generation: 2, retry: false }])
+    assert.deepEqual([renewed?.bot, renewed?.instance, renewed?.remoteAddr, renewed?.success, renewed?.fields], [b.name, id.res.instanceId, '10.0.0.7', true, { from: 1, generation: 2, retry: false }])
     const again = await w.auth.renew({ publicKey: k.publicKey }, id.peer)
     assert.equal(again.generation, 2)
     assert.deepEqual((await lastAudit(w, 'renew'))?.fields, { from: 1, generation: 2, retry: true })
@@ -468,7 +497,7 @@ describe('auth service: renewals and heartbeats', () => {
     // The failure audit of the locked request that follows names the operation.
     await refused(w.auth.issueSsh({ publicKey: newKey().publicKey }, id.peer), 'ERR_LOCKED', new RegExp(`bot instance ${id.res.instanceId} is locked`))
     const failed = await lastAudit(w, 'cert.ssh.failed')
-    assert.deepEqual([failed?.code, failed?.bot, failed?.instance, failed?.fields.generation], ['ERR_LOCKED', b.name, id.res.instanceId, 1])
+    assert.deepEqual([failed?.code, failed?.bot, failed?.instance, failed?.fields.generation, failed?.success], ['ERR_LOCKED', b.name, id.res.instanceId, 1, false])
   })
 
   it('an instance whose row moved after the renewal was signed is signed again for the generation the transaction decides', async () => {
@@ -563,14 +592,14 @@ describe('auth service: service certificates', () => {
     await refused(w.auth.issueDb({ publicKey: pem(KEYS.ed25519), service: 'orders', username: 'app' }, id.peer), 'ERR_BAD_REQUEST', /P-256/)
   })
 
-  it('ssh certificates take Ed25519, P-256 and RSA of 2048 bits or more; RSA 1024 and P-384 are refused (ERR_BAD_REQUEST)', async () => {
+  it('ssh certificates take Ed25519, P-256 and RSA of 2048 bits or more; RSA 1024, P-384 and RSA-PSS are refused (ERR_BAD_REQUEST)', async () => {
     const w = await world()
     const b = await addBot(w)
     const id = await join(w, b.token)
     for (const k of [KEYS.ed25519, KEYS.p256, KEYS.rsa2048]) {
       await w.auth.issueSsh({ publicKey: pem(k) }, id.peer)
     }
-    for (const k of [KEYS.rsa1024, KEYS.p384]) {
+    for (const k of [KEYS.rsa1024, KEYS.p384, KEYS.rsaPss2048]) {
       await refused(w.auth.issueSsh({ publicKey: pem(k) }, id.peer), 'ERR_BAD_REQUEST', /must be Ed25519, ECDSA P-256 or RSA \(2048 bits or more\)/)
     }
     const denied = await lastAudit(w, 'cert.denied')
