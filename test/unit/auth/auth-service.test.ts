@@ -180,9 +180,10 @@ describe('auth service: joins with a join token', () => {
     await join(w, b.token)
   })
 
-  it('an unknown token name is refused (ERR_TOKEN_INVALID)', async () => {
+  it('a well-formed token with an unknown name is refused (ERR_TOKEN_INVALID), not as an internal error', async () => {
     const w = await world()
-    await refused(join(w, `nosuchtoken.${'A'.repeat(43)}`), 'ERR_TOKEN_INVALID')
+    await refused(join(w, `tok-000000000000.${'A'.repeat(43)}`), 'ERR_TOKEN_INVALID', /^the join token is not valid$/)
+    assert.deepEqual((await lastAudit(w, 'join.failed'))?.fields, { joinMethod: 'token', tokenName: 'tok-000000000000' })
   })
 
   it('a used token is refused (ERR_TOKEN_USED): one token, one instance', async () => {
