@@ -61,7 +61,7 @@ const GROUPS: Group[] = [
     // The service that applies them: authentication, locks, TTL clamps, audit, the HTTP edge.
     name: 'auth-service',
     mutate: ['src/auth/auth-service.ts', 'src/auth/http-api.ts'],
-    tests: ['test/unit/auth/generation.test.ts', 'test/integration/auth-security.test.ts'],
+    tests: ['test/unit/auth/auth-service.test.ts', 'test/unit/auth/generation.test.ts', 'test/integration/auth-security.test.ts'],
   },
   {
     name: 'storage',
@@ -152,7 +152,10 @@ for (const g of GROUPS.filter((x) => wanted.length === 0 || wanted.includes(x.na
     htmlReporter: { fileName: `reports/mutation/${g.name}.html` },
     jsonReporter: { fileName: `reports/mutation/${g.name}.json` },
     // Re-runs try only mutants whose code or covering tests changed since the group's last run.
-    incremental: process.env.MUTATE_FRESH === undefined,
+    // MUTATE_FRESH runs every mutant but still writes the incremental file: without it the
+    // next incremental run would merge with the results from before the fresh one.
+    incremental: true,
+    force: process.env.MUTATE_FRESH !== undefined,
     incrementalFile: `reports/mutation/${g.name}.incremental.json`,
     tempDirName: '.stryker-tmp',
     cleanTempDir: 'always',

@@ -7,6 +7,8 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import tls from 'node:tls'
+import https from 'node:https'
+import { exportJWK } from 'jose'
 import { createPublicKey, generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto'
 import type { AuthClient } from '../../src/agent/auth-client.ts'
 import { MemidError } from '../../src/core/errors.ts'
@@ -243,6 +245,54 @@ describe('auth service security checks (in process)', () => {
     await new Promise((r) => setTimeout(r, 1_800))
     await rejectsCode(heartbeat(c, short), 'ERR_CERT_EXPIRED')
     await heartbeat(c, real)
+  })
+
+  test('the HTTP edge: /healthz and a platform token\'s info answer anyone; kube and db certificates are served to a bot identity', async () => {
+    const { port } = new URL(`https://${srv.address}`)
+    const health = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      https.get({ host: '127.0.0.1', port: Number(port), path: '/healthz', servername: 'memid-auth', ca: c.cas.tls }, (res) => {
+        let body = ''
+        res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+      }).on('error', reject)
+    })
+    assert.deepEqual([health.status, JSON.parse(health.body)], [200, { status: 'ok' }])
+
+    const b = await bot({ kubeClusters: ['edge-dev'], kubeUsers: ['dev-user'], databases: ['edge-orders'], dbUsers: ['app'], dbNames: ['*'] })
+    const jwk = await exportJWK(generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey)
+    const platform = await srv.admin.addToken({ bot: b.name, joinMethod: 'oidc', issuer: 'https://issuer.example', audience: 'memid-edge', allow: ['sub=x'], jwks: JSON.stringify({ keys: [jwk] }) })
+    assert.deepEqual(await c.joinTokenInfo(platform.name), { name: platform.name, joinMethod: 'oidc', audience: 'memid-edge' })
+    await rejectsCode(c.joinTokenInfo('no-such-token'), 'ERR_NOT_FOUND')
+
+    await srv.admin.addResource('kube', { name: 'edge-dev', uri: 'https://dev.example:6443' })
+    await srv.admin.addResource('db', { name: 'edge-orders', uri: 'postgres://orders.example:5432' })
+    const id = await join(c, b.token)
+    const kube = await c.issueKube(id.caller, { publicKey: newKey().publicKey, cluster: 'edge-dev' })
+    assert.equal(kube.user, 'dev-user')
+    assert.match(new X509Certificate(kube.certificate).subject, /CN=dev-user/)
+    const db = await c.issueDb(id.caller, { publicKey: newKey().publicKey, service: 'edge-orders', username: 'app' })
+    assert.equal(db.user, 'app')
+    assert.match(new X509Certificate(db.certificate).subject, /CN=app/)
+  })
+
+  test('joins and token lookups from one address beyond the join rate are refused (ERR_RATE_LIMITED)', async () => {
+    // A server of its own: 1 join per second, a burst of 2, per client address.
+    const slow = await startAuthServer({ store: SqliteStore.open(':memory:'), listen: '127.0.0.1:0', clusterName: 'slow', logger: createLogger({ level: 'silent' }), joinRate: 1, retention: false })
+    const sc = await client({ addr: slow.address, caPin: slow.caPin })
+    const codes = async (attempts: (() => Promise<unknown>)[]) => (await Promise.allSettled(attempts.map((a) => a()))).map((r) => {
+      if (r.status !== 'rejected' || !(r.reason instanceof MemidError)) return r.status
+      if (r.reason.code === 'ERR_RATE_LIMITED') assert.match(r.reason.message, /too many join attempts from this address; slow down/)
+      return r.reason.code
+    })
+    try {
+      // Six at once: at most the burst of 2 (and 1 refilled) pass, whatever the machine's speed.
+      const lookups = await codes(Array.from({ length: 6 }, () => () => sc.joinTokenInfo('no-such-token')))
+      assert.ok(lookups.includes('ERR_RATE_LIMITED') && lookups.every((x) => x === 'ERR_NOT_FOUND' || x === 'ERR_RATE_LIMITED'), lookups.join(','))
+      const joins = await codes(Array.from({ length: 6 }, () => () => join(sc, `nosuchtoken.${'A'.repeat(43)}`)))
+      assert.ok(joins.includes('ERR_RATE_LIMITED') && joins.every((x) => x === 'ERR_TOKEN_INVALID' || x === 'ERR_RATE_LIMITED'), joins.join(','))
+    } finally {
+      sc.close()
+      await slow.stop()
+    }
   })
 
   test('a client cannot renegotiate on a live connection (the certificate read at the handshake is the one the connection keeps)', async () => {
