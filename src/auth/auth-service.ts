@@ -109,7 +109,10 @@ export class AuthService {
     const tokenName = parts?.name
     try {
       if (parts === undefined) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
+      // The request's own faults are refused before the token is spent, so fixing the
+      // agent's config is enough to join with the same token.
       const publicKey = parseAgentKey(req.publicKey, 'ec')
+      requestedTtl(req.ttl)
       const token = await this.#store.getToken(parts.name)
       const bot = token && (await this.#store.getBot(token.bot))
       const instanceId = randomUUID()
@@ -136,6 +139,7 @@ export class AuthService {
     const now = this.#clock.now()
     try {
       const publicKey = parseAgentKey(req.publicKey, 'ec')
+      requestedTtl(req.ttl)
       const { bot, instance } = await platformJoin(this.#store, this.#platform, req, peer.remoteAddr, now)
       return await this.#admitted(bot, instance, req, peer, publicKey, now)
     } catch (err) {
@@ -382,11 +386,16 @@ function identityResponse(bot: string, instanceId: string, generation: number, c
   }
 }
 
-/** Requested TTL, defaulting to 1h, clamped to the bot's max TTL; too short is refused. */
-function clampTtl(ttl: string | undefined, bot: Bot): number {
+/** Requested TTL, defaulting to 1h; too short is refused. */
+function requestedTtl(ttl: string | undefined): number {
   const asked = ttl === undefined ? DEFAULT_TTL_MS : (parseDuration(ttl) as number)
   if (asked < MIN_TTL_MS) throw new MemidError('ERR_BAD_REQUEST', `ttl: must be at least ${MIN_TTL_MS / 1000}s`)
-  return Math.min(asked, bot.maxTtlMs)
+  return asked
+}
+
+/** Requested TTL clamped to the bot's max TTL. */
+function clampTtl(ttl: string | undefined, bot: Bot): number {
+  return Math.min(requestedTtl(ttl), bot.maxTtlMs)
 }
 
 /** Parses an agent's SPKI PEM public key; `ec` demands P-256 (TLS client identities). */

@@ -266,6 +266,15 @@ describe('auth service: TTLs', () => {
     assert.equal(Date.parse(id.res.notAfter) - w.clock.now(), 5_000)
   })
 
+  it('a join refused for its TTL does not spend the token: the runner fixes its config and joins with the same token', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    await refused(join(w, b.token, '4s'), 'ERR_BAD_REQUEST', /ttl: must be at least 5s/)
+    assert.equal((await w.store.listInstances(b.name)).length, 0, 'no instance created')
+    const id = await join(w, b.token, '1h')
+    assert.equal(id.res.generation, 1)
+  })
+
   it('no TTL asked: the identity lasts 1h, the default, below the bot\'s max TTL', async () => {
     const w = await world()
     const b = await addBot(w)
@@ -652,6 +661,17 @@ describe('auth service: platform joins and the public token info', () => {
     assert.equal(ev?.fields.tokenName, p.name)
     assert.equal((ev?.fields.claims as Record<string, unknown>)?.sub, 'deploy')
     assert.equal(ev?.remoteAddr, '10.0.0.8')
+  })
+
+  it('a platform join refused for its TTL does not use up the JWT (no replay record, no instance): the same JWT then joins', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const p = await platformToken(w, b.name)
+    const idToken = await p.mint('deploy')
+    await refused(w.auth.join({ joinMethod: 'oidc', tokenName: p.name, idToken, publicKey: newKey().publicKey, ttl: '1s' }, { remoteAddr: '10.0.0.8' }), 'ERR_BAD_REQUEST', /ttl: must be at least 5s/)
+    assert.equal((await w.store.listInstances(b.name)).length, 0, 'no instance created')
+    const res = await w.auth.join({ joinMethod: 'oidc', tokenName: p.name, idToken, publicKey: newKey().publicKey, ttl: '10m' }, { remoteAddr: '10.0.0.8' })
+    assert.equal(res.generation, 1)
   })
 
   it('a platform join whose claims match no rule is refused and audited with the token and the claim', async () => {
