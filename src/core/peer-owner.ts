@@ -228,12 +228,26 @@ function mapped(b: Uint8Array): Uint8Array {
   return m
 }
 
+/** Parsed addresses by their text: a listener sees the same few (its own, loopback) on every connection. */
+const parsedAddresses = new Map<string, Uint8Array | undefined>()
+const PARSED_ADDRESSES_MAX = 1024
+
 /**
  * The bytes of an address as Node reports it. An IPv4-mapped IPv6 address comes back
- * as its 4 IPv4 bytes: a dual-stack listener sees IPv4 clients that way.
+ * as its 4 IPv4 bytes: a dual-stack listener sees IPv4 clients that way. The array is
+ * shared with later calls for the same text: read it, never change it.
  */
 export function addressBytes(text: string | undefined): Uint8Array | undefined {
   if (text === undefined) return undefined
+  if (parsedAddresses.has(text)) return parsedAddresses.get(text)
+  // Parsing (two regular expressions, splits) was ~0.07 ms of each connection's check.
+  if (parsedAddresses.size >= PARSED_ADDRESSES_MAX) parsedAddresses.clear()
+  const bytes = parseAddressBytes(text)
+  parsedAddresses.set(text, bytes)
+  return bytes
+}
+
+function parseAddressBytes(text: string): Uint8Array | undefined {
   const addr = text.replace(/%.*$/, '')
   if (net.isIPv4(addr)) return Uint8Array.from(addr.split('.').map(Number))
   if (!net.isIPv6(addr)) return undefined

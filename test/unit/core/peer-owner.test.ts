@@ -209,4 +209,13 @@ describe('addressBytes', () => {
     assert.equal(addressBytes('/run/x.sock'), undefined)
     assert.equal(addressBytes(undefined), undefined)
   })
+  it('gives the same bytes for the same text again (parsed once per address), and keeps texts that are not addresses undefined', () => {
+    const first = addressBytes('10.1.2.3')
+    assert.equal(addressBytes('10.1.2.3'), first)
+    assert.deepEqual([...first as Uint8Array], [10, 1, 2, 3])
+    assert.equal(addressBytes('not-an-address'), undefined)
+    assert.equal(addressBytes('not-an-address'), undefined)
+    // Past the cache's bound, addresses are still parsed right.
+    for (let i = 0; i < 1100; i++) assert.deepEqual([...addressBytes(`10.0.${i >> 8}.${i & 255}`) as Uint8Array], [10, 0, i >> 8, i & 255])
+  })
 })
