@@ -102,6 +102,8 @@ describe('kubectl through the memid agent, end to end', () => {
     try {
       await watch.waitFor(/^web-1\s/m)
       const before = (await kubeStatus()).serial as string
+      // kubectl prints the list before it opens the watch: add the pod once the watch is open.
+      await eventually(() => srv.activeWatches > 0, 10_000, 'the watch open at the API server')
       srv.addPod('before-renewal')
       await watch.waitFor(/^before-renewal\s/m)
       const renewed = await eventually(async () => {

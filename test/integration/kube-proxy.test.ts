@@ -21,6 +21,7 @@ import { startKubeApiServer, type KubeApiServer } from '../fixtures/kube-apiserv
 import {
   createKubeClientCa, issueKubeCredential, kubectl, kubectlHome, KubectlProcess, requireKubectl, type KubectlOptions,
 } from '../fixtures/kube-client.ts'
+import { eventually } from '../fixtures/memid.ts'
 
 let ca: X509Authority
 let srv: KubeApiServer
@@ -91,6 +92,9 @@ describe('kubectl through the kube proxy', () => {
     const watch = new KubectlProcess(['get', 'pods', '--watch'], k)
     try {
       await watch.waitFor(/^p1\s/m)
+      // kubectl prints the list before it opens the watch; a pod added in between is in
+      // no watch (the fixture does not replay from a resourceVersion).
+      await eventually(() => srv.activeWatches > 0, 10_000, 'the watch open at the API server')
       srv.addPod('watched-1')
       await watch.waitFor(/^watched-1\s/m)
       const after = await renew()
