@@ -112,7 +112,7 @@ export class AuthService {
       // The request's own faults are refused before the token is spent, so fixing the
       // agent's config is enough to join with the same token.
       const publicKey = parseAgentKey(req.publicKey, 'ec')
-      requestedTtl(req.ttl)
+      const askedTtlMs = requestedTtl(req.ttl)
       const token = await this.#store.getToken(parts.name)
       const bot = token && (await this.#store.getBot(token.bot))
       const instanceId = randomUUID()
@@ -128,7 +128,7 @@ export class AuthService {
           initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
         }
       }, token)
-      return await this.#admitted(bot as Bot, instance, req, peer, publicKey, now)
+      return await this.#admitted(bot as Bot, instance, askedTtlMs, peer, publicKey, now)
     } catch (err) {
       throw await this.#joinFailed(err, req, peer, tokenName)
     }
@@ -139,19 +139,19 @@ export class AuthService {
     const now = this.#clock.now()
     try {
       const publicKey = parseAgentKey(req.publicKey, 'ec')
-      requestedTtl(req.ttl)
+      const askedTtlMs = requestedTtl(req.ttl)
       const { bot, instance } = await platformJoin(this.#store, this.#platform, req, peer.remoteAddr, now)
-      return await this.#admitted(bot, instance, req, peer, publicKey, now)
+      return await this.#admitted(bot, instance, askedTtlMs, peer, publicKey, now)
     } catch (err) {
       throw await this.#joinFailed(err, req, peer, req.tokenName)
     }
   }
 
   /** The common end of every join: locks, the first bot identity, the audit. */
-  async #admitted(bot: Bot, instance: BotInstance, req: JoinRequest, peer: Peer, publicKey: KeyObject, now: number): Promise<IdentityResponse> {
+  async #admitted(bot: Bot, instance: BotInstance, askedTtlMs: number, peer: Peer, publicKey: KeyObject, now: number): Promise<IdentityResponse> {
     const locks = await this.#store.locksFor(bot.name, instance.id)
     if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${bot.name}" is locked: ${locks[0]?.reason}`)
-    const ttlMs = clampTtl(req.ttl, bot)
+    const ttlMs = Math.min(askedTtlMs, bot.maxTtlMs)
     const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: bot.name, botId: bot.id, instanceId: instance.id, generation: 1 }, ttlMs, now)
     await this.audit({ type: 'join', success: true, bot: bot.name, instance: instance.id, remoteAddr: peer.remoteAddr, fields: { joinMethod: instance.joinMethod, tokenName: instance.tokenName, ...(instance.claims ? { claims: instance.claims } : {}) } })
     await this.audit(this.#issuedEvent('bot', { bot, instance }, peer, cert.serial, ttlMs, { generation: 1 }))
