@@ -1,3 +1,7 @@
+import type tls from 'node:tls'
+import { buildClientContext, keyShareGroup, type KeyShareGroup } from '../pki/tls-context.ts'
+import type { TlsClientCredential } from './credentials.ts'
+
 /**
  * Upstream TLS sessions to resume, bound to the credential they were made with.
  *
@@ -7,11 +11,52 @@
  * identity (and its serial, groups and expiry) to the upstream. Entries are looked up by
  * the credential object itself, so a renewed credential finds nothing, and `drop()`
  * (called when the credential is renewed) zeroes what was kept.
+ *
+ * It also remembers which key-exchange group the upstream agreed on, so later handshakes
+ * send one key share instead of two (see {@link UpstreamSessions.secureContext}).
  */
 export class UpstreamSessions {
   #credential: object | undefined
   #upstream: string | undefined
   #session: Buffer | undefined
+  /** The group the upstream agreed on in its last TLS 1.3 handshake: the server's, so kept across renewals. */
+  #group: { upstream: string; group: KeyShareGroup } | undefined
+  /** The context that sends a key share for that group only, for the credential it holds. */
+  #keyed: { credential: TlsClientCredential; group: KeyShareGroup; context: tls.SecureContext } | undefined
+
+  /**
+   * The context to dial `upstream` with. OpenSSL 3.5 sends two key shares: the hybrid
+   * post-quantum X25519MLKEM768 (its ML-KEM key pair alone is ~0.4 ms of CPU) and
+   * X25519. An upstream on an older OpenSSL (PostgreSQL or nginx on Debian 12's 3.0, say)
+   * picks X25519 and the ML-KEM work is thrown away on every connection. So once an
+   * upstream has agreed on a group, later connections send a key share for that group
+   * only. The choice stays the server's: every default group is still offered, the
+   * server agreed on this one when offered both shares, and a server that now prefers
+   * another asks for it with a HelloRetryRequest (and is remembered again).
+   */
+  secureContext(credential: TlsClientCredential, upstream: string): tls.SecureContext {
+    const learned = this.#group
+    if (learned === undefined || learned.upstream !== upstream) return credential.secureContext
+    const keyed = this.#keyed
+    if (keyed !== undefined && keyed.credential === credential && keyed.group === learned.group) return keyed.context
+    let context: tls.SecureContext
+    try {
+      context = buildClientContext({ key: credential.privateKey, certPem: credential.certificatePem, caPem: credential.upstream.caPem, keyShare: learned.group })
+    } catch {
+      // An OpenSSL without the key-share syntax of groups lists (before 3.5): the defaults it is.
+      this.#group = undefined
+      return credential.secureContext
+    }
+    this.#keyed = { credential, group: learned.group, context }
+    return context
+  }
+
+  /** Notes the group a finished handshake with `upstream` agreed on (nothing for TLS 1.2). */
+  learnKeyShare(upstream: string, socket: tls.TLSSocket): void {
+    const group = keyShareGroup(socket)
+    if (group === undefined) return
+    if (this.#group?.upstream !== upstream || this.#group.group !== group) this.#group = { upstream, group }
+  }
 
   /** The session to offer when dialing `upstream` with `credential`, if one was kept for exactly that pair. */
   get(credential: object, upstream: string): Buffer | undefined {
@@ -33,6 +78,8 @@ export class UpstreamSessions {
 
   /** Forgets (and zeroes) the kept session: the credential was renewed or the service stops. */
   drop(): void {
+    // The keyed context holds the old private key inside OpenSSL: let it go with the credential.
+    this.#keyed = undefined
     this.#session?.fill(0)
     this.#session = undefined
     this.#credential = undefined

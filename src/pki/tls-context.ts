@@ -8,6 +8,39 @@ export interface ClientContextOptions {
   certPem: string
   /** CA certificates that verify the server; the system roots when omitted. */
   caPem?: string | string[] | undefined
+  /**
+   * The one group to send a TLS 1.3 key share for (see {@link keyShareGroup}); every
+   * default group is still offered, so a server that wants another asks for it (one
+   * HelloRetryRequest) rather than failing. Default: OpenSSL's two key shares.
+   */
+  keyShare?: KeyShareGroup | undefined
+}
+
+/**
+ * OpenSSL 3.5's default groups, in its order: what a memid client offers. The first two
+ * get a key share by default: the hybrid post-quantum X25519MLKEM768 and X25519.
+ */
+const DEFAULT_GROUPS = ['X25519MLKEM768', 'X25519', 'P-256', 'X448', 'P-384', 'P-521', 'ffdhe2048', 'ffdhe3072'] as const
+export type KeyShareGroup = (typeof DEFAULT_GROUPS)[number]
+
+/** `getEphemeralKeyInfo().name` → the group's name in a groups list. */
+const NEGOTIATED: Record<string, KeyShareGroup> = {
+  X25519MLKEM768: 'X25519MLKEM768', X25519: 'X25519', prime256v1: 'P-256', X448: 'X448', secp384r1: 'P-384', secp521r1: 'P-521',
+}
+
+/**
+ * The group a finished TLS 1.3 client connection agreed on, when it is one of the
+ * defaults that a key share can be sent for; undefined otherwise (TLS 1.2, DHE, unknown).
+ */
+export function keyShareGroup(socket: tls.TLSSocket): KeyShareGroup | undefined {
+  if (socket.getProtocol() !== 'TLSv1.3') return undefined
+  const name = socket.getEphemeralKeyInfo()
+  return name !== null && typeof name === 'object' && 'name' in name && typeof name.name === 'string' ? NEGOTIATED[name.name] : undefined
+}
+
+/** An OpenSSL groups list: every default group, with the key share for `group` only. */
+export function keyShareGroups(group: KeyShareGroup): string {
+  return [`*${group}`, ...DEFAULT_GROUPS.filter((g) => g !== group)].join(':')
 }
 
 /**
@@ -21,6 +54,7 @@ export function buildClientContext(opts: ClientContextOptions): tls.SecureContex
       key: keyPem,
       cert: opts.certPem,
       ...(opts.caPem !== undefined ? { ca: opts.caPem } : {}),
+      ...(opts.keyShare !== undefined ? { ecdhCurve: keyShareGroups(opts.keyShare) } : {}),
       minVersion: 'TLSv1.2',
     }),
   )

@@ -3,10 +3,9 @@ import assert from 'node:assert/strict'
 import net from 'node:net'
 import tls from 'node:tls'
 import { CredentialSource, type TlsClientCredential } from '../../src/credentials/credentials.ts'
-import { createDbTunnelService } from '../../src/services/db-tunnel/index.ts'
 import type { Service } from '../../src/services/service.ts'
 import type { X509Authority } from '../../src/pki/x509.ts'
-import { dbCredential, serverCertificate, testCa, TestClock, tunnelDeps } from '../fixtures/db-tunnel.ts'
+import { appTunnel, dbCredential, echoRoundTrip, serverCertificate, testCa, TestClock } from '../fixtures/db-tunnel.ts'
 
 /** What the upstream saw on each connection: did it resume, and whose certificate. */
 interface Seen {
@@ -49,11 +48,7 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
       const clock = new TestClock()
       source = new CredentialSource<TlsClientCredential>('database app', clock)
       source.set(await issue())
-      tunnel = createDbTunnelService({
-        listen: '127.0.0.1:0', service: 'app', username: 'app', protocol: 'tls', maxConnections: 5, connectTimeoutMs: 5000,
-      }, tunnelDeps(source, clock))
-      await tunnel.start()
-      tunnelPort = Number(tunnel.address.split(':').pop())
+      ;({ tunnel, port: tunnelPort } = await appTunnel(source, clock))
     })
 
     after(async () => {
@@ -64,16 +59,7 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
     /** One client connection through the tunnel: a round trip, then close; returns what the upstream saw. */
     const roundTrip = async (): Promise<Seen> => {
       const before = seen.length
-      const c = net.connect(tunnelPort, '127.0.0.1')
-      await new Promise((r) => c.once('connect', r))
-      c.write('ping')
-      const echoed = await new Promise<string>((resolve, reject) => {
-        c.once('data', (d: Buffer) => resolve(d.toString()))
-        c.once('error', reject)
-      })
-      assert.equal(echoed, 'ping')
-      c.end()
-      await new Promise((r) => c.once('close', r))
+      await echoRoundTrip(tunnelPort)
       assert.equal(seen.length, before + 1)
       return seen.at(-1) as Seen
     }

@@ -39,9 +39,10 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
     await step(raw, 'connect', opts.signal, where)
     if (opts.protocol === 'postgres') await negotiateSsl(raw, opts.signal, where)
     // Node hands highWaterMark on to the TLS socket; @types/node does not declare it here.
+    const resume = opts.resume
     const options: tls.ConnectionOptions & { highWaterMark: number } = {
       socket: raw,
-      secureContext: opts.credential.secureContext,
+      secureContext: resume !== undefined ? resume.sessions.secureContext(opts.credential, where) : opts.credential.secureContext,
       // Node checks the certificate against `servername ?? host`; SNI must not carry an
       // IP address, so an IP upstream is named by `host` only.
       host,
@@ -50,13 +51,13 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
       rejectUnauthorized: true,
       highWaterMark: RELAY_HIGH_WATER_MARK,
     }
-    const resume = opts.resume
     const session = resume?.sessions.get(opts.credential, where)
     if (session !== undefined) options.session = session
     secure = tls.connect(options)
     secure.on('error', ignore)
     if (resume !== undefined) secure.on('session', (s: Buffer) => resume.sessions.remember(opts.credential, where, s, resume.current()))
     await step(secure, 'secureConnect', opts.signal, where)
+    resume?.sessions.learnKeyShare(where, secure)
     return secure
   } catch (err) {
     secure?.destroy()
