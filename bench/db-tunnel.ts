@@ -6,7 +6,7 @@
  * sets the pace. Per test it prints memid, stunnel, the direct-to-upstream limit, the
  * ratio, p50/p99 and the tunnel's CPU per connection or per GB.
  *
- *   node bench/db-tunnel.ts [--seconds 5] [--rounds 3] [--threads 8] [--pings 5000] [--quiet-wait 10]
+ *   node bench/db-tunnel.ts [--seconds 5] [--rounds 3] [--threads 8] [--pings 5000] [--quiet-wait 10] [--tests conn,bulk,ping]
  *
  * Tests: new connections/s (connect, 64 B round trip, close, `--threads` client threads),
  * bulk MB/s (one connection, the client sends and reads the echo at once; MB/s is one
@@ -40,6 +40,8 @@ const { values: args } = parseArgs({
     'quiet-wait': { type: 'string', default: '10' },
     role: { type: 'string' },
     'peer-check': { type: 'string', default: 'on' },
+    /** Which tests to run (all by default), e.g. `--tests ping` while profiling one. */
+    tests: { type: 'string', default: 'conn,bulk,ping' },
     /** memid's worker threads, as `memid start --workers` (default: the agent's default). */
     workers: { type: 'string' },
   },
@@ -171,6 +173,7 @@ async function main(): Promise<void> {
       tests.ping(who)
     }
 
+    const chosen = (['conn', 'bulk', 'ping'] as const).filter((t) => args.tests.split(',').includes(t))
     const samples: Record<keyof typeof tests, Record<Party, Sample[]>> = {
       conn: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] }, bulk: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] },
       ping: { memid: [], stunnel: [], direct: [], 'memid-nocheck': [] },
@@ -182,10 +185,10 @@ async function main(): Promise<void> {
       rounds, quietWaitMs, foreign,
       round(r) {
         const order: Party[] = r % 2 === 0 ? ['memid', 'stunnel', 'direct'] : ['stunnel', 'memid', 'direct']
-        for (const test of ['conn', 'bulk', 'ping'] as const) for (const who of order) samples[test][who].push(tests[test](who))
+        for (const test of chosen) for (const who of order) samples[test][who].push(tests[test](who))
         // The check's price: on and off measured next to each other (on, off, off, on), so
         // that load from outside moves both alike; the ratio is taken per pair.
-        for (const who of ['memid', 'memid-nocheck', 'memid-nocheck', 'memid'] as const) checkPair[who === 'memid' ? 'on' : 'off'].push(tests.conn(who))
+        if (chosen.includes('conn')) for (const who of ['memid', 'memid-nocheck', 'memid-nocheck', 'memid'] as const) checkPair[who === 'memid' ? 'on' : 'off'].push(tests.conn(who))
       },
     })
 
@@ -208,15 +211,15 @@ async function main(): Promise<void> {
       console.log(`  ratio memid/stunnel ${ratio.toFixed(2)}× ${higher === 'rate' ? unit : 'p50 RTT'} (${target}); CPU ${(a.cpu / b.cpu).toFixed(2)}× (lower is better)`)
     }
     console.log(`${machineLine()}; memid --workers ${workers}; nginx ${nginxVersion()} stream TLS (client cert required) → native echo; ${seconds}s per test × ${rounds} rounds, medians (per-round values in brackets)`)
-    show('conn', `new connections/s (connect, 64 B round trip, close; ${threads} client threads)`, 'conn/s', 'µs/conn', '(C client, TLS straight to nginx, full handshake each time)', 'target ≥ 1.0×', 'rate')
+    if (chosen.includes('conn')) show('conn', `new connections/s (connect, 64 B round trip, close; ${threads} client threads)`, 'conn/s', 'µs/conn', '(C client, TLS straight to nginx, full handshake each time)', 'target ≥ 1.0×', 'rate')
     const on = checkPair.on.map((x) => x.rate)
     const off = checkPair.off.map((x) => x.rate)
     const pairRatios = on.map((x, i) => x / (off[i] as number))
-    console.log(`  connecting-user check (peer lookup: ${sharedPeerOwners.method}), measured on/off/off/on each round: on ${median(on).toFixed(0)} conn/s (${on.map((x) => x.toFixed(0)).join(', ')}), ` +
+    if (chosen.includes('conn')) console.log(`  connecting-user check (peer lookup: ${sharedPeerOwners.method}), measured on/off/off/on each round: on ${median(on).toFixed(0)} conn/s (${on.map((x) => x.toFixed(0)).join(', ')}), ` +
       `off (allowed_users: ['*']) ${median(off).toFixed(0)} conn/s (${off.map((x) => x.toFixed(0)).join(', ')}); on/off ${median(pairRatios).toFixed(3)}× (target ≥ 0.95×); ` +
       `memid CPU on ${median(checkPair.on.map((x) => x.cpu)).toFixed(0)} µs/conn, off ${median(checkPair.off.map((x) => x.cpu)).toFixed(0)} µs/conn`)
-    show('bulk', 'bulk MB/s each way (one connection, echo)', 'MB/s', 's/GB', '(plain TCP to the echo server: loopback ceiling, no TLS)', 'target ≥ 1.2×', 'rate')
-    show('ping', `64 B ping-pong on one connection (${pings} round trips)`, '', 'µs/round trip', '(C client, TLS straight to nginx)', 'target ≤ 1.0×, lower is better', 'p50')
+    if (chosen.includes('bulk')) show('bulk', 'bulk MB/s each way (one connection, echo)', 'MB/s', 's/GB', '(plain TCP to the echo server: loopback ceiling, no TLS)', 'target ≥ 1.2×', 'rate')
+    if (chosen.includes('ping')) show('ping', `64 B ping-pong on one connection (${pings} round trips)`, '', 'µs/round trip', '(C client, TLS straight to nginx)', 'target ≤ 1.0×, lower is better', 'p50')
     console.log(`\nother load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% of both cores (waited ${waited.toFixed(0)} s for quiet)`)
   })
 }
