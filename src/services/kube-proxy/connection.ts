@@ -482,7 +482,12 @@ export class ProxyConnection {
       return this.#upstreamBroke(new MemidError('ERR_UPSTREAM', `the API server sent a malformed response (${n.code})`))
     }
     this.#sent = true
-    this.#toClient(chunk)
+    // A whole answer in one read (most small GETs) has nothing to wait for: written at once.
+    if (this.#resDone && !this.#corked) {
+      if (!this.#client.write(chunk)) this.#up?.pause()
+    } else {
+      this.#toClient(chunk)
+    }
     if (this.#switched) {
       this.#tunnel = true
       this.#host.counted(101)
