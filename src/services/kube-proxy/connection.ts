@@ -38,6 +38,9 @@ export const MAX_HEADER_BYTES = 16 * 1024
 /** Response heads from the API server may be larger (many `Warning` headers). */
 const MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 
+/** The buffer the API server's bytes are read into: one TLS record's plaintext at most. */
+const READ_BUFFER_BYTES = 16 * 1024
+
 /** Body bytes of pipelined requests held while an earlier one is answered; beyond it reading stops. */
 const PENDING_LIMIT = 64 * 1024
 
@@ -93,6 +96,7 @@ export class ProxyConnection {
   #upUsed = 0
   #paused = 0
   #corked = false
+  #onread: net.OnReadOpts | undefined
 
   /** Header lines handed over before the head was complete (more than 32 of them). */
   #headers: string[] = []
@@ -392,7 +396,7 @@ export class ProxyConnection {
 
   #dial(dialer: UpstreamDialer): void {
     this.#dropUpstream()
-    const up = dialer.connect()
+    const up = dialer.connect(this.#onread ??= { buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES), callback: this.#onUpRead })
     for (const [event, handler] of this.#upEvents) up.on(event, handler)
     this.#up = up
     this.#upDialer = dialer
@@ -470,7 +474,20 @@ export class ProxyConnection {
 
   // The API server's side.
 
-  readonly #onUpData = (chunk: Buffer): void => {
+  /**
+   * Upstream bytes arrive through the socket's `onread` buffer rather than as 'data' events:
+   * a watch or chunked list comes as one TLS record per event, and each 'data' event costs
+   * a readable-stream push, an emit and a nextTick. Each read is copied out of the shared
+   * buffer (kubectl's socket may keep it queued).
+   */
+  readonly #onUpRead = (n: number, buf: Buffer): boolean => {
+    const chunk = Buffer.allocUnsafe(n)
+    buf.copy(chunk, 0, 0, n)
+    this.#onUpData(chunk)
+    return true
+  }
+
+  #onUpData(chunk: Buffer): void {
     if (this.#switched) return this.#toClient(chunk)
     if (!this.#busy || this.#local || this.#resDone) {
       // Bytes nobody asked for: the connection is not in a state anyone can rely on.
@@ -592,7 +609,7 @@ export class ProxyConnection {
 
   /** The upstream connection's listeners, attached when it is dialed and taken off when it is let go. */
   readonly #upEvents: [string, Listener][] = [
-    ['data', this.#onUpData], ['end', this.#onUpEnd], ['error', this.#onUpError], ['close', this.#onUpClose], ['drain', this.#onUpDrain],
+    ['end', this.#onUpEnd], ['error', this.#onUpError], ['close', this.#onUpClose], ['drain', this.#onUpDrain],
   ]
 
   /**

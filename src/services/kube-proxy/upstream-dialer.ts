@@ -52,12 +52,13 @@ export class UpstreamDialer {
 
   /**
    * A new mutual-TLS connection to the API server. Writes before the handshake is done are
-   * queued by the socket; a handshake that takes longer than the connect timeout destroys
+   * queued by the socket. With `onread`, what arrives is handed to its callback in its
+   * buffer instead of as 'data' events (see `connection.ts`). A handshake that takes longer than the connect timeout destroys
    * it with an `ERR_UPSTREAM` error.
    */
-  connect(): tls.TLSSocket {
+  connect(onread?: net.OnReadOpts): tls.TLSSocket {
     const session = this.#sessions.get(this.credential, this.authority)
-    const socket = tls.connect(session !== undefined ? { ...this.#tlsOptions, session } : this.#tlsOptions)
+    const socket = tls.connect({ ...this.#tlsOptions, ...(session !== undefined ? { session } : {}), ...(onread !== undefined ? { onread } : {}) })
     // Requests and their answers are small writes that must go out at once: Nagle would hold
     // one behind an unacknowledged segment for up to the peer's delayed-ACK time (40 ms).
     socket.setNoDelay(true)

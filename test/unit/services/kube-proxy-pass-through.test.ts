@@ -257,6 +257,69 @@ describe('kube proxy HTTP/1.1 pass-through', () => {
     await until(() => svc.describe?.().activeWatches === 0, 'the watch gauge to drop')
   })
 
+  it('stops reading from the API server while kubectl does not read, and from kubectl while the API server does not', async () => {
+    let written = 0
+    let bodyRead = 0
+    let release: (() => void) | undefined
+    upstream.handle = () => undefined
+    const server = upstream.server
+    // This test answers from the request event itself, before the body is read.
+    const early = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (req.url === '/big-answer') {
+        const chunk = Buffer.alloc(64 * 1024, 0x61)
+        const pump = () => {
+          while (written < 64 * 1024 * 1024) {
+            written += chunk.length
+            if (!res.write(chunk)) return void res.once('drain', pump)
+          }
+          res.end()
+        }
+        res.writeHead(200, { 'content-type': 'application/octet-stream' })
+        pump()
+      } else if (req.url === '/big-body') {
+        req.pause()
+        release = () => {
+          req.on('data', (c: Buffer) => (bodyRead += c.length))
+          req.resume()
+        }
+        req.on('end', () => res.end(`read ${bodyRead}`))
+      }
+    }
+    server.prependListener('request', early)
+    try {
+      const reader = net.connect(port, '127.0.0.1')
+      reader.on('error', () => undefined)
+      reader.write(get('/big-answer'))
+      reader.pause()
+      await sleep(700)
+      const stalled = written
+      await sleep(300)
+      assert.equal(written, stalled, 'the API server is held back')
+      assert.ok(written < 16 * 1024 * 1024, `${written} bytes went out while kubectl read nothing`)
+      let got = 0
+      reader.on('data', (d: Buffer) => (got += d.length))
+      reader.resume()
+      await until(() => got > 64 * 1024 * 1024, 'the whole answer', 20_000)
+      reader.destroy()
+
+      const size = 32 * 1024 * 1024
+      const writer = net.connect(port, '127.0.0.1')
+      writer.on('error', () => undefined)
+      let answer = ''
+      writer.on('data', (d) => (answer += d.toString()))
+      writer.write(`POST /big-body HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${size}\r\n\r\n`)
+      writer.write(Buffer.alloc(size, 0x62))
+      await sleep(700)
+      const queued = writer.writableLength
+      assert.ok(queued > size / 4, `only ${queued} bytes left unread by the proxy while the API server read nothing`)
+      release?.()
+      await until(() => answer.includes(`read ${size}`), 'the API server to read the whole body', 20_000)
+      writer.destroy()
+    } finally {
+      server.removeListener('request', early)
+    }
+  })
+
   it('passes 100 Continue through, then the answer', async () => {
     upstream.handle = (_req, res, body) => res.end(`got:${body.toString()}`)
     const s = net.connect(port, '127.0.0.1')
@@ -268,6 +331,19 @@ describe('kube proxy HTTP/1.1 pass-through', () => {
     s.write('hello')
     await until(() => text.endsWith('got:hello'), 'the final answer')
     s.destroy()
+  })
+
+  it('passes an answer delimited by the end of the connection (an HTTP/1.0 request) through whole, then closes', async () => {
+    upstream.handle = (_req, res) => {
+      res.write('part1-')
+      setTimeout(() => res.end('part2'), 50)
+    }
+    const { text, closed } = await raw(['GET /old HTTP/1.0\r\nHost: localhost\r\n\r\n'])
+    assert.ok(closed)
+    assert.match(text, /^HTTP\/1\.1 200 OK\r\n/)
+    assert.doesNotMatch(text, /content-length|transfer-encoding/i)
+    assert.ok(text.endsWith('\r\n\r\npart1-part2'), text)
+    assert.equal(upstream.seen.at(-1)?.url, '/old')
   })
 
   it('answers HEAD without a body and serves the next request on the same connection', async () => {
