@@ -135,7 +135,7 @@ async function main(): Promise<void> {
       const out = wrk(`${base[who]}${tests[test]}`, secs, connections)
       return { ...out, cpu: ((cpuSeconds(pid[who]) - c0) / (out.rate * secs)) * 1e6 }
     }
-    // Warm up: TLS handshakes, HTTP/2 sessions, JIT.
+    // Warm up: TLS handshakes, upstream connections, JIT.
     for (const who of ['memid', 'kubectl', 'direct'] as const) for (const test of TESTS) measure(test, who, 1)
 
     const foreign = new ForeignLoad(() => [memid.child.pid, kp.child.pid, nginx.pid])
