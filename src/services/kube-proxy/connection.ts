@@ -295,7 +295,7 @@ export class ProxyConnection {
     this.#dropUpstream()
     if (this.#busy && !this.#resDone && !this.#tunnel) {
       // 499 (nginx's "client closed request") when kubectl left before any answer.
-      this.#host.counted(this.#tunnel ? 101 : this.#status !== 0 ? this.#status : 499)
+      this.#host.counted(this.#status !== 0 ? this.#status : 499)
       if (this.#watch) this.#host.watch(-1)
     }
     if (this.#tunnel) this.#host.upgrade(-1)
