@@ -126,8 +126,10 @@ export class ProxyConnection {
   #started = 0
   /** The API server answered an upgrade with 101. */
   #switched = false
-  /** The connection is a byte tunnel to the API server from kubectl's side (after an upgrade request). */
+  /** kubectl's bytes go to the API server as they are (after a 101). */
   #rawUp = false
+  /** What kubectl sent after its upgrade request, until the API server answers it. */
+  #held: Buffer[] | undefined
   /** Counted as an open upgrade. */
   #tunnel = false
 
@@ -198,23 +200,28 @@ export class ProxyConnection {
 
   readonly #onClientData = (chunk: Buffer): void => {
     if (this.#rawUp) return this.#toUpstream(chunk)
-    if (this.#parseDone) {
-      // Bytes after a held upgrade request belong to the upgraded protocol.
-      const last = this.#pending?.at(-1)
-      if (last?.upgrade === true) this.#hold(last, chunk)
-      return
-    }
+    if (this.#parseDone) return this.#afterUpgrade(chunk)
     if (!this.#busy && this.headersSince === 0) this.headersSince = performance.now()
     const n = this.#parser.execute(chunk)
     if (typeof n !== 'number') return this.#requestError(n)
-    if (this.#parseDone && n < chunk.length) {
-      const rest = chunk.subarray(n)
-      if (this.#rawUp) this.#toUpstream(rest)
-      else {
-        const last = this.#pending?.at(-1)
-        if (last?.upgrade === true) this.#hold(last, rest)
-      }
-    }
+    if (this.#parseDone && n < chunk.length) this.#afterUpgrade(chunk.subarray(n))
+  }
+
+  /**
+   * Bytes kubectl sent after an upgrade request belong to the upgraded protocol: they go to
+   * the API server only once it answered 101. Until then they are held (reading stops
+   * beyond the bound); after any other answer they are dropped with the connection. Sent
+   * at once, they would reach an API server that refused the upgrade as the next
+   * request on its connection, past the proxy's checks.
+   */
+  #afterUpgrade(chunk: Buffer): void {
+    if (this.#rawUp) return this.#toUpstream(chunk)
+    const last = this.#pending?.at(-1)
+    if (last?.upgrade === true) return this.#hold(last, chunk)
+    if (!this.#busy || this.#kind !== 'upgrade' || this.#local) return
+    ;(this.#held ??= []).push(chunk)
+    this.#pendingBytes += chunk.length
+    if (this.#pendingBytes > PENDING_LIMIT) this.#pause(PAUSED_PENDING)
   }
 
   readonly #onHeaderLines = (lines: string[], url: string): void => {
@@ -384,7 +391,6 @@ export class ProxyConnection {
     if (this.#watch) this.#host.watch(1)
     this.#head = requestHead(name, url, minor, headers, dialer.authority, this.#kind, !this.#keepAlive)
     this.#send(dialer)
-    if (upgrade) this.#rawUp = true
   }
 
   /** Writes the head to this connection's upstream connection, dialing one if it has none for this credential. */
@@ -430,7 +436,7 @@ export class ProxyConnection {
     this.#resDone = true
     this.#status = code
     this.#host.counted(code)
-    const closing = close || !this.#keepAlive || !this.#reqDone && this.#rawUp
+    const closing = close || !this.#keepAlive
     this.#client.write(statusResponse(code, reason, message, warn, closing))
     if (closing) this.#closeClient()
     else if (this.#reqDone) this.#finish()
@@ -450,7 +456,7 @@ export class ProxyConnection {
     if (this.#parsing === p) this.#parsing = undefined
     this.#begin(p.minor, p.headers, p.method, p.url, p.upgrade, p.keepAlive)
     for (const b of p.body) {
-      if (this.#rawUp) this.#toUpstream(b)
+      if (p.upgrade) this.#afterUpgrade(b)
       else this.#onRequestBody(b)
     }
     if (p.complete) this.#onRequestDone()
@@ -506,6 +512,13 @@ export class ProxyConnection {
       this.#toClient(chunk)
     }
     if (this.#switched) {
+      this.#rawUp = true
+      for (const b of this.#held ?? []) {
+        this.#pendingBytes -= b.length
+        this.#toUpstream(b)
+      }
+      this.#held = undefined
+      this.#unpause(PAUSED_PENDING)
       this.#tunnel = true
       this.#host.counted(101)
       this.#host.upgrade(1)

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { Registry } from 'prom-client'
 import type { Clock } from '../../../src/core/clock.ts'
@@ -325,6 +326,44 @@ describe('kube proxy HTTP/1.1 pass-through', () => {
       writer.destroy()
     } finally {
       server.removeListener('request', early)
+    }
+  })
+
+  it('holds what follows an upgrade request until the API server answers 101; after a refusal it never reaches the API server', async () => {
+    const upgradeHead = (path: string) => `GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n`
+    // Without an 'upgrade' listener Node's server answers an upgrade request as an ordinary
+    // one and reads what follows as the next request: what an API server refusing it may do.
+    upstream.handle = (req, res) => {
+      res.statusCode = 404
+      res.end(`refused:${req.url}`)
+    }
+    upstream.received = ''
+    const refused = await raw([`${upgradeHead('/exec-missing')}GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n`])
+    assert.deepEqual(statuses(refused.text), [404])
+    assert.ok(refused.closed)
+    assert.ok(!upstream.received.includes('/smuggled'), 'the bytes after a refused upgrade never reach the API server')
+
+    const tunnel = (req: http.IncomingMessage, socket: Duplex) => {
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n')
+      socket.on('data', (d: Buffer) => socket.write(`echo:${d.toString()}`))
+      socket.on('error', () => undefined)
+      void req
+    }
+    upstream.server.on('upgrade', tunnel)
+    try {
+      const s = net.connect(port, '127.0.0.1')
+      let text = ''
+      s.on('data', (d) => (text += d.toString('latin1')))
+      s.write(`${upgradeHead('/exec')}early-bytes`)
+      await until(() => text.includes('echo:early-bytes'), 'the held bytes to reach the API server after its 101')
+      assert.match(text, /^HTTP\/1\.1 101 Switching Protocols\r\n/)
+      assert.equal(svc.describe?.().activeUpgrades, 1)
+      s.write('later')
+      await until(() => text.includes('echo:later'), 'the tunnel to carry bytes both ways')
+      s.destroy()
+      await until(() => svc.describe?.().activeUpgrades === 0, 'the upgrade gauge to drop')
+    } finally {
+      upstream.server.removeListener('upgrade', tunnel)
     }
   })
 
