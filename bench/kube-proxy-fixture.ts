@@ -7,7 +7,7 @@
  * (target: memid ≥ 1.2× kubectl proxy).
  *
  *   node bench/kube-proxy-fixture.ts [--seconds 5] [--connections 16] [--rounds 5] [--quiet-wait 60]
- *                            [--path /api/v1/namespaces/default/pods/p1] [--upstream auto|http/1.1] [--pods 1]
+ *                            [--path /api/v1/namespaces/default/pods/p1] [--pods 1]
  *
  * `--pods 3000 --path /api/v1/namespaces/default/pods --connections 4` measures big list
  * responses (~1.5 MB each) instead of small GETs.
@@ -33,7 +33,6 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '5' },
     'quiet-wait': { type: 'string', default: '60' },
     path: { type: 'string', default: '/api/v1/namespaces/default/pods/p1' },
-    upstream: { type: 'string', default: 'auto' },
     pods: { type: 'string', default: '1' },
     role: { type: 'string' },
   },
@@ -61,7 +60,7 @@ async function serveMemid(): Promise<void> {
   const { createKubeProxyService } = await import('../src/services/kube-proxy/index.ts')
   const m = await firstMessage<ClientMaterial>()
   const svc = createKubeProxyService(
-    { listen: '127.0.0.1:0', cluster: 'bench', upstreamProtocol: args.upstream === 'http/1.1' ? 'http/1.1' : 'auto' },
+    { listen: '127.0.0.1:0', cluster: 'bench' },
     benchServiceDeps('kube', 'bench-memid', ['bench'], m),
   )
   await svc.start()
@@ -91,7 +90,7 @@ async function main(): Promise<void> {
     own(api.child)
     const material = (await api.next()) as unknown as { memid: ClientMaterial; kubectl: ClientMaterial }
 
-    const memid = startRole(SELF, 'memid', ['--upstream', String(args.upstream)])
+    const memid = startRole(SELF, 'memid', [])
     own(memid.child)
     memid.child.send(material.memid)
     const memidUrl = `http://${String((await memid.next()).address)}${args.path}`
@@ -130,7 +129,7 @@ async function main(): Promise<void> {
       return `${(who === 'memid' ? 'memid kube proxy' : 'kubectl proxy').padEnd(16)} ${median(p.rates).toFixed(0)} req/s (${list(p.rates)})   ` +
         `CPU ${median(p.usPerReq).toFixed(0)} µs/request (${list(p.usPerReq)}), API server behind it ${median(p.apiUsPerReq).toFixed(0)} µs/request`
     }
-    console.log(`${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds, memid upstream ${args.upstream}`)
+    console.log(`${machineLine()}; path ${args.path}, ${connections} connections, ${seconds}s × ${rounds} rounds`)
     console.log(line('memid'))
     console.log(line('kubectl'))
     console.log(`other load on the machine during the rounds: ${(foreign.share * 100).toFixed(0)}% (waited ${waited.toFixed(0)} s for quiet)`)

@@ -6,7 +6,7 @@
  * plain HTTP: wrk cannot present a client certificate), the ratio, p50/p99 and the CPU
  * each proxy spent per request.
  *
- *   node bench/kube-proxy.ts [--seconds 5] [--connections 32] [--rounds 3] [--quiet-wait 10]
+ *   node bench/kube-proxy.ts [--seconds 5] [--connections 32] [--rounds 3] [--quiet-wait 10] [--workers N] [--tests small,stream]
  *
  * Tests: small GET (a ~1 KB PodList, one response body), and stream (a chunked response
  * of 32 × 1 KB chunks, each flushed on its own by nginx's echo module, as a watch delivers
@@ -36,11 +36,14 @@ const { values: args } = parseArgs({
     role: { type: 'string' },
     /** memid's worker threads, as `memid start --workers` (default: the agent's default). */
     workers: { type: 'string' },
+    /** Which tests to run (a profile of one of them: MEMID_BENCH_CPU_PROF=DIR … --tests stream). */
+    tests: { type: 'string', default: 'small,stream' },
   },
 })
 
 const SMALL_PATH = '/api/v1/namespaces/default/pods/p1'
 const STREAM_PATH = '/api/v1/namespaces/default/pods?watch=true'
+const TESTS = (['small', 'stream'] as const).filter((t) => (args.tests ?? '').split(',').includes(t))
 
 if (args.role === 'memid') await serveMemid()
 else await main()
@@ -132,8 +135,8 @@ async function main(): Promise<void> {
       const out = wrk(`${base[who]}${tests[test]}`, secs, connections)
       return { ...out, cpu: ((cpuSeconds(pid[who]) - c0) / (out.rate * secs)) * 1e6 }
     }
-    // Warm up: TLS handshakes, HTTP/2 sessions, JIT.
-    for (const who of ['memid', 'kubectl', 'direct'] as const) for (const test of ['small', 'stream'] as const) measure(test, who, 1)
+    // Warm up: TLS handshakes, upstream connections, JIT.
+    for (const who of ['memid', 'kubectl', 'direct'] as const) for (const test of TESTS) measure(test, who, 1)
 
     const foreign = new ForeignLoad(() => [memid.child.pid, kp.child.pid, nginx.pid])
     // memid and kubectl proxy take turns going first; direct, the limit, always goes last.
@@ -141,13 +144,13 @@ async function main(): Promise<void> {
       rounds, quietWaitMs, foreign,
       round(r) {
         const order: Party[] = r % 2 === 0 ? ['memid', 'kubectl', 'direct'] : ['kubectl', 'memid', 'direct']
-        for (const test of ['small', 'stream'] as const) for (const who of order) samples[test][who].push(measure(test, who))
+        for (const test of TESTS) for (const who of order) samples[test][who].push(measure(test, who))
       },
     })
 
     console.log(`${machineLine()}; memid --workers ${workers}; nginx ${nginxVersion()} (mTLS, h2 + http/1.1 offered); wrk -t1 -c${connections} -d${seconds}s × ${rounds} rounds, medians (per-round values in brackets)`)
     const titles = { small: `small GET ${SMALL_PATH} (~1 KB PodList)`, stream: `stream ${STREAM_PATH} (32 × 1 KB chunks per response)` }
-    for (const test of ['small', 'stream'] as const) {
+    for (const test of TESTS) {
       console.log(`\n${titles[test]}`)
       const med: Partial<Record<Party, Sample>> = {}
       for (const who of ['memid', 'kubectl', 'direct'] as const) {

@@ -4,23 +4,23 @@ import net from 'node:net'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../src/credentials/credentials.ts'
 import type { X509Authority } from '../../src/pki/x509.ts'
-import { UpstreamConnections } from '../../src/services/kube-proxy/upstream-connections.ts'
+import { UpstreamDialer } from '../../src/services/kube-proxy/upstream-dialer.ts'
 import { serverCertificate, testCa } from '../fixtures/db-tunnel.ts'
 import { issueKubeCredential } from '../fixtures/kube-client.ts'
 
 const norm = (serial: string) => serial.toLowerCase().replace(/^0+/, '')
 
 /**
- * Upgrade connections (exec, attach, port-forward) are fresh TLS connections to the API
- * server; they resume the session of the credential that made it, and a renewal (the
- * connection set is retired) never lets the new certificate resume the old session.
+ * Every kubectl connection (exec, attach, port-forward included) gets a fresh TLS connection
+ * to the API server; they resume the session of the credential that made it, and a renewal
+ * (the dialer is retired) never lets the new certificate resume the old session.
  */
-describe('kube proxy upgrade connections resume the upstream TLS session of their credential', () => {
+describe('kube proxy upstream connections resume the upstream TLS session of their credential', () => {
   let server: tls.Server
   let ca: X509Authority
   let upstream: { url: string; host: string; port: number; caPem: string }
   const seen: { reused: boolean; serial: string }[] = []
-  const sets: UpstreamConnections[] = []
+  const sets: UpstreamDialer[] = []
 
   before(async () => {
     ca = await testCa('kube client CA')
@@ -42,15 +42,15 @@ describe('kube proxy upgrade connections resume the upstream TLS session of thei
   })
 
   const connections = (cred: TlsClientCredential) => {
-    const c = new UpstreamConnections(cred, { protocol: 'auto' })
+    const c = new UpstreamDialer(cred)
     sets.push(c)
     return c
   }
 
   /** One upgrade-style connection with a round trip (TLS 1.3 tickets come after the handshake). */
-  const tunnel = async (conns: UpstreamConnections) => {
+  const tunnel = async (conns: UpstreamDialer) => {
     const before = seen.length
-    const s = conns.connectTunnel()
+    const s = conns.connect()
     await new Promise((r) => s.once('secureConnect', r))
     s.write('x')
     await new Promise((r) => s.once('data', r))

@@ -1,8 +1,13 @@
 /**
- * Header rewriting between kubectl and the API server. Hop-by-hop headers (RFC 9110 §7.6.1)
+ * Header rewriting from kubectl to the API server. Hop-by-hop headers (RFC 9110 §7.6.1)
  * describe one connection and never cross a proxy; a client's `Authorization` is dropped
  * because the only credential the API server may see is the client certificate the agent
  * holds (a bearer token from some other kubeconfig must not ride along).
+ *
+ * Responses are not rewritten: each kubectl connection has its own upstream connection,
+ * both HTTP/1.1, so the framing headers of a response (`Transfer-Encoding`, `Connection`,
+ * `Keep-Alive`) describe a connection that behaves exactly as the proxy's own (see
+ * `connection.ts`), and the bytes pass through as they arrive.
  */
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
@@ -10,15 +15,7 @@ const HOP_BY_HOP = new Set([
 ])
 
 /** Dropped from requests on top of the hop-by-hop set. */
-const REQUEST_DROP = new Set([
-  ...HOP_BY_HOP,
-  'authorization',
-  'host',
-  // Node's server already answered `100 Continue` locally; the upstream request streams the body at once.
-  'expect',
-  // HTTP/2 pseudo-headers never arrive over HTTP/1.1, but a crafted name must not reach the h2 encoder.
-  ':authority', ':method', ':path', ':scheme',
-])
+const REQUEST_DROP = new Set([...HOP_BY_HOP, 'authorization', 'host'])
 
 /** Header names the `Connection` header marks as hop-by-hop for this message. */
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
@@ -34,64 +31,39 @@ function connectionTokens(raw: readonly string[]): Set<string> | undefined {
 }
 
 /**
- * The request headers to send upstream, as a raw `[name, value, …]` list (order, case and
- * repeated headers preserved), with `Host` set to the API server.
+ * How a forwarded request is framed: `plain` (no body, or a Content-Length one: that header
+ * passes through), `chunked` (`Transfer-Encoding` passes through; the proxy sends the body
+ * chunked again) or `upgrade` (`Connection: Upgrade` and the client's `Upgrade` header).
  */
-export function upstreamRequestHeaders(raw: readonly string[], host: string): string[] {
-  const extra = connectionTokens(raw)
-  const out: string[] = ['Host', host]
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string
-    const lower = name.toLowerCase()
-    if (REQUEST_DROP.has(lower) || extra?.has(lower)) continue
-    out.push(name, raw[i + 1] as string)
-  }
-  return out
-}
+export type HeadKind = 'plain' | 'chunked' | 'upgrade'
 
 /**
- * The head of an upgrade request (`exec`, `attach`, `port-forward`) for the API server:
- * same method and path, `Connection: Upgrade` and the client's `Upgrade` kept, every other
- * hop-by-hop header and any `Authorization` removed.
+ * The head of a request for the API server: the client's method, target and HTTP version,
+ * `Host` set to the API server, the client's headers in their order and case, minus
+ * hop-by-hop ones, `Authorization`, and whatever its `Connection` header names (except
+ * Content-Length). `close`
+ * asks the API server to close after answering (the client asked the proxy the same).
+ * CR and LF never reach the output (llhttp refuses them anyway).
  */
-export function upgradeRequestHead(method: string, url: string, raw: readonly string[], host: string): string {
+export function requestHead(method: string, target: string, minor: number, raw: readonly string[], host: string, kind: HeadKind, close: boolean): string {
   const extra = connectionTokens(raw)
-  let head = `${method} ${url} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\n`
+  let head = `${method} ${clean(target)} HTTP/1.${minor === 0 ? 0 : 1}\r\nHost: ${host}\r\n`
+  if (kind === 'upgrade') head += 'Connection: Upgrade\r\n'
+  else if (close) head += 'Connection: close\r\n'
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string
     const lower = name.toLowerCase()
-    if (lower === 'upgrade' || !(REQUEST_DROP.has(lower) || extra?.has(lower))) {
-      head += `${name}: ${(raw[i + 1] as string).replace(/[\r\n]/g, '')}\r\n`
-    }
+    // Content-Length frames the body the proxy forwards: a Connection header naming it must
+    // not strip it, or the body would reach the API server as the next request.
+    const keep = !(REQUEST_DROP.has(lower) || extra?.has(lower)) || lower === 'content-length' ||
+      (kind === 'upgrade' && lower === 'upgrade') || (kind === 'chunked' && lower === 'transfer-encoding')
+    if (keep) head += `${clean(name)}: ${clean(raw[i + 1] as string)}\r\n`
   }
   return head + '\r\n'
 }
 
-/** The same as {@link upstreamRequestHeaders}, as an HTTP/2 header object (`:authority` replaces Host). */
-export function upstreamHttp2Headers(method: string, path: string, raw: readonly string[], host: string): Record<string, string | string[]> {
-  const extra = connectionTokens(raw)
-  const out: Record<string, string | string[]> = { ':method': method, ':path': path, ':authority': host, ':scheme': 'https' }
-  for (let i = 0; i < raw.length; i += 2) {
-    const lower = (raw[i] as string).toLowerCase()
-    if (REQUEST_DROP.has(lower) || extra?.has(lower)) continue
-    const value = raw[i + 1] as string
-    const prev = out[lower]
-    out[lower] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value]
-  }
-  return out
-}
-
-/** The response headers to pass back to kubectl. */
-export function downstreamResponseHeaders(raw: readonly string[]): string[] {
-  const extra = connectionTokens(raw)
-  const out: string[] = []
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string
-    const lower = name.toLowerCase()
-    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue
-    out.push(name, raw[i + 1] as string)
-  }
-  return out
+function clean(text: string): string {
+  return text.includes('\r') || text.includes('\n') ? text.replace(/[\r\n]/g, '') : text
 }
 
 /** The `host:port` authority of the API server, brackets around IPv6. */

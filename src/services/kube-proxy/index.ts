@@ -3,44 +3,37 @@
  * socket), the agent forwards to the API server over mutual TLS with the client
  * certificate it holds in memory.
  *
- * Written on node:http / node:https / node:http2 rather than the `http-proxy` package:
- * http-proxy destroys upgrades that are not WebSocket (so SPDY exec and port-forward die)
- * and keeps upstream watch requests running after the client has gone away.
+ * An HTTP/1.1 pass-through (`connection.ts`): each kubectl connection is paired with its
+ * own connection to the API server; request heads are parsed (llhttp) and rewritten, bodies
+ * and answers pass through as bytes. Not the `http-proxy` package: it destroys upgrades that
+ * are not WebSocket (so SPDY exec and port-forward die) and keeps upstream watch requests
+ * running after the client has gone away.
  */
-import type { IncomingMessage, Server, ServerResponse } from 'node:http'
-import type net from 'node:net'
-import type { Duplex } from 'node:stream'
+import net from 'node:net'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { MemidError, describeError } from '../../core/errors.ts'
-import { createHttpServer } from '../../core/http.ts'
 import type { Logger } from '../../core/log.ts'
-import { ConnectionTracker, closeServer, formatAddress, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
+import { ConnectionTracker, closeServer, formatAddress, LocalAccess, removeSocketFile, type ListenAddress } from '../../core/listener.ts'
 import { bindListener, speaksForService } from '../../core/shared-port.ts'
 import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
 import { Lifecycle } from '../../core/lifecycle.ts'
 import { resolveKubeProxyConfig, type KubeProxyConfig, type ResolvedKubeProxyConfig } from './config.ts'
-import { isDiscovery, isWatch } from './headers.ts'
+import { ProxyConnection, type ProxyHost } from './connection.ts'
 import { KubeProxyMetrics } from './metrics.ts'
-import { writeRawStatus, writeStatus } from './status.ts'
-import { pipeUpgrade } from './upgrade.ts'
-import { CONNECT_TIMEOUT_MS, UpstreamConnections, type ForwardHooks, type UpstreamProtocol } from './upstream-connections.ts'
+import { CONNECT_TIMEOUT_MS, UpstreamDialer } from './upstream-dialer.ts'
 
 export type { KubeProxyConfig } from './config.ts'
 export { DEFAULT_ALLOWED_HOSTS } from './config.ts'
-export type { UpstreamProtocol } from './upstream-connections.ts'
-
-/**
- * Request headers larger than this (all of them together) get 431. kubectl sends about
- * one kilobyte; the cap keeps a hostile local client from making the agent buffer more.
- */
-export const MAX_HEADER_BYTES = 16 * 1024
+export { MAX_HEADER_BYTES } from './connection.ts'
 
 /** Options tests and benchmarks may set; the agent uses the defaults. */
 export interface KubeProxyTuning {
-  /** `auto` (default) uses HTTP/2 for ordinary requests when the API server offers it. */
-  upstreamProtocol?: UpstreamProtocol
   /** TCP + TLS handshake limit towards the API server; 15 s by default. */
   connectTimeoutMs?: number
+  /** A request head must arrive within this (else 408); 30 s by default. */
+  headersTimeoutMs?: number
+  /** An idle kubectl connection is closed after this; 30 s by default. */
+  idleTimeoutMs?: number
 }
 
 /**
@@ -53,10 +46,14 @@ export function createKubeProxyService(cfg: KubeProxyConfig & KubeProxyTuning, d
 
 /** Builds the proxy from settings the agent already resolved. */
 export function buildKubeProxyService(cfg: ResolvedKubeProxyConfig, deps: ServiceDeps<TlsClientCredential>, tuning: KubeProxyTuning = {}): Service {
-  return new KubeProxyService(cfg, { upstreamProtocol: tuning.upstreamProtocol ?? 'auto', connectTimeoutMs: tuning.connectTimeoutMs ?? CONNECT_TIMEOUT_MS }, deps)
+  return new KubeProxyService(cfg, {
+    connectTimeoutMs: tuning.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
+    headersTimeoutMs: tuning.headersTimeoutMs ?? 30_000,
+    idleTimeoutMs: tuning.idleTimeoutMs ?? 30_000,
+  }, deps)
 }
 
-class KubeProxyService implements Service {
+class KubeProxyService implements Service, ProxyHost {
   readonly name: string
   readonly #cfg: ResolvedKubeProxyConfig
   readonly #deps: ServiceDeps<TlsClientCredential>
@@ -65,29 +62,18 @@ class KubeProxyService implements Service {
   readonly #tuning: Required<KubeProxyTuning>
   readonly #tracker = new ConnectionTracker()
   readonly #access: LocalAccess
-  /** Connections whose user is still being looked up; requests on them wait. */
-  readonly #checking = new WeakMap<Duplex, Promise<void>>()
-  /** Connections from a user who may not use the proxy: every request gets 403. */
-  readonly #refusedConns = new WeakMap<Duplex, LocalRefusal>()
-  readonly #server: Server
+  readonly #server: net.Server
+  readonly #conns = new Set<ProxyConnection>()
   #bound: ListenAddress | undefined
   readonly #life: Lifecycle
-  #conns: UpstreamConnections | undefined
-  readonly #retired = new Set<UpstreamConnections>()
+  #dialer: UpstreamDialer | undefined
+  #sweeper: NodeJS.Timeout | undefined
   #upstreamError: string | undefined
   #activeUpgrades = 0
   #activeWatches = 0
   #refusedHosts = 0
   #refusedLoggedAt = -Infinity
   readonly #onRenewed = (cred: TlsClientCredential) => this.#rotate(cred)
-  /** Shared by every forwarded request. */
-  readonly #forwardHooks: ForwardHooks = {
-    onResponse: (_status, seconds) => {
-      this.#upstreamOk()
-      this.#metrics.upstreamLatency(seconds)
-    },
-    onUpstreamError: (err, req, res) => writeStatus(res, 502, 'ServiceUnavailable', this.#upstreamFailed(err), isDiscovery(req.url ?? '')),
-  }
 
   constructor(cfg: ResolvedKubeProxyConfig, tuning: Required<KubeProxyTuning>, deps: ServiceDeps<TlsClientCredential>) {
     this.name = `kube-proxy:${cfg.cluster}`
@@ -98,28 +84,18 @@ class KubeProxyService implements Service {
     this.#log = deps.logger.child({ service: this.name })
     this.#metrics = new KubeProxyMetrics(deps.metrics, cfg.cluster)
     this.#access = new LocalAccess(this.name, cfg.exposure, { logger: this.#log, metrics: deps.metrics, clock: deps.clock })
-    this.#server = createHttpServer({
-      maxHeaderSize: MAX_HEADER_BYTES,
-      // Watches and `logs -f` stay open for as long as kubectl wants: no idle timeout.
-      requestTimeout: 0,
-      headersTimeout: 30_000,
-      keepAliveTimeout: 30_000,
-    })
-    this.#server.on('connection', (socket: net.Socket) => {
-      this.#tracker.add(socket)
-      // The lookup runs while the request arrives; nothing is forwarded before it answers.
-      this.#checking.set(socket, this.#access.check(socket).then((refusal) => {
-        this.#checking.delete(socket)
-        if (refusal !== undefined) this.#refusedConns.set(socket, refusal)
-      }))
-    })
-    this.#server.on('request', (req, res) => this.#onRequest(req, res))
-    this.#server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head))
-    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.#onClientError(err, socket))
+    // Nothing is read from a connection before its user is known; an upgraded connection
+    // half-closes as a pipe does.
+    this.#server = net.createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true })
+    this.#server.on('connection', (socket: net.Socket) => this.#accept(socket))
   }
 
   get address(): string {
     return formatAddress(this.#bound ?? this.#cfg.listen)
+  }
+
+  get stopping(): boolean {
+    return this.#life.state === 'stopping' || this.#life.state === 'stopped'
   }
 
   async start(): Promise<void> {
@@ -127,6 +103,11 @@ class KubeProxyService implements Service {
     this.#bound = await bindListener(this.#server, this.#cfg.listen, this.#deps.sharedPort)
     this.#life.listening()
     this.#deps.credentials.on('renewed', this.#onRenewed)
+    // Headers and keep-alive timeouts: one timer for every connection, not one per request.
+    this.#sweeper = setInterval(() => {
+      const now = performance.now()
+      for (const c of this.#conns) c.sweep(now, this.#tuning.headersTimeoutMs, this.#tuning.idleTimeoutMs)
+    }, Math.min(1000, this.#tuning.headersTimeoutMs, this.#tuning.idleTimeoutMs)).unref()
     this.#log.info({ listen: this.address, upstream: this.#deps.credentials.peek()?.upstream.uri }, 'kube proxy listening')
     if (speaksForService(this.#deps.sharedPort)) this.#access.announce(this.#bound)
   }
@@ -135,13 +116,14 @@ class KubeProxyService implements Service {
     const was = this.#life.beginStop()
     if (was === undefined) return
     this.#deps.credentials.off('renewed', this.#onRenewed)
+    clearInterval(this.#sweeper)
     const closed = closeServer(this.#server)
-    this.#server.closeIdleConnections()
+    // Idle connections close now; the others once their exchange is over (or at the deadline).
+    for (const c of this.#conns) c.stop()
     await this.#tracker.drain(deadlineMs)
+    for (const c of this.#conns) c.destroy()
     await closed
-    this.#conns?.destroy()
-    for (const c of this.#retired) c.destroy()
-    this.#retired.clear()
+    this.#dialer?.retire()
     if (was === 'listening' && this.#bound !== undefined) removeSocketFile(this.#bound)
     this.#life.stopped()
   }
@@ -164,152 +146,92 @@ class KubeProxyService implements Service {
     }
   }
 
-  /** The connections for the current credential, or the reason there is none. */
-  #current(): UpstreamConnections | MemidError {
+  #accept(socket: net.Socket): void {
+    this.#tracker.add(socket)
+    if (this.stopping) return void socket.destroy()
+    // The lookup runs before a byte is read; the connection is served (or refused, request by request) after it.
+    void this.#access.check(socket).then((refusal) => {
+      if (socket.destroyed) return
+      if (this.stopping) return void socket.destroy()
+      this.#conns.add(new ProxyConnection(this, socket, refusal))
+    })
+  }
+
+  // ProxyHost: what each connection asks of the service.
+
+  /** The dialer for the current credential, or the reason there is none. */
+  dialer(): UpstreamDialer | MemidError {
     let cred: TlsClientCredential
     try {
       cred = this.#deps.credentials.current()
     } catch (err) {
       return err instanceof MemidError ? err : new MemidError('ERR_NOT_READY', describeError(err))
     }
-    if (this.#conns === undefined || this.#conns.credential !== cred) this.#rotate(cred)
-    return this.#conns as UpstreamConnections
+    if (this.#dialer === undefined || this.#dialer.credential !== cred) this.#rotate(cred)
+    return this.#dialer as UpstreamDialer
   }
 
-  /** A new credential: new connections for new requests; the old ones finish what they carry. */
-  #rotate(cred: TlsClientCredential): void {
-    if (this.#conns?.credential === cred || this.#life.state === 'stopping' || this.#life.state === 'stopped') return
-    const old = this.#conns
-    const conns: UpstreamConnections = new UpstreamConnections(cred, {
-      protocol: this.#tuning.upstreamProtocol,
-      connectTimeoutMs: this.#tuning.connectTimeoutMs,
-      onClosed: () => this.#retired.delete(conns),
-    })
-    this.#conns = conns
-    if (old !== undefined) {
-      // Kept until its last open request ends, so stop() can close what is left.
-      this.#retired.add(old)
-      old.retire()
-      this.#log.debug({ serial: cred.serial }, 'kube proxy switched to the renewed certificate')
-    }
-  }
-
-  #hostAllowed(req: IncomingMessage): boolean {
-    if (this.#cfg.allowedHosts.allows(req.headers.host)) return true
+  hostAllowed(host: string | undefined): boolean {
+    if (this.#cfg.allowedHosts.allows(host)) return true
     // A hostile page can send these in a loop: one line per 10 s at most, with a count.
     this.#refusedHosts++
     const now = this.#deps.clock.now()
     if (now - this.#refusedLoggedAt >= 10_000) {
-      this.#log.warn({ host: String(req.headers.host ?? '').slice(0, 100), refused: this.#refusedHosts }, 'kube proxy refused requests with a foreign Host header')
+      this.#log.warn({ host: String(host ?? '').slice(0, 100), refused: this.#refusedHosts }, 'kube proxy refused requests with a foreign Host header')
       this.#refusedLoggedAt = now
       this.#refusedHosts = 0
     }
     return false
   }
 
-  #upstreamFailed(err: Error): string {
-    const uri = this.#conns?.credential.upstream.uri ?? 'the API server'
+  upstreamAnswered(seconds: number): void {
+    if (this.#upstreamError !== undefined) {
+      this.#log.info('kube API server reachable again')
+      this.#upstreamError = undefined
+    }
+    this.#metrics.upstreamLatency(seconds)
+  }
+
+  upstreamFailed(err: Error, dialer: UpstreamDialer): string {
+    const uri = dialer.credential.upstream.uri
     const message = `memid: cannot reach the Kubernetes API server ${uri}: ${describeError(err)}`
     if (this.#upstreamError === undefined) this.#log.warn({ upstream: uri, reason: describeError(err) }, 'kube API server unreachable')
     this.#upstreamError = `API server unreachable: ${describeError(err)}`
     return message
   }
 
-  #upstreamOk(): void {
-    if (this.#upstreamError !== undefined) this.#log.info('kube API server reachable again')
-    this.#upstreamError = undefined
+  counted(status: number): void {
+    this.#metrics.request(status)
   }
 
-  #onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const checking = this.#checking.get(req.socket)
-    if (checking !== undefined) return void checking.then(() => this.#onRequest(req, res))
-    const watch = isWatch(req.url ?? '')
-    if (watch) {
-      this.#activeWatches++
-      this.#metrics.watchOpened()
-    }
-    // 'close' fires once; on() spares the wrapper once() would allocate for every request.
-    res.on('close', () => {
-      // 499 (nginx's "client closed request") when the client left before any answer.
-      this.#metrics.request(res.headersSent ? res.statusCode : 499)
-      if (watch) {
-        this.#activeWatches--
-        this.#metrics.watchClosed()
-      }
-    })
-    const refusal = this.#refusedConns.get(req.socket)
-    if (refusal !== undefined) {
-      res.shouldKeepAlive = false
-      return writeStatus(res, 403, 'Forbidden', `memid: ${refusal.message}`, isDiscovery(req.url ?? ''))
-    }
-    if (!this.#hostAllowed(req)) {
-      return writeStatus(res, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
-    }
-    const conns = this.#current()
-    if (conns instanceof MemidError) return writeStatus(res, 503, 'ServiceUnavailable', `memid: ${conns.message}`, isDiscovery(req.url ?? ''))
-    conns.forward(req, res, this.#forwardHooks)
+  watch(delta: 1 | -1): void {
+    this.#activeWatches += delta
+    if (delta === 1) this.#metrics.watchOpened()
+    else this.#metrics.watchClosed()
   }
 
-  #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', () => socket.destroy())
-    const checking = this.#checking.get(socket)
-    if (checking === undefined) return this.#upgradeChecked(req, socket, head)
-    // Held until the answer: bytes sent after the upgrade request stay in the socket's buffer.
-    socket.pause()
-    void checking.then(() => this.#upgradeChecked(req, socket, head))
+  upgrade(delta: 1 | -1): void {
+    this.#activeUpgrades += delta
+    if (delta === 1) this.#metrics.upgradeOpened()
+    else this.#metrics.upgradeClosed()
   }
 
-  #upgradeChecked(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const refusal = this.#refusedConns.get(socket)
-    if (refusal !== undefined) {
-      this.#metrics.request(403)
-      return writeRawStatus(socket, 403, 'Forbidden', `memid: ${refusal.message}`)
-    }
-    if (!this.#hostAllowed(req)) {
-      this.#metrics.request(403)
-      return writeRawStatus(socket, 403, 'Forbidden', 'memid: the Host header is not in this proxy\'s allowed hosts (DNS rebinding protection)')
-    }
-    const conns = this.#current()
-    if (conns instanceof MemidError) {
-      this.#metrics.request(503)
-      return writeRawStatus(socket, 503, 'ServiceUnavailable', `memid: ${conns.message}`)
-    }
-    pipeUpgrade(req, socket, head, conns, {
-      onStatus: (status, seconds) => {
-        this.#upstreamOk()
-        this.#metrics.request(status)
-        this.#metrics.upstreamLatency(seconds)
-        if (status === 101) {
-          this.#activeUpgrades++
-          this.#metrics.upgradeOpened()
-        }
-      },
-      onUpstreamError: (err) => {
-        this.#metrics.request(502)
-        this.#upstreamFailed(err)
-      },
-      onClosed: () => {
-        this.#activeUpgrades--
-        this.#metrics.upgradeClosed()
-      },
-    })
+  closed(conn: ProxyConnection): void {
+    this.#conns.delete(conn)
   }
 
-  /** Unparseable bytes, oversized headers, timeouts: answer if the socket can still take it, never throw. */
-  #onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy()
-      return
-    }
-    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-      this.#metrics.request(408)
-      return writeRawStatus(socket, 408, 'Timeout', 'memid: the request headers did not arrive in time')
-    }
-    if (err.code === 'HPE_HEADER_OVERFLOW') {
-      this.#metrics.request(431)
-      return writeRawStatus(socket, 431, 'BadRequest', `memid: request headers exceed ${MAX_HEADER_BYTES} bytes`)
-    }
-    this.#metrics.request(400)
-    writeRawStatus(socket, 400, 'BadRequest', 'memid: malformed HTTP request')
+  /**
+   * A new credential: new requests dial with it. Idle connections let go of their upstream
+   * connection now, busy ones when their exchange ends; open watches and upgrades keep
+   * theirs until they end.
+   */
+  #rotate(cred: TlsClientCredential): void {
+    if (this.#dialer?.credential === cred || this.stopping) return
+    const old = this.#dialer
+    this.#dialer = new UpstreamDialer(cred, { connectTimeoutMs: this.#tuning.connectTimeoutMs })
+    if (old === undefined) return
+    old.retire()
+    for (const c of this.#conns) c.renewed()
+    this.#log.debug({ serial: cred.serial }, 'kube proxy switched to the renewed certificate')
   }
 }

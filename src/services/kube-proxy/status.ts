@@ -1,4 +1,3 @@
-import type { ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 
 /**
@@ -22,20 +21,6 @@ export function warningHeader(message: string): string {
   return `299 - "${message.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, '\\$&')}"`
 }
 
-/** Answers an ordinary request with a Status body (and, if asked, the message as a Warning too). */
-export function writeStatus(res: ServerResponse, code: number, reason: StatusReason, message: string, warn = false): void {
-  if (res.headersSent) {
-    res.destroy()
-    return
-  }
-  const body = statusBody(code, reason, message)
-  res.writeHead(code, {
-    'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-cache, private',
-    ...(warn ? { warning: warningHeader(message) } : {}),
-  })
-  res.end(body)
-}
-
 const REASON_PHRASE: Record<number, string> = {
   400: 'Bad Request',
   403: 'Forbidden',
@@ -45,17 +30,23 @@ const REASON_PHRASE: Record<number, string> = {
   503: 'Service Unavailable',
 }
 
-/** Answers on a raw socket (an upgrade request or a parse error) and closes it. */
+/**
+ * A whole HTTP/1.1 response carrying a Status body (and, if asked, the message as a Warning
+ * too); `close` adds `Connection: close`, after which the proxy closes the connection.
+ */
+export function statusResponse(code: number, reason: StatusReason, message: string, warn: boolean, close: boolean): string {
+  const body = statusBody(code, reason, message)
+  return `HTTP/1.1 ${code} ${REASON_PHRASE[code] ?? 'Error'}\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n${warn ? `Warning: ${warningHeader(message)}\r\n` : ''}${close ? 'Connection: close\r\n' : ''}\r\n${body}`
+}
+
+/** Answers on a raw socket (a request that cannot be parsed) and closes it. */
 export function writeRawStatus(socket: Duplex, code: number, reason: StatusReason, message: string): void {
   if (socket.destroyed || !socket.writable) {
     socket.destroy()
     return
   }
-  const body = statusBody(code, reason, message)
-  socket.end(
-    `HTTP/1.1 ${code} ${REASON_PHRASE[code] ?? 'Error'}\r\nContent-Type: application/json\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-  )
+  socket.end(statusResponse(code, reason, message, false, true))
   // A peer that never reads must not keep the socket (and its buffers) alive.
   setTimeout(() => socket.destroy(), 5_000).unref()
 }
