@@ -58,7 +58,9 @@ export class UpstreamDialer {
    */
   connect(onread?: net.OnReadOpts): tls.TLSSocket {
     const session = this.#sessions.get(this.credential, this.authority)
-    const socket = tls.connect({ ...this.#tlsOptions, ...(session !== undefined ? { session } : {}), ...(onread !== undefined ? { onread } : {}) })
+    // One TLS 1.3 key share, for the group this API server agreed on last (see UpstreamSessions).
+    const secureContext = this.#sessions.secureContext(this.credential, this.authority)
+    const socket = tls.connect({ ...this.#tlsOptions, secureContext, ...(session !== undefined ? { session } : {}), ...(onread !== undefined ? { onread } : {}) })
     // Requests and their answers are small writes that must go out at once: Nagle would hold
     // one behind an unacknowledged segment for up to the peer's delayed-ACK time (40 ms).
     socket.setNoDelay(true)
@@ -66,7 +68,10 @@ export class UpstreamDialer {
     const ms = this.#connectTimeoutMs
     const timer = setTimeout(() => socket.destroy(new MemidError('ERR_UPSTREAM', `connecting took longer than ${ms / 1000}s`)), ms)
     const clear = () => clearTimeout(timer)
-    socket.once('secureConnect', clear)
+    socket.once('secureConnect', () => {
+      clear()
+      this.#sessions.learnKeyShare(this.authority, socket)
+    })
     socket.once('close', clear)
     return socket
   }
