@@ -25,12 +25,15 @@ const { values } = parseArgs({ options: { renewals: { type: 'string', default: '
 const RENEWALS = Number(values.renewals)
 const STARTS = Number(values.starts)
 
-/** dist/ is what users run; build it when src/ is newer. */
+/** dist/ is what users run (tsc's output with the thread entry points bundled); build it when src/ is newer. */
 function ensureDist(): void {
   const stale = () => execFileSync('find', [path.join(ROOT, 'src'), '-name', '*.ts', '-newer', CLI], { encoding: 'utf8' }).trim() !== ''
-  if (!existsSync(CLI) || stale()) {
-    console.log('building dist/ (tsc -p tsconfig.build.json)')
+  // A plain `tsc -p tsconfig.build.json` leaves dist/ unbundled (it works, but it is not what `npm run build` ships).
+  const unbundled = () => !readFileSync(CLI, 'utf8').includes('__memidDist')
+  if (!existsSync(CLI) || stale() || unbundled()) {
+    console.log('building dist/ (npm run build: tsc, then scripts/bundle.ts)')
     execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(ROOT, 'tsconfig.build.json')], { stdio: 'inherit' })
+    execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'bundle.ts')], { stdio: 'inherit' })
   }
 }
 
