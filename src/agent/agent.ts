@@ -188,11 +188,13 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       await this.#client.bootstrap()
       await this.#identity.join(this.#cfg.onboarding)
       await Promise.all(this.#slots.map((s) => s.loop.trigger()))
-      for (const [i, s] of this.#slots.entries()) {
+      // Together: a service in the worker threads waits for its thread to load, and the
+      // others need not wait behind it.
+      await this.#supervisor.startAll(this.#slots.map(async (s, i) => {
         const service: Service = await (built[i] as Promise<Service>)
         s.service = service
-        await this.#supervisor.start(service)
-      }
+        return service
+      }))
       this.#servicesUp = true
       if (this.#cfg.controlSocket !== undefined) {
         const control = new ControlSocket(this.#cfg.controlSocket, {
