@@ -9,10 +9,10 @@
  * (dist/index.js) and its types are unchanged, and a library user who starts an agent gets
  * the bundled worker threads too.
  *
- * - One esbuild run with code splitting: a module shared by several entries lives once,
- *   in a chunk, so a thread never holds two copies of a class (`instanceof MemidError`
- *   keeps working across the data-plane worker and a service's thread module), and every
- *   `import()` stays lazy (a chunk loaded on first use).
+ * - Code splitting within each kind of thread: a module shared by several entries lives
+ *   once, in a chunk, so a thread never holds two copies of a class (`instanceof
+ *   MemidError` keeps working across the data-plane worker and a service's thread module),
+ *   and every `import()` stays lazy (a chunk loaded on first use).
  * - zod, pino and commander are bundled (their own module graphs were most of the files);
  *   what memid loads lazily or through `createRequire` (`@peculiar/x509`, `pg`, `jose`,
  *   `yaml`, prom-client's class files) stays external and is loaded from node_modules as before.
@@ -29,14 +29,16 @@ const root = path.resolve(import.meta.dirname, '..')
 const src = path.join(root, 'src')
 const dist = path.join(root, 'dist')
 
-/** Each is written over tsc's output of the same path. */
-const ENTRIES = [
-  'cli/main.ts',
-  'cli/program.ts',
-  'services/data-plane-worker.ts',
-  'services/kube-proxy/thread.ts',
-  'services/db-tunnel/thread.ts',
-  'auth/api-worker.ts',
+/**
+ * Each is written over tsc's output of the same path. One build per kind of thread: a
+ * thread loads only its own build's files, and splitting over fewer entries makes fewer,
+ * larger chunks (each file a thread loads costs a resolve, a package.json scope lookup and
+ * a module record).
+ */
+const BUILDS = [
+  ['cli/main.ts', 'cli/program.ts'],
+  ['services/data-plane-worker.ts', 'services/kube-proxy/thread.ts', 'services/db-tunnel/thread.ts'],
+  ['auth/api-worker.ts'],
 ]
 
 /** Loaded lazily or through createRequire at run time; bundling them would load them eagerly or twice. */
@@ -47,11 +49,14 @@ const CHUNKS = 'chunks'
 /**
  * Every output file (entry or chunk, at any depth) finds dist/ from its own URL; the last
  * `/dist/` is the package's even when a parent directory has the same name.
- * `require` is for the CommonJS packages bundled into ES modules (pino requires node's own modules).
+ * `require` is for the CommonJS packages bundled into ES modules (pino and commander
+ * require node's own modules); made on first call, since most files never call it and
+ * `createRequire` costs a package.json lookup.
  */
 const BANNER = [
   "import { createRequire as __memidCreateRequire } from 'node:module';",
-  'const require = __memidCreateRequire(import.meta.url);',
+  'let __memidRequire;',
+  'const require = (id) => (__memidRequire ??= __memidCreateRequire(import.meta.url))(id);',
   "const __memidDist = import.meta.url.slice(0, import.meta.url.lastIndexOf('/dist/') + 6);",
 ].join('\n')
 
@@ -69,23 +74,27 @@ const metaUrl: Plugin = {
 }
 
 await rm(path.join(dist, CHUNKS), { recursive: true, force: true })
-const result = await build({
-  absWorkingDir: root,
-  entryPoints: ENTRIES.map((e) => path.join(src, e)),
-  outbase: src,
-  outdir: dist,
-  entryNames: '[dir]/[name]',
-  chunkNames: `${CHUNKS}/[name]-[hash]`,
-  bundle: true,
-  splitting: true,
-  format: 'esm',
-  platform: 'node',
-  target: 'node22',
-  external: EXTERNAL,
-  banner: { js: BANNER },
-  plugins: [metaUrl],
-  logLevel: 'warning',
-  metafile: true,
-})
-const outputs = Object.keys(result.metafile.outputs)
-console.log(`bundled ${ENTRIES.length} entries into dist/ (${outputs.length - ENTRIES.length} shared chunks in dist/${CHUNKS}/)`)
+let files = 0
+for (const entries of BUILDS) {
+  const result = await build({
+    absWorkingDir: root,
+    entryPoints: entries.map((e) => path.join(src, e)),
+    outbase: src,
+    outdir: dist,
+    entryNames: '[dir]/[name]',
+    chunkNames: `${CHUNKS}/[name]-[hash]`,
+    bundle: true,
+    splitting: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node22',
+    external: EXTERNAL,
+    banner: { js: BANNER },
+    plugins: [metaUrl],
+    logLevel: 'warning',
+    metafile: true,
+  })
+  files += Object.keys(result.metafile.outputs).length
+}
+const entryCount = BUILDS.flat().length
+console.log(`bundled ${entryCount} entries into dist/ (${files - entryCount} shared chunks in dist/${CHUNKS}/)`)
