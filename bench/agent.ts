@@ -181,7 +181,8 @@ await withBenchDir('memid-bench-agent-', async (dir) => {
       if (!done()) await agent.waitFor(done)
       if (i % 250 === 0) console.log(`  ${i} renewals, RSS ${memory(pid).rss.toFixed(1)} MB, ${(i / ((performance.now() - t0) / 1000)).toFixed(0)} renewals/s`)
     }
-    await new Promise((r) => setTimeout(r, 2_000))
+    // Settled: the agent collects 2 s after credentials stop changing, then trims the C heap 1 s later.
+    await new Promise((r) => setTimeout(r, 5_000))
     const after = memory(pid)
     console.log(`RSS after ${RENEWALS} renewals, three services, --workers ${RENEWAL_WORKERS}: ${after.rss.toFixed(1)} MB (peak ${after.peak.toFixed(1)} MB; target ≤ 80 MB)`)
     console.log(`load average after: ${loadavg()}`)
