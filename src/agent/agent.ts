@@ -9,6 +9,7 @@ import { silentLogger, type Logger } from '../core/log.ts'
 import { resolveAgentOptions, type AgentConfig, type AgentConfigOptions } from '../config/agent.ts'
 import type { ResolvedService, ServiceSlot } from '../services/definition.ts'
 import type { Service } from '../services/service.ts'
+import { releasePrestarted } from '../services/prestart.ts'
 import { WorkerGroup } from '../services/workers.ts'
 import { AuthClient } from './auth-client.ts'
 import { BotIdentityKeeper } from './bot-identity.ts'
@@ -188,11 +189,13 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
       await this.#client.bootstrap()
       await this.#identity.join(this.#cfg.onboarding)
       await Promise.all(this.#slots.map((s) => s.loop.trigger()))
-      for (const [i, s] of this.#slots.entries()) {
+      // Together: a service in the worker threads waits for its thread to load, and the
+      // others need not wait behind it.
+      await this.#supervisor.startAll(this.#slots.map(async (s, i) => {
         const service: Service = await (built[i] as Promise<Service>)
         s.service = service
-        await this.#supervisor.start(service)
-      }
+        return service
+      }))
       this.#servicesUp = true
       if (this.#cfg.controlSocket !== undefined) {
         const control = new ControlSocket(this.#cfg.controlSocket, {
@@ -209,6 +212,8 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
         await this.#supervisor.start(diag)
       }
       this.#identity.start()
+      // Every service has its threads by now: a first thread started early and not taken is not needed.
+      releasePrestarted()
       const id = this.#identity.source.current()
       this.#log.info({
         bot: id.bot, instance: id.instanceId, generation: id.generation, notAfter: id.notAfter.toISOString(),
@@ -217,6 +222,7 @@ class Agent extends EventEmitter<AgentEvents> implements AgentHandle {
         ...(this.#diag ? { diagnostics: this.#diag.address } : {}),
       }, 'agent ready')
     } catch (err) {
+      releasePrestarted()
       await this.#shutdown(0, undefined, 0, false).catch(() => undefined)
       // Services built but never started (their worker threads are running) end too.
       await Promise.all(built.map((b) => b.then((service) => service.stop(0), () => undefined)))

@@ -29,6 +29,24 @@ export class Supervisor {
     this.#started.push(unit)
   }
 
+  /**
+   * Starts units at once (each may still be being built): one unit's start does not wait
+   * for another's, so the agent is ready after the slowest, not after their sum. Every unit
+   * that started is stopped on `stop()`, in the order given whatever order they came up in;
+   * once all have settled, the first failure in that order is thrown.
+   */
+  async startAll(units: readonly Promise<Supervised>[]): Promise<void> {
+    if (this.#stopping) throw new Error('cannot start: stopping')
+    const results = await Promise.allSettled(units.map(async (u) => {
+      const unit = await u
+      await unit.start()
+      return unit
+    }))
+    for (const r of results) if (r.status === 'fulfilled') this.#started.push(r.value)
+    const failed = results.find((r) => r.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
+  }
+
   get started(): readonly Supervised[] {
     return this.#started
   }

@@ -31,8 +31,26 @@ export async function main(argv: string[]): Promise<void> {
       exitWithError(err)
     }
   }
+  if (prestartsThread(argv)) {
+    // Started before the CLI loads, so that its bootstrap runs beside that loading (see
+    // prestartDataPlane). Awaited: an import() in flight together with the CLI's finishes
+    // only after most of the CLI has been compiled.
+    await import('../services/prestart.ts').then((w) => w.prestartDataPlane(), () => undefined)
+  }
   const { runProgram } = await import('./program.ts')
   await runProgram(argv)
+}
+
+/**
+ * \`memid start\` that will likely run data-plane worker threads: not \`--workers 1\`, and
+ * more than one CPU (the default is one thread per CPU). A config file's \`workers: 1\`
+ * is not known yet; the agent then ends the thread once it is ready.
+ */
+export function prestartsThread(argv: string[]): boolean {
+  if (argv[2] !== 'start') return false
+  const i = argv.indexOf('--workers')
+  if ((i >= 0 && argv[i + 1] === '1') || argv.includes('--workers=1')) return false
+  return process.getBuiltinModule('node:os').availableParallelism() > 1
 }
 
 if (import.meta.main) {

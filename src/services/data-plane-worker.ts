@@ -100,6 +100,10 @@ async function stop(h: Hosted, deadlineMs: number): Promise<void> {
 }
 
 port.on('message', (m: ToDataPlane) => {
+  if (m.type === 'log-level') {
+    log.level = m.level
+    return
+  }
   if (m.type === 'add') return add(m)
   const h = hosted.get(m.key)
   if (h === undefined) return

@@ -10,14 +10,13 @@
  * Threads write nothing themselves: their log lines come here by message and go out
  * through the agent's logger, their metrics are summed into the agent's `/metrics`.
  */
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { Worker } from 'node:worker_threads'
+import type { Worker } from 'node:worker_threads'
 import { describeError, MemidError } from '../core/errors.ts'
 import { Lifecycle, type Health } from '../core/lifecycle.ts'
 import { formatAddress, type ListenAddress } from '../core/listener.ts'
 import type { Logger } from '../core/log.ts'
 import type { CredentialSource, IssuedCredential } from '../credentials/credentials.ts'
+import { startThread, takePrestarted } from './prestart.ts'
 import type { RegistryMetrics, Service } from './service.ts'
 
 /** What a thread is started with (cloned; holds no key material). */
@@ -48,6 +47,8 @@ export type ToDataPlane =
   | { type: 'metrics'; key: number; id: number }
   /** The thread exits once its last service stopped. */
   | { type: 'stop'; key: number; deadlineMs: number }
+  /** The agent's log level, for a thread started before the config was read (`prestartDataPlane`). */
+  | { type: 'log-level'; level: string }
 
 /** Thread → main. */
 export type FromDataPlane =
@@ -58,8 +59,6 @@ export type FromDataPlane =
   | { type: 'state'; key: number; state: WorkerState }
   | { type: 'metrics'; id: number; metrics: RegistryMetrics }
 
-// Next to this module: .ts when run from source, .js from dist.
-const WORKER_URL = new URL(`./data-plane-worker${path.extname(fileURLToPath(import.meta.url))}`, import.meta.url)
 
 /** How long `/metrics` waits for a thread's numbers before leaving them out. */
 const METRICS_TIMEOUT_MS = 2_000
@@ -67,13 +66,6 @@ const METRICS_TIMEOUT_MS = 2_000
 const MAX_RESTART_DELAY_MS = 5_000
 /** How long a thread that does not drain is given after the deadline before it is ended. */
 const STOP_MARGIN_MS = 2_000
-/**
- * A thread's young generation (two 2 MB semispaces). Left to grow, V8 took it to 16 MB
- * semispaces under a kube-proxy load, and each scavenge, which copies what survives
- * (~6 MB there), paused the thread 18-170 ms: the tail latency of every request in flight.
- * Capped, scavenges paused 2.4 ms (median), 22 ms at most, and the thread's heap stays small.
- */
-const YOUNG_GENERATION_MB = 6
 
 type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'
 const LEVELS: Record<number, Level> = { 60: 'fatal', 50: 'error', 40: 'warn', 30: 'info', 20: 'debug', 10: 'trace' }
@@ -151,8 +143,7 @@ export class WorkerGroup {
   }
 
   #spawn(t: Thread): void {
-    const init: DataPlaneInit = { index: t.index, logLevel: this.#log.level }
-    const worker = new Worker(WORKER_URL, { workerData: init, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GENERATION_MB } })
+    const worker = (t.index === 0 ? takePrestarted(this.#log.level) : undefined) ?? startThread({ index: t.index, logLevel: this.#log.level })
     t.worker = worker
     t.exited = new Promise<number>((resolve) => worker.once('exit', resolve))
     worker.on('error', (err) => this.#log.error({ worker: t.index, reason: describeError(err) }, 'data-plane worker failed'))

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 let collections = 0
 ;(globalThis as { gc?: () => void }).gc = () => void collections++
 mock.timers.enable({ apis: ['setTimeout', 'Date'] })
-const { collectAfterRenewal } = await import('../../../src/core/gc.ts')
+const { collectAfterRenewal, loadMallocTrim } = await import('../../../src/core/gc.ts')
 
 describe('collectAfterRenewal', () => {
   it('one renewal (identity, then three service certificates) is one collection, two seconds after the last change', () => {
@@ -29,5 +29,16 @@ describe('collectAfterRenewal', () => {
       mock.timers.tick(1_000)
     }
     assert.equal(collections, 4)
+  })
+})
+
+describe('loadMallocTrim', () => {
+  it('is undefined when the addon is not built, so the agent runs as before', () => {
+    assert.equal(loadMallocTrim('/nonexistent/malloc-trim.node'), undefined)
+  })
+
+  it('the built addon hands free C heap pages back (malloc_trim: a boolean)', { skip: loadMallocTrim() === undefined ? 'native/build/malloc-trim.node is not built (npm run build:native)' : false }, () => {
+    const trim = loadMallocTrim() as () => boolean
+    assert.equal(typeof trim(), 'boolean')
   })
 })
