@@ -157,7 +157,13 @@ export class SqliteStore implements Store {
 
   /** The WAL's descriptor, opened on first use (the file exists once the store has written); undefined for `:memory:`. */
   #walDescriptor(): number | undefined {
-    if (this.#walFd === undefined && this.#walPath !== undefined && existsSync(this.#walPath)) this.#walFd = openSync(this.#walPath, 'r')
+    if (this.#walFd === undefined && this.#walPath !== undefined && existsSync(this.#walPath)) {
+      try {
+        this.#walFd = openSync(this.#walPath, 'r')
+      } catch {
+        // Not openable (yet): this group commits with synchronous=FULL, as every other write.
+      }
+    }
     return this.#walFd
   }
 
