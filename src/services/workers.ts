@@ -59,7 +59,6 @@ export type FromDataPlane =
   | { type: 'state'; key: number; state: WorkerState }
   | { type: 'metrics'; id: number; metrics: RegistryMetrics }
 
-
 /** How long `/metrics` waits for a thread's numbers before leaving them out. */
 const METRICS_TIMEOUT_MS = 2_000
 /** A thread that keeps dying is restarted at most this often. */

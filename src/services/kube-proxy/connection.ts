@@ -217,11 +217,9 @@ export class ProxyConnection {
   #afterUpgrade(chunk: Buffer): void {
     if (this.#rawUp) return this.#toUpstream(chunk)
     const last = this.#pending?.at(-1)
-    if (last?.upgrade === true) return this.#hold(last, chunk)
+    if (last?.upgrade === true) return this.#hold(last.body, chunk)
     if (!this.#busy || this.#kind !== 'upgrade' || this.#local) return
-    ;(this.#held ??= []).push(chunk)
-    this.#pendingBytes += chunk.length
-    if (this.#pendingBytes > PENDING_LIMIT) this.#pause(PAUSED_PENDING)
+    this.#hold(this.#held ??= [], chunk)
   }
 
   readonly #onHeaderLines = (lines: string[], url: string): void => {
@@ -255,7 +253,7 @@ export class ProxyConnection {
   }
 
   readonly #onRequestBody = (chunk: Buffer): void => {
-    if (this.#parsing !== undefined) return this.#hold(this.#parsing, chunk)
+    if (this.#parsing !== undefined) return this.#hold(this.#parsing.body, chunk)
     if (this.#local || this.#up === undefined) return
     if (this.#kind !== 'chunked') return this.#toUpstream(chunk)
     const up = this.#up
@@ -340,9 +338,12 @@ export class ProxyConnection {
     writeRawStatus(this.#client, 400, 'BadRequest', 'memid: malformed HTTP request')
   }
 
-  /** Keeps a pipelined request's bytes until it is its turn; reading stops beyond the bound. */
-  #hold(p: Pending, chunk: Buffer): void {
-    p.body.push(chunk)
+  /**
+   * Keeps bytes until it is their turn (a pipelined request's body, or what follows an
+   * upgrade request until the 101); reading stops beyond the bound.
+   */
+  #hold(into: Buffer[], chunk: Buffer): void {
+    into.push(chunk)
     this.#pendingBytes += chunk.length
     if (this.#pendingBytes > PENDING_LIMIT) this.#pause(PAUSED_PENDING)
   }
@@ -586,7 +587,7 @@ export class ProxyConnection {
     // server's side of the connection in an unknown state.
     const close = !this.#upKeepAlive || !this.#keepAlive || this.#kind === 'upgrade' || !this.#reqDone || this.#host.stopping
     if (close) return this.#closeClient()
-    if (this.#reqDone) this.#finish()
+    this.#finish()
   }
 
   readonly #onUpEnd = (): void => {
