@@ -43,7 +43,7 @@ export class UpstreamSessions {
     try {
       context = buildClientContext({ key: credential.privateKey, certPem: credential.certificatePem, caPem: credential.upstream.caPem, keyShare: learned.group })
     } catch {
-      // An OpenSSL without the key-share syntax of groups lists (before 3.5): the defaults it is.
+      // keyShareGroup learns nothing where OpenSSL lacks the syntax; any other refusal: the defaults it is.
       this.#group = undefined
       return credential.secureContext
     }

@@ -33,9 +33,29 @@ const NEGOTIATED: Record<string, KeyShareGroup> = {
  * defaults that a key share can be sent for; undefined otherwise (TLS 1.2, DHE, unknown).
  */
 export function keyShareGroup(socket: tls.TLSSocket): KeyShareGroup | undefined {
-  if (socket.getProtocol() !== 'TLSv1.3') return undefined
+  if (socket.getProtocol() !== 'TLSv1.3' || !keySharesSupported()) return undefined
   const name = socket.getEphemeralKeyInfo()
   return name !== null && typeof name === 'object' && 'name' in name && typeof name.name === 'string' ? NEGOTIATED[name.name] : undefined
+}
+
+let supported: boolean | undefined
+
+/**
+ * Whether this Node's OpenSSL takes such a list: the `*group` key-share syntax and the
+ * hybrid group are OpenSSL 3.5's. A Node linked to an older system OpenSSL (distribution
+ * builds) does not, and nothing is learned there, rather than every connection building a
+ * context that OpenSSL refuses. Asked once, with a context that holds no key.
+ */
+export function keySharesSupported(): boolean {
+  if (supported === undefined) {
+    try {
+      tls.createSecureContext({ ecdhCurve: keyShareGroups('X25519') })
+      supported = true
+    } catch {
+      supported = false
+    }
+  }
+  return supported
 }
 
 /** An OpenSSL groups list: every default group, with the key share for `group` only. */

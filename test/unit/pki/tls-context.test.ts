@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import tls from 'node:tls'
 import type net from 'node:net'
-import { buildClientContext } from '../../../src/pki/tls-context.ts'
+import { buildClientContext, keySharesSupported, keyShareGroups } from '../../../src/pki/tls-context.ts'
 import { createCaCertificate, issueLeafSync, type X509Authority } from '../../../src/pki/x509.ts'
 
 async function newCa(name: string): Promise<X509Authority> {
@@ -74,5 +74,13 @@ describe('buildClientContext', () => {
       s.on('error', reject)
     })
     assert.ok(version === 'TLSv1.2' || version === 'TLSv1.3', String(version))
+  })
+})
+
+describe('key-share groups lists', () => {
+  it('are taken by the OpenSSL Node 24 bundles (3.5), so upstream key shares are learned here', () => {
+    assert.match(process.versions.openssl, /^3\.([5-9]|\d\d)\./)
+    assert.equal(keySharesSupported(), true)
+    assert.equal(keyShareGroups('P-256'), '*P-256:X25519MLKEM768:X25519:X448:P-384:P-521:ffdhe2048:ffdhe3072')
   })
 })
