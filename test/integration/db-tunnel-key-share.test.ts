@@ -2,10 +2,10 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import tls from 'node:tls'
-import { CredentialSource, type TlsClientCredential } from '../../src/credentials/credentials.ts'
+import type { CredentialSource, TlsClientCredential } from '../../src/credentials/credentials.ts'
 import type { Service } from '../../src/services/service.ts'
 import type { X509Authority } from '../../src/pki/x509.ts'
-import { appTunnel, dbCredential, echoRoundTrip, serverCertificate, testCa, TestClock } from '../fixtures/db-tunnel.ts'
+import { appTunnel, dbCredential, echoRoundTrip, serverCertificate, testCa } from '../fixtures/db-tunnel.ts'
 import { GROUP, helloRecorder, type OfferedGroups } from '../helpers/client-hello.ts'
 
 const norm = (serial: string) => serial.toLowerCase().replace(/^0+/, '')
@@ -49,10 +49,7 @@ describe('db-tunnel upstream key shares', () => {
     serverCert = await serverCertificate(serverCa)
     await serve('X25519:P-256')
     recorder = await helloRecorder({ host: '127.0.0.1', port: serverPort })
-    const clock = new TestClock()
-    source = new CredentialSource<TlsClientCredential>('database app', clock)
-    source.set(await issue())
-    ;({ tunnel, port: tunnelPort } = await appTunnel(source, clock))
+    ;({ tunnel, port: tunnelPort, source } = await appTunnel(await issue()))
   })
 
   after(async () => {

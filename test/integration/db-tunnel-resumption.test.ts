@@ -2,10 +2,10 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import tls from 'node:tls'
-import { CredentialSource, type TlsClientCredential } from '../../src/credentials/credentials.ts'
+import type { CredentialSource, TlsClientCredential } from '../../src/credentials/credentials.ts'
 import type { Service } from '../../src/services/service.ts'
 import type { X509Authority } from '../../src/pki/x509.ts'
-import { appTunnel, dbCredential, echoRoundTrip, serverCertificate, testCa, TestClock } from '../fixtures/db-tunnel.ts'
+import { appTunnel, dbCredential, echoRoundTrip, serverCertificate, testCa } from '../fixtures/db-tunnel.ts'
 
 /** What the upstream saw on each connection: did it resume, and whose certificate. */
 interface Seen {
@@ -45,10 +45,7 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
       })
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
       port = (server.address() as net.AddressInfo).port
-      const clock = new TestClock()
-      source = new CredentialSource<TlsClientCredential>('database app', clock)
-      source.set(await issue())
-      ;({ tunnel, port: tunnelPort } = await appTunnel(source, clock))
+      ;({ tunnel, port: tunnelPort, source } = await appTunnel(await issue()))
     })
 
     after(async () => {
