@@ -3,6 +3,16 @@ import { buildClientContext, keyShareGroup, type KeyShareGroup } from '../pki/tl
 import type { TlsClientCredential } from './credentials.ts'
 
 /**
+ * How long a kept session is offered before a connection asks the upstream for a newer one.
+ * Asking costs every connection that does it: OpenSSL serializes each ticket the server
+ * sends and Node hands it to JavaScript (~3–5% of the tunnel's CPU per connection in
+ * bench/db-tunnel.ts). A server resumes a TLS 1.3 ticket as often as it likes within the
+ * ticket's lifetime (minutes to hours: nginx 5 min, OpenSSL 2 h), and 10 s is far inside
+ * that; a server that takes each ticket only once is noticed and asked every time.
+ */
+export const SESSION_REFRESH_MS = 10_000
+
+/**
  * Upstream TLS sessions to resume, bound to the credential they were made with.
  *
  * A resumed session skips the certificate exchange: the server accepts the identity it
@@ -19,10 +29,20 @@ export class UpstreamSessions {
   #credential: object | undefined
   #upstream: string | undefined
   #session: Buffer | undefined
+  /** When the kept session arrived (`now()`), and whether the upstream has resumed it yet. */
+  #keptAt = 0
+  #resumed = false
+  /** The upstream refused a session it had resumed before: it takes each one once, so ask every connection. */
+  #singleUse = false
+  readonly #now: () => number
   /** The group the upstream agreed on in its last TLS 1.3 handshake: the server's, so kept across renewals. */
   #group: { upstream: string; group: KeyShareGroup } | undefined
   /** The context that sends a key share for that group only, for the credential it holds. */
   #keyed: { credential: TlsClientCredential; group: KeyShareGroup; context: tls.SecureContext } | undefined
+
+  constructor(now: () => number = () => performance.now()) {
+    this.#now = now
+  }
 
   /**
    * The context to dial `upstream` with. OpenSSL 3.5 sends two key shares: the hybrid
@@ -64,6 +84,33 @@ export class UpstreamSessions {
   }
 
   /**
+   * Whether a connection to `upstream` with `credential` should listen for the session the
+   * server sends (a 'session' listener): when none is kept for the pair, the kept one is
+   * older than {@link SESSION_REFRESH_MS}, or the upstream takes each session only once.
+   * A connection that does not listen and then is not resumed asks too (see {@link resumed}).
+   */
+  wantsSession(credential: object, upstream: string): boolean {
+    return this.#singleUse || this.get(credential, upstream) === undefined || this.#now() - this.#keptAt >= SESSION_REFRESH_MS
+  }
+
+  /**
+   * What the upstream did with `session`, offered on a handshake that is now done. One it
+   * did not resume is forgotten (so the next connection asks for a new one; a TLS 1.2
+   * server sends it during the handshake, before a late listener could hear it); one it
+   * did not resume after resuming it before means the upstream takes each session once.
+   */
+  resumed(session: Buffer, reused: boolean): void {
+    // A newer session has replaced (and zeroed) this one meanwhile: nothing to learn.
+    if (session !== this.#session) return
+    if (reused) {
+      this.#resumed = true
+      return
+    }
+    if (this.#resumed) this.#singleUse = true
+    this.#forget()
+  }
+
+  /**
    * Keeps the latest session (TLS 1.3 tickets arrive after the handshake) for the pair.
    * A session from a connection dialed with a credential other than `current` (one that
    * started before a renewal and finished after it) is not kept.
@@ -74,15 +121,23 @@ export class UpstreamSessions {
     this.#credential = credential
     this.#upstream = upstream
     this.#session = session
+    this.#keptAt = this.#now()
+    this.#resumed = false
   }
 
   /** Forgets (and zeroes) the kept session: the credential was renewed or the service stops. */
   drop(): void {
     // The keyed context holds the old private key inside OpenSSL: let it go with the credential.
     this.#keyed = undefined
+    this.#singleUse = false
+    this.#forget()
+  }
+
+  #forget(): void {
     this.#session?.fill(0)
     this.#session = undefined
     this.#credential = undefined
     this.#upstream = undefined
+    this.#resumed = false
   }
 }

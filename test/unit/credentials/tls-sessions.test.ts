@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { UpstreamSessions } from '../../../src/credentials/tls-sessions.ts'
+import { SESSION_REFRESH_MS, UpstreamSessions } from '../../../src/credentials/tls-sessions.ts'
 
 describe('UpstreamSessions', () => {
   const a = { name: 'credential a' }
@@ -33,5 +33,43 @@ describe('UpstreamSessions', () => {
     s.drop()
     assert.ok(second.every((x) => x === 0))
     assert.equal(s.get(a, 'db:5432'), undefined)
+  })
+
+  test('a connection asks for a session only when none is kept, the kept one is due for refresh, or the upstream rejected it', () => {
+    let now = 1000
+    const s = new UpstreamSessions(() => now)
+    assert.equal(s.wantsSession(a, 'db:5432'), true)
+    const first = Buffer.from('first')
+    s.remember(a, 'db:5432', first, a)
+    assert.equal(s.wantsSession(a, 'db:5432'), false)
+    assert.equal(s.wantsSession(b, 'db:5432'), true)
+    assert.equal(s.wantsSession(a, 'other:5432'), true)
+    now += SESSION_REFRESH_MS
+    assert.equal(s.wantsSession(a, 'db:5432'), true)
+    s.remember(a, 'db:5432', Buffer.from('second'), a)
+    assert.equal(s.wantsSession(a, 'db:5432'), false)
+    // An outcome for a session that has been replaced since tells nothing.
+    s.resumed(first, false)
+    assert.equal(s.wantsSession(a, 'db:5432'), false)
+    // Not resumed (expired, server restarted): forgotten and zeroed, so the next one asks.
+    const second = s.get(a, 'db:5432') as Buffer
+    s.resumed(second, false)
+    assert.equal(s.get(a, 'db:5432'), undefined)
+    assert.ok(second.every((x) => x === 0))
+    assert.equal(s.wantsSession(a, 'db:5432'), true)
+  })
+
+  test('an upstream that resumes a session once and then refuses it is asked for a session on every connection until renewal', () => {
+    const s = new UpstreamSessions(() => 0)
+    const once = Buffer.from('single-use')
+    s.remember(a, 'db:5432', once, a)
+    s.resumed(once, true)
+    assert.equal(s.wantsSession(a, 'db:5432'), false)
+    s.resumed(once, false)
+    s.remember(a, 'db:5432', Buffer.from('next'), a)
+    assert.equal(s.wantsSession(a, 'db:5432'), true)
+    s.drop()
+    s.remember(b, 'db:5432', Buffer.from('renewed'), b)
+    assert.equal(s.wantsSession(b, 'db:5432'), false)
   })
 })
