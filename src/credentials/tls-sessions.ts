@@ -40,7 +40,8 @@ export class UpstreamSessions {
   /** The context that sends a key share for that group only, for the credential it holds. */
   #keyed: { credential: TlsClientCredential; group: KeyShareGroup; context: tls.SecureContext } | undefined
 
-  constructor(now: () => number = () => performance.now()) {
+  /** `now` (ms) dates kept sessions for {@link SESSION_REFRESH_MS}: the service's clock. */
+  constructor(now: () => number = () => Date.now()) {
     this.#now = now
   }
 

@@ -45,7 +45,7 @@ export class DbTunnelService implements Service, TunnelStats {
   #sessions = 0
   #lastUpstreamError: string | undefined
   /** The upstream TLS session new connections resume (stunnel does the same); dropped on renewal. */
-  readonly #tlsSessions = new UpstreamSessions()
+  readonly #tlsSessions = new UpstreamSessions(() => this.#deps.clock.now())
   readonly #resume = { sessions: this.#tlsSessions, current: () => this.#deps.credentials.peek() }
   readonly #onRenewed = () => this.#tlsSessions.drop()
 
