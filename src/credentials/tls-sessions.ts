@@ -32,7 +32,9 @@ export class UpstreamSessions {
   /** When the kept session arrived (`now()`), and whether the upstream has resumed it yet. */
   #keptAt = 0
   #resumed = false
-  /** The upstream refused a session it had resumed before: it takes each one once, so ask every connection. */
+  /** Sessions in a row the upstream refused after resuming them once; a session resumed twice resets it. */
+  #refusedAfterUse = 0
+  /** Two in a row: the upstream takes each session once, so every connection asks for one. */
   #singleUse = false
   readonly #now: () => number
   /** The group the upstream agreed on in its last TLS 1.3 handshake: the server's, so kept across renewals. */
@@ -96,18 +98,20 @@ export class UpstreamSessions {
 
   /**
    * What the upstream did with `session`, offered on a handshake that is now done. One it
-   * did not resume is forgotten (so the next connection asks for a new one; a TLS 1.2
-   * server sends it during the handshake, before a late listener could hear it); one it
-   * did not resume after resuming it before means the upstream takes each session once.
+   * did not resume is forgotten (the connection that offered it keeps the new one the
+   * server made, or else the next connection asks for one). Two
+   * sessions in a row refused after being resumed once mean the upstream takes each session
+   * once (one alone may be a server restart or a ticket-key rotation).
    */
   resumed(session: Buffer, reused: boolean): void {
     // A newer session has replaced (and zeroed) this one meanwhile: nothing to learn.
     if (session !== this.#session) return
     if (reused) {
+      if (this.#resumed) this.#refusedAfterUse = 0
       this.#resumed = true
       return
     }
-    if (this.#resumed) this.#singleUse = true
+    if (this.#resumed && ++this.#refusedAfterUse >= 2) this.#singleUse = true
     this.#forget()
   }
 
@@ -131,6 +135,7 @@ export class UpstreamSessions {
     // The keyed context holds the old private key inside OpenSSL: let it go with the credential.
     this.#keyed = undefined
     this.#singleUse = false
+    this.#refusedAfterUse = 0
     this.#forget()
   }
 

@@ -1,5 +1,6 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import tls from 'node:tls'
 import type { CredentialSource, TlsClientCredential } from '../../src/credentials/credentials.ts'
@@ -68,6 +69,15 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
       assert.deepEqual({ reused: first.reused, serial: first.serial }, { reused: false, serial })
       const second = await roundTrip()
       assert.deepEqual({ reused: second.reused, serial: second.serial }, { reused: true, serial })
+    })
+
+    test('a session the upstream stops accepting (its ticket keys rotated) costs one full handshake, then connections resume again', async () => {
+      await roundTrip()
+      assert.equal((await roundTrip()).reused, true)
+      server.setTicketKeys(randomBytes(48))
+      assert.equal((await roundTrip()).reused, false)
+      assert.equal((await roundTrip()).reused, true)
+      assert.equal((await roundTrip()).reused, true)
     })
 
     test('after a renewal the first new connection does a full handshake with the new certificate, then resumes that one', async () => {

@@ -73,8 +73,15 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
     await step(secure, 'secureConnect', opts.signal, where)
     const reused = secure.isSessionReused()
     if (session !== undefined) resume.sessions.resumed(session, reused)
-    // A TLS 1.3 server sends its tickets after the handshake: there is still time to listen.
-    if (!reused && secure.listenerCount('session') === 0) secure.on('session', keep)
+    if (!reused && secure.listenerCount('session') === 0) {
+      // A TLS 1.3 server sends its tickets after the handshake: there is still time to
+      // listen. A TLS 1.2 session (and its ticket) came during it: take it from the socket.
+      if (secure.getProtocol() === 'TLSv1.3') secure.on('session', keep)
+      else {
+        const made = secure.getSession()
+        if (made !== undefined) keep(made)
+      }
+    }
     resume.sessions.learnKeyShare(where, secure)
     return secure
   } catch (err) {

@@ -59,17 +59,39 @@ describe('UpstreamSessions', () => {
     assert.equal(s.wantsSession(a, 'db:5432'), true)
   })
 
-  test('an upstream that resumes a session once and then refuses it is asked for a session on every connection until renewal', () => {
+  test('an upstream that twice in a row resumes a session once and then refuses it is asked for a session on every connection until renewal', () => {
     const s = new UpstreamSessions(() => 0)
-    const once = Buffer.from('single-use')
-    s.remember(a, 'db:5432', once, a)
-    s.resumed(once, true)
+    const useOnce = (name: string) => {
+      const session = Buffer.from(name)
+      s.remember(a, 'db:5432', session, a)
+      assert.equal(s.wantsSession(a, 'db:5432'), false)
+      s.resumed(session, true)
+      s.resumed(session, false)
+    }
+    useOnce('first')
+    // One refusal after use may be a restart or a ticket-key rotation: the next session is trusted again.
+    s.remember(a, 'db:5432', Buffer.from('after restart'), a)
     assert.equal(s.wantsSession(a, 'db:5432'), false)
-    s.resumed(once, false)
+    useOnce('second')
     s.remember(a, 'db:5432', Buffer.from('next'), a)
     assert.equal(s.wantsSession(a, 'db:5432'), true)
     s.drop()
     s.remember(b, 'db:5432', Buffer.from('renewed'), b)
     assert.equal(s.wantsSession(b, 'db:5432'), false)
+  })
+
+  test('a session resumed twice shows the upstream takes sessions more than once: an earlier refusal is forgotten', () => {
+    const s = new UpstreamSessions(() => 0)
+    const first = Buffer.from('first')
+    s.remember(a, 'db:5432', first, a)
+    s.resumed(first, true)
+    s.resumed(first, false)
+    const second = Buffer.from('second')
+    s.remember(a, 'db:5432', second, a)
+    s.resumed(second, true)
+    s.resumed(second, true)
+    s.resumed(second, false)
+    s.remember(a, 'db:5432', Buffer.from('third'), a)
+    assert.equal(s.wantsSession(a, 'db:5432'), false)
   })
 })
