@@ -75,6 +75,30 @@ describe('buildClientContext', () => {
     })
     assert.ok(version === 'TLSv1.2' || version === 'TLSv1.3', String(version))
   })
+
+  it('offers AES-128-GCM first, as Go clients do: a server that follows the client picks it; one that insists on AES-256 still gets it', async () => {
+    const cli = leaf(ca, 'client', 'bot-ci')
+    const ctx = buildClientContext({ key: cli.key, certPem: cli.certPem, caPem: ca.certPem })
+    const srv = leaf(ca, 'server', 'upstream')
+    // Node's servers default to their own order (honorCipherOrder); nginx's follow the client's.
+    const cipherWith = async (opts: tls.TlsOptions) => {
+      const s = tls.createServer({ key: srv.key.export({ format: 'pem', type: 'pkcs8' }), cert: srv.certPem, ca: ca.certPem, requestCert: true, ...opts }, (c) => c.end())
+      await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+      try {
+        return await new Promise<string>((resolve, reject) => {
+          const c = tls.connect({ host: '127.0.0.1', port: (s.address() as net.AddressInfo).port, secureContext: ctx }, () => {
+            resolve(c.getCipher().name)
+            c.destroy()
+          })
+          c.on('error', reject)
+        })
+      } finally {
+        await new Promise((resolve) => s.close(resolve))
+      }
+    }
+    assert.equal(await cipherWith({ honorCipherOrder: false }), 'TLS_AES_128_GCM_SHA256')
+    assert.equal(await cipherWith({ honorCipherOrder: false, ciphers: 'TLS_AES_256_GCM_SHA384' }), 'TLS_AES_256_GCM_SHA384')
+  })
 })
 
 describe('key-share groups lists', () => {
