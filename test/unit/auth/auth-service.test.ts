@@ -1,6 +1,6 @@
 import { afterEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
+import { ECDH, X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
 import { SignJWT, exportJWK } from 'jose'
 import { AuthService, type Peer } from '../../../src/auth/auth-service.ts'
 import { AdminService } from '../../../src/auth/admin.ts'
@@ -468,6 +468,24 @@ describe('auth service: renewals and heartbeats', () => {
     const id = await join(w, b.token)
     await refused(w.auth.renew({ publicKey: pem(KEYS.ed25519) }, id.peer), 'ERR_BAD_REQUEST')
     assert.equal((await w.store.getInstance(id.res.instanceId))!.pendingGeneration, null)
+  })
+
+  it('a renewal or join key whose P-256 point is off the curve, or not the SPKI form agents send, is refused or read as OpenSSL reads it', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    const der = createPublicKey(KEYS.p256).export({ type: 'spki', format: 'der' })
+    const asPem = (d: Buffer) => `-----BEGIN PUBLIC KEY-----\n${d.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END PUBLIC KEY-----\n`
+    const offCurve = Buffer.from(der)
+    offCurve[offCurve.length - 1] = (offCurve[offCurve.length - 1] as number) ^ 1
+    await refused(w.auth.renew({ publicKey: asPem(offCurve) }, id.peer), 'ERR_BAD_REQUEST', /publicKey: must be a PEM SubjectPublicKeyInfo public key/)
+    const next = await addBot(w)
+    await refused(join(w, next.token, '1h', asPem(offCurve)), 'ERR_BAD_REQUEST', /publicKey/)
+    assert.equal((await w.store.getInstance(id.res.instanceId))!.pendingGeneration, null)
+    // A compressed point is a valid P-256 SPKI too: read by OpenSSL, certified with the key as OpenSSL exports it.
+    const compressed = createPublicKey({ key: Buffer.concat([Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'), ECDH.convertKey(der.subarray(26), 'prime256v1', undefined, undefined, 'compressed') as Buffer]), format: 'der', type: 'spki' })
+    const res = await w.auth.renew({ publicKey: compressed.export({ type: 'spki', format: 'pem' }) as string }, id.peer)
+    assert.ok(new X509Certificate(res.certificate).publicKey.equals(createPublicKey(KEYS.p256)))
   })
 
   it('the instance keeps only the last 10 authentications and heartbeats', async () => {
