@@ -605,6 +605,24 @@ describe('auth service: service certificates', () => {
     }
   }
 
+  it('a database removed and added again signs its next certificates with its new CA, not the one held before', async () => {
+    const w = await world()
+    await withResources(w)
+    const b = await addBot(w, { databases: ['orders'], dbUsers: ['app'], dbNames: ['*'] })
+    const id = await join(w, b.token)
+    const issue = async () => new X509Certificate((await w.auth.issueDb({ publicKey: newKey().publicKey, service: 'orders', username: 'app' }, id.peer)).certificate)
+    const caOf = async () => new X509Certificate((await w.store.getResourceCa('db', 'orders'))!.publicMaterial)
+    const oldCa = await caOf()
+    assert.ok((await issue()).checkIssued(oldCa))
+    assert.ok((await issue()).verify(oldCa.publicKey), 'the held authority signs the second one')
+    await w.store.deleteResource('db', 'orders')
+    await w.store.putResource({ kind: 'db', name: 'orders', uri: 'postgres://orders.example:5432', createdAt: '' }, await createResourceCa('db', 'orders'))
+    const newCa = await caOf()
+    const next = await issue()
+    assert.ok(next.checkIssued(newCa) && next.verify(newCa.publicKey), 'signed by the new CA')
+    assert.ok(!next.verify(oldCa.publicKey), 'not by the old one')
+  })
+
   it('kube and db certificates are issued for P-256 keys and audited with what they grant', async () => {
     const w = await world()
     await withResources(w)
