@@ -3,7 +3,7 @@ import { chmodSync, existsSync, fsync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, instanceRowIs, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -35,6 +35,8 @@ export class SqliteStore implements Store {
   #unsynced: ((err: Error | null) => void)[] = []
   /** The fsync in flight, if any; resolves when it and those queued behind it are done. */
   #syncing: Promise<void> | undefined
+  /** The stored `data` text of each instance this store parsed (#current). */
+  readonly #dataText = new WeakMap<BotInstance, string>()
 
   private constructor(db: DatabaseSync, path: string) {
     this.#db = db
@@ -337,7 +339,26 @@ export class SqliteStore implements Store {
 
   async getInstance(id: string): Promise<BotInstance | undefined> {
     const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
-    return r && instanceFromRow(r)
+    return r && this.#instance(r)
+  }
+
+  /** An instance from its row, remembering the `data` text it was parsed from (#current). */
+  #instance(r: Row): BotInstance {
+    const i = instanceFromRow(r)
+    this.#dataText.set(i, String(r.data))
+    return i
+  }
+
+  /**
+   * The instance a row holds: `seen` itself when the row is still the one `seen` was read
+   * from (the same columns and the same `data` text), so a request that authenticated on
+   * the instance does not parse its history again inside the transaction (a heartbeat read
+   * and parsed every instance twice). Instances are never changed in place: a decision
+   * returns a new object.
+   */
+  #current(r: Row, seen: BotInstance | undefined): BotInstance {
+    if (seen !== undefined && this.#dataText.get(seen) === r.data && instanceRowIs(seen, r)) return seen
+    return this.#instance(r)
   }
 
   async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
@@ -353,11 +374,11 @@ export class SqliteStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  // `seen` is not used: reading inside the transaction costs no round trip here.
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
+  // The row is read again inside the transaction (no round trip here); `seen` spares parsing it when unchanged.
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange, seen?: BotInstance): Promise<InstanceChange> {
     return this.#grouped(() => {
       const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
-      const cur = r && instanceFromRow(r)
+      const cur = r && this.#current(r, seen)
       const change = decide(cur, this.#locksFor(cur?.bot ?? null, id))
       if (change.instance) this.#writeInstance(change.instance, false)
       for (const ev of change.audit ?? []) this.#insertAudit(ev)

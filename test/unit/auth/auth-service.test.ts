@@ -488,6 +488,17 @@ describe('auth service: renewals and heartbeats', () => {
     assert.ok(new X509Certificate(res.certificate).publicKey.equals(createPublicKey(KEYS.p256)))
   })
 
+  it('heartbeats of one instance committed together each land in its history, none overwriting another', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    await heartbeat(w, id.peer)
+    const beat = (hostname: string) => w.auth.heartbeat({ hostname, version: '0', os: 'linux', arch: 'x64', uptimeSeconds: 1, services: [] }, id.peer)
+    // All read the same row before any writes it (one group commit): each must decide on the row as the one before left it.
+    await Promise.all(['a', 'b', 'c', 'd'].map(beat))
+    assert.deepEqual((await w.store.getInstance(id.res.instanceId))!.heartbeats.map((h) => h.hostname).sort(), ['a', 'b', 'c', 'd', 'h'])
+  })
+
   it('the instance keeps only the last 10 authentications and heartbeats', async () => {
     const w = await world()
     const b = await addBot(w)
