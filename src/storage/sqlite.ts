@@ -22,6 +22,13 @@ const MIGRATIONS = migrations(SQLITE)
  */
 const MAX_STATEMENTS = 256
 
+const INSERT_AUDIT = 'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES'
+const AUDIT_ROW = '(?, ?, ?, ?, ?, ?, ?, ?, ?)'
+
+function auditValues(ev: NewAuditEvent, time: string): (string | number | null)[] {
+  return [time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null, ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})]
+}
+
 /** The SQLite backend on node:sqlite (no native build). `:memory:` gives a throwaway store. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync
@@ -377,11 +384,12 @@ export class SqliteStore implements Store {
   // The row is read again inside the transaction (no round trip here); `seen` spares parsing it when unchanged.
   async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange, seen?: BotInstance): Promise<InstanceChange> {
     return this.#grouped(() => {
-      const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
+      // Whether any lock names the bot or the instance comes with the row; the locks themselves are read only then.
+      const r = this.#get(`SELECT *, EXISTS (SELECT 1 FROM locks WHERE bot = i.bot OR instance = i.id) AS locked FROM bot_instances i WHERE id = ?`, id)
       const cur = r && this.#current(r, seen)
-      const change = decide(cur, this.#locksFor(cur?.bot ?? null, id))
+      const change = decide(cur, r === undefined || r.locked !== 0 ? this.#locksFor(cur?.bot ?? null, id) : [])
       if (change.instance) this.#writeInstance(change.instance, false)
-      for (const ev of change.audit ?? []) this.#insertAudit(ev)
+      this.#insertAudits(change.audit ?? [])
       for (const lock of change.locks ?? []) this.#insertLock(lock)
       return change
     })
@@ -501,11 +509,15 @@ export class SqliteStore implements Store {
 
   #insertAudit(ev: NewAuditEvent): AuditEvent {
     const time = ev.time ?? new Date().toISOString()
-    const res = this.#prepare(
-      'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-    ).run(time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
-      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {}))
+    const res = this.#prepare(`${INSERT_AUDIT} ${AUDIT_ROW}`).run(...auditValues(ev, time))
     return { ...ev, id: Number(res.lastInsertRowid), time }
+  }
+
+  /** The audit rows of one change in one statement (a renewal writes two). */
+  #insertAudits(evs: NewAuditEvent[]): void {
+    if (evs.length === 0) return
+    if (evs.length === 1) return void this.#insertAudit(evs[0] as NewAuditEvent)
+    this.#prepare(`${INSERT_AUDIT} ${Array(evs.length).fill(AUDIT_ROW).join(', ')}`).run(...evs.flatMap((ev) => auditValues(ev, ev.time ?? new Date().toISOString())))
   }
 
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
