@@ -507,6 +507,10 @@ export class SqliteStore implements Store {
     return this.#grouped(() => this.#insertAudit(ev))
   }
 
+  async appendAudits(evs: NewAuditEvent[]): Promise<void> {
+    if (evs.length > 0) await this.#grouped(() => this.#insertAudits(evs))
+  }
+
   #insertAudit(ev: NewAuditEvent): AuditEvent {
     const time = ev.time ?? new Date().toISOString()
     const res = this.#prepare(`${INSERT_AUDIT} ${AUDIT_ROW}`).run(...auditValues(ev, time))

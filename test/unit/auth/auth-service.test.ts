@@ -62,6 +62,7 @@ async function world(): Promise<World> {
           await hook()
         }
         if (prop === 'appendAudit' && w.failAudit.has((args[0] as NewAuditEvent).type)) throw new Error('disk full')
+        if (prop === 'appendAudits' && (args[0] as NewAuditEvent[]).some((ev) => w.failAudit.has(ev.type))) throw new Error('disk full')
         return (v as (...a: unknown[]) => unknown).apply(target, args)
       }
     },
