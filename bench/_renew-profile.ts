@@ -1,11 +1,12 @@
 /**
- * Renewals only (or keep-alive heartbeats, OP=heartbeat) against one bench auth server
+ * Renewals only (or keep-alive heartbeats, OP=heartbeat, or heartbeats each on a new
+ * connection, OP=connect) against one bench auth server
  * (bench/auth.ts's server role, SQLite), to profile the server under that load alone:
  *
  *   MEMID_BENCH_CPU_PROF=DIR node bench/_renew-profile.ts          V8 CPU profile of the server
  *   MEMID_BENCH_NODE_FLAGS=--perf-basic-prof-only-functions PERF=out.data node bench/_renew-profile.ts
  *                                                                  perf record -g of the server
- *   CONC=32 SECS=8                                                 bots and seconds (defaults)
+ *   CONC=32 SECS=8 WARM=3                                          bots, seconds measured, seconds of warm-up before (defaults)
  *
  * Prints renewals/s and the server's CPU ms per renewal (from /proc). A renewal is what
  * bench/auth.ts does: a new key, the renew request, then a heartbeat with the new identity
@@ -35,26 +36,38 @@ try {
     await client.bootstrap()
     return { client, id: await join(client, t) }
   }))
+  // WARM seconds of the same load first, unmeasured: V8 compiles the hot paths then.
+  const once = async (b: (typeof bots)[number]) => {
+    if (op === 'renew') {
+      const next = await renew(b.client, b.id)
+      await heartbeat(b.client, next)
+      ;(b.id.caller.agent as https.Agent).destroy()
+      b.id = next
+    } else {
+      await heartbeat(b.client, b.id)
+      // OP=connect: each heartbeat over a new mutual-TLS connection (the handshake's share of a renewal).
+      if (op === 'connect') (b.id.caller.agent as https.Agent).destroy()
+    }
+  }
+  const load = async (secs: number) => {
+    let n = 0
+    const start = performance.now()
+    await Promise.all(bots.map(async (b) => {
+      while (performance.now() - start < secs * 1000) {
+        await once(b)
+        n++
+      }
+    }))
+    return n
+  }
+  await load(Number(process.env.WARM ?? 3))
   const perf = process.env.PERF
     ? spawn('perf', ['record', '-F', '999', '-g', '-o', process.env.PERF, '-p', String(role.child.pid), '--', 'sleep', String(seconds)], { stdio: 'inherit' })
     : undefined
   const perfDone = perf && new Promise((r) => perf.once('exit', r))
   const cpu0 = cpuSeconds(role.child.pid)
-  let n = 0
   const t0 = performance.now()
-  await Promise.all(bots.map(async (b) => {
-    while (performance.now() - t0 < seconds * 1000) {
-      if (op === 'renew') {
-        const next = await renew(b.client, b.id)
-        await heartbeat(b.client, next)
-        ;(b.id.caller.agent as https.Agent).destroy()
-        b.id = next
-      } else {
-        await heartbeat(b.client, b.id)
-      }
-      n++
-    }
-  }))
+  const n = await load(seconds)
   const elapsed = (performance.now() - t0) / 1000
   const cpu = cpuSeconds(role.child.pid) - cpu0
   console.log(`${op}: ${n} in ${elapsed.toFixed(1)} s = ${(n / elapsed).toFixed(0)}/s, server CPU ${(cpu * 1000 / n).toFixed(2)} ms/op`)

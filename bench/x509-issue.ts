@@ -11,7 +11,7 @@ import 'reflect-metadata'
 import { generateKeyPairSync, sign, webcrypto, type KeyObject } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import * as x509 from '@peculiar/x509'
-import { createCaCertificate, issueLeafSync, newSerial, type LeafOptions, type X509Authority } from '../src/pki/x509.ts'
+import { createCaCertificate, issueLeafSync, leafKeyObject, newSerial, type LeafOptions, type X509Authority } from '../src/pki/x509.ts'
 
 x509.cryptoProvider.set(webcrypto as never)
 
@@ -29,7 +29,7 @@ async function peculiarLeaf(opts: LeafOptions): Promise<string> {
     issuer: caCert.subjectName,
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + opts.ttlMs),
-    publicKey: opts.publicKey.toCryptoKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['verify']),
+    publicKey: leafKeyObject(opts.publicKey).toCryptoKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['verify']),
     signingKey: opts.ca.key.toCryptoKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']),
     signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
     extensions: [

@@ -54,8 +54,26 @@ export function createResourceCa(kind: ResourceKind, name: string): Promise<Stor
 export async function resourceAuthority(store: Store, kind: ResourceKind, name: string): Promise<X509Authority> {
   const ca = await store.getResourceCa(kind, name)
   if (ca === undefined) throw new MemidError('ERR_NOT_FOUND', `${RESOURCE_NOUN[kind]} "${name}" has no client CA yet; restart the auth service to create it`)
-  return toX509(ca)
+  const id = `${kind}/${name}`
+  const held = resourceAuthorities.get(id)
+  if (held !== undefined && held.certPem === ca.publicMaterial) {
+    ca.privateKeyDer.fill(0)
+    return held
+  }
+  const made = toX509(ca)
+  if (resourceAuthorities.size >= MAX_RESOURCE_AUTHORITIES) resourceAuthorities.clear()
+  resourceAuthorities.set(id, made)
+  return made
 }
+
+/**
+ * The authority last read for each resource, reused while its stored certificate is the
+ * same: importing the PKCS#8 key and building the leaf template (which parses the CA
+ * certificate and checks the key against it) was most of a database certificate's CPU.
+ * A new CA (`rm` + `add`) has a new certificate, so it replaces the entry on first use.
+ */
+const resourceAuthorities = new Map<string, X509Authority>()
+const MAX_RESOURCE_AUTHORITIES = 1024
 
 /**
  * Stores migrated from the single shared client CA: every registration gets its own CA

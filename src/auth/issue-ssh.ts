@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { SshCertRequest, SshCertResponse } from '../api/types.ts'
 import { parseSshCertificate, signSshCertificate, sshCertificateLine } from '../pki/openssh.ts'
+import { leafKeyObject } from '../pki/x509.ts'
 import { denied, unionOf } from './rbac.ts'
 import type { IssueContext } from './issuer.ts'
 
@@ -41,7 +42,7 @@ export async function issueSshCertificate(ctx: IssueContext, req: SshCertRequest
   const validBefore = new Date(Math.floor((ctx.now + ctx.ttlMs) / 1000) * 1000)
   const keyId = `bot=${ctx.bot.name} instance=${ctx.instance.id}`
   const blob = signSshCertificate({
-    type: 'user', publicKey: ctx.publicKey, caKey: ctx.cas.sshUser.key, serial: randomSshSerial(),
+    type: 'user', publicKey: leafKeyObject(ctx.publicKey), caKey: ctx.cas.sshUser.key, serial: randomSshSerial(),
     keyId, principals, validAfter, validBefore, extensions: { ...SSH_USER_EXTENSIONS },
   })
   const serial = parseSshCertificate(blob).serial

@@ -1,4 +1,4 @@
-import type { KeyObject } from 'node:crypto'
+import type { LeafKey } from '../pki/x509.ts'
 import type { Bot, BotInstance, Role, Store } from '../storage/store.ts'
 import type { CaSet } from './cas.ts'
 
@@ -13,7 +13,8 @@ export interface IssueContext {
   roles: Role[]
   cas: CaSet
   store: Store
-  publicKey: KeyObject
+  /** A KeyObject for SSH certificates (any key type); a P-256 key may come as its SPKI. */
+  publicKey: LeafKey
   ttlMs: number
   now: number
 }

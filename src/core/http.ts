@@ -78,6 +78,9 @@ export function sendError(res: ServerResponse, err: unknown): void {
   sendJson(res, e.status, { error: { code: e.code, message: e.message } })
 }
 
+/** A request target that is its own pathname: letters, digits, `-`, `_` and slashes. */
+const PLAIN_PATH = /^\/[A-Za-z0-9_/-]*$/
+
 /** A tiny router: exact method + path pattern with `:params`. */
 export type Handler = (req: IncomingMessage, res: ServerResponse, params: Record<string, string>, query: URLSearchParams) => Promise<void> | void
 
@@ -95,11 +98,17 @@ export class Router {
   }
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    let url: URL
-    try {
-      url = new URL(req.url ?? '/', 'http://local')
-    } catch {
-      return sendError(res, new MemidError('ERR_BAD_REQUEST', 'malformed request URL'))
+    let url: { pathname: string; searchParams: URLSearchParams }
+    const raw = req.url ?? '/'
+    if (PLAIN_PATH.test(raw)) {
+      // What the URL parser would give back unchanged (no query, dot segment or escape): an agent's every request.
+      url = { pathname: raw, searchParams: new URLSearchParams() }
+    } else {
+      try {
+        url = new URL(raw, 'http://local')
+      } catch {
+        return sendError(res, new MemidError('ERR_BAD_REQUEST', 'malformed request URL'))
+      }
     }
     let pathMatched = false
     for (const r of this.#routes) {

@@ -481,6 +481,12 @@ export class PostgresStore implements Store {
     return this.#withClient((c) => insertAudit(c, ev))
   }
 
+  async appendAudits(evs: NewAuditEvent[]): Promise<void> {
+    if (evs.length === 0) return
+    const rows = evs.map((_, i) => `(${AUDIT_CASTS.map((_c, k) => `$${i * AUDIT_CASTS.length + k + 1}`).join(', ')})`)
+    await this.#withClient((c) => c.query(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${rows.join(', ')}`, evs.flatMap(auditArgs)))
+  }
+
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
     const { sql, args } = auditQuery(q, (n) => `$${n}`)
     return (await this.#all(sql, ...args)).map(auditFromRow).reverse()

@@ -115,6 +115,13 @@ export function instanceFromRow(r: Row): BotInstance {
   return i
 }
 
+/** Whether the columns of row `r` (all but `data`) are what `i` holds, read as instanceFromRow reads them. */
+export function instanceRowIs(i: BotInstance, r: Row): boolean {
+  return i.id === str(r.id) && i.bot === str(r.bot) && i.botId === (optStr(r.bot_id) ?? '') && i.createdAt === str(r.created_at) &&
+    i.generation === Number(r.generation) && i.pendingGeneration === (r.pending_generation === null ? null : Number(r.pending_generation)) &&
+    i.pendingRetries === Number(r.pending_retries) && i.pendingKey === optStr(r.pending_key) && i.endedAt === optStr(r.ended_at)
+}
+
 /**
  * `JSON.stringify(instanceFromRow(r))` without parsing the stored record: the columns as
  * JSON, then the `data` object's members copied as text. An admin listing streams 100,000

@@ -3,7 +3,7 @@ import { chmodSync, existsSync, fsync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
+  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, instanceRowIs, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -22,6 +22,13 @@ const MIGRATIONS = migrations(SQLITE)
  */
 const MAX_STATEMENTS = 256
 
+const INSERT_AUDIT = 'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES'
+const AUDIT_ROW = '(?, ?, ?, ?, ?, ?, ?, ?, ?)'
+
+function auditValues(ev: NewAuditEvent, time: string): (string | number | null)[] {
+  return [time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null, ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})]
+}
+
 /** The SQLite backend on node:sqlite (no native build). `:memory:` gives a throwaway store. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync
@@ -35,6 +42,8 @@ export class SqliteStore implements Store {
   #unsynced: ((err: Error | null) => void)[] = []
   /** The fsync in flight, if any; resolves when it and those queued behind it are done. */
   #syncing: Promise<void> | undefined
+  /** The stored `data` text of each instance this store parsed (#current). */
+  readonly #dataText = new WeakMap<BotInstance, string>()
 
   private constructor(db: DatabaseSync, path: string) {
     this.#db = db
@@ -337,7 +346,26 @@ export class SqliteStore implements Store {
 
   async getInstance(id: string): Promise<BotInstance | undefined> {
     const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
-    return r && instanceFromRow(r)
+    return r && this.#instance(r)
+  }
+
+  /** An instance from its row, remembering the `data` text it was parsed from (#current). */
+  #instance(r: Row): BotInstance {
+    const i = instanceFromRow(r)
+    this.#dataText.set(i, String(r.data))
+    return i
+  }
+
+  /**
+   * The instance a row holds: `seen` itself when the row is still the one `seen` was read
+   * from (the same columns and the same `data` text), so a request that authenticated on
+   * the instance does not parse its history again inside the transaction (a heartbeat read
+   * and parsed every instance twice). Instances are never changed in place: a decision
+   * returns a new object.
+   */
+  #current(r: Row, seen: BotInstance | undefined): BotInstance {
+    if (seen !== undefined && this.#dataText.get(seen) === r.data && instanceRowIs(seen, r)) return seen
+    return this.#instance(r)
   }
 
   async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
@@ -353,14 +381,15 @@ export class SqliteStore implements Store {
     return rows.map(instanceFromRow)
   }
 
-  // `seen` is not used: reading inside the transaction costs no round trip here.
-  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange): Promise<InstanceChange> {
+  // The row is read again inside the transaction (no round trip here); `seen` spares parsing it when unchanged.
+  async updateInstance(id: string, decide: (instance: BotInstance | undefined, locks: Lock[]) => InstanceChange, seen?: BotInstance): Promise<InstanceChange> {
     return this.#grouped(() => {
-      const r = this.#get('SELECT * FROM bot_instances WHERE id = ?', id)
-      const cur = r && instanceFromRow(r)
-      const change = decide(cur, this.#locksFor(cur?.bot ?? null, id))
+      // Whether any lock names the bot or the instance comes with the row; the locks themselves are read only then.
+      const r = this.#get(`SELECT *, EXISTS (SELECT 1 FROM locks WHERE bot = i.bot OR instance = i.id) AS locked FROM bot_instances i WHERE id = ?`, id)
+      const cur = r && this.#current(r, seen)
+      const change = decide(cur, r === undefined || r.locked !== 0 ? this.#locksFor(cur?.bot ?? null, id) : [])
       if (change.instance) this.#writeInstance(change.instance, false)
-      for (const ev of change.audit ?? []) this.#insertAudit(ev)
+      this.#insertAudits(change.audit ?? [])
       for (const lock of change.locks ?? []) this.#insertLock(lock)
       return change
     })
@@ -478,13 +507,21 @@ export class SqliteStore implements Store {
     return this.#grouped(() => this.#insertAudit(ev))
   }
 
+  async appendAudits(evs: NewAuditEvent[]): Promise<void> {
+    if (evs.length > 0) await this.#grouped(() => this.#insertAudits(evs))
+  }
+
   #insertAudit(ev: NewAuditEvent): AuditEvent {
     const time = ev.time ?? new Date().toISOString()
-    const res = this.#prepare(
-      'INSERT INTO audit_events (time, type, success, code, message, bot, instance, remote_addr, fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-    ).run(time, ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
-      ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {}))
+    const res = this.#prepare(`${INSERT_AUDIT} ${AUDIT_ROW}`).run(...auditValues(ev, time))
     return { ...ev, id: Number(res.lastInsertRowid), time }
+  }
+
+  /** The audit rows of one change in one statement (a renewal writes two). */
+  #insertAudits(evs: NewAuditEvent[]): void {
+    if (evs.length === 0) return
+    if (evs.length === 1) return void this.#insertAudit(evs[0] as NewAuditEvent)
+    this.#prepare(`${INSERT_AUDIT} ${Array(evs.length).fill(AUDIT_ROW).join(', ')}`).run(...evs.flatMap((ev) => auditValues(ev, ev.time ?? new Date().toISOString())))
   }
 
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {

@@ -301,5 +301,7 @@ export interface Store {
   putResourceCaIfAbsent(kind: ResourceKind, name: string, ca: StoredCa): Promise<StoredCa>
 
   appendAudit(event: NewAuditEvent): Promise<AuditEvent>
+  /** Several events in one durable write, in this order (one commit, one round trip). */
+  appendAudits(events: NewAuditEvent[]): Promise<void>
   queryAudit(query: AuditQuery): Promise<AuditEvent[]>
 }

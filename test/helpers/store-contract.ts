@@ -658,6 +658,21 @@ export function storeContract(name: string, backend: StoreBackend): void {
         assert.deepEqual((await s.queryAudit({ limit: 2 })).map((e) => e.type), ['renew', 'role.create'], 'a limit keeps the newest')
       })
 
+      it('appendAudits writes several events at once, in order', async () => {
+        const s = await store()
+        await s.appendAudit({ type: 'before', success: true, fields: {} })
+        await s.appendAudits([
+          { type: 'join', success: true, bot: 'ci', instance: 'i1', remoteAddr: '10.0.0.1', fields: { tokenName: 'tok-1' } },
+          { type: 'cert.issued', success: true, bot: 'ci', instance: 'i1', fields: { kind: 'bot', generation: 1 } },
+        ])
+        await s.appendAudits([])
+        const all = await s.queryAudit({})
+        assert.deepEqual(all.map((e) => e.type), ['before', 'join', 'cert.issued'])
+        assert.ok(all[0]!.id < all[1]!.id && all[1]!.id < all[2]!.id, 'ids in order')
+        assert.deepEqual([all[1]!.remoteAddr, all[1]!.fields, all[2]!.fields], ['10.0.0.1', { tokenName: 'tok-1' }, { kind: 'bot', generation: 1 }])
+        assert.ok(Math.abs(Date.parse(all[2]!.time) - Date.now()) < 60_000, 'time filled in')
+      })
+
       it('fills in the time and treats filter values as data, not SQL', async () => {
         const s = await store()
         const ev = await s.appendAudit({ type: 'x', success: true, fields: {} })

@@ -1,6 +1,6 @@
 import { afterEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
+import { ECDH, X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
 import { SignJWT, exportJWK } from 'jose'
 import { AuthService, type Peer } from '../../../src/auth/auth-service.ts'
 import { AdminService } from '../../../src/auth/admin.ts'
@@ -62,6 +62,7 @@ async function world(): Promise<World> {
           await hook()
         }
         if (prop === 'appendAudit' && w.failAudit.has((args[0] as NewAuditEvent).type)) throw new Error('disk full')
+        if (prop === 'appendAudits' && (args[0] as NewAuditEvent[]).some((ev) => w.failAudit.has(ev.type))) throw new Error('disk full')
         return (v as (...a: unknown[]) => unknown).apply(target, args)
       }
     },
@@ -470,6 +471,35 @@ describe('auth service: renewals and heartbeats', () => {
     assert.equal((await w.store.getInstance(id.res.instanceId))!.pendingGeneration, null)
   })
 
+  it('a renewal or join key whose P-256 point is off the curve, or not the SPKI form agents send, is refused or read as OpenSSL reads it', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    const der = createPublicKey(KEYS.p256).export({ type: 'spki', format: 'der' })
+    const asPem = (d: Buffer) => `-----BEGIN PUBLIC KEY-----\n${d.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END PUBLIC KEY-----\n`
+    const offCurve = Buffer.from(der)
+    offCurve[offCurve.length - 1] = (offCurve[offCurve.length - 1] as number) ^ 1
+    await refused(w.auth.renew({ publicKey: asPem(offCurve) }, id.peer), 'ERR_BAD_REQUEST', /publicKey: must be a PEM SubjectPublicKeyInfo public key/)
+    const next = await addBot(w)
+    await refused(join(w, next.token, '1h', asPem(offCurve)), 'ERR_BAD_REQUEST', /publicKey/)
+    assert.equal((await w.store.getInstance(id.res.instanceId))!.pendingGeneration, null)
+    // A compressed point is a valid P-256 SPKI too: read by OpenSSL, certified with the key as OpenSSL exports it.
+    const compressed = createPublicKey({ key: Buffer.concat([Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'), ECDH.convertKey(der.subarray(26), 'prime256v1', undefined, undefined, 'compressed') as Buffer]), format: 'der', type: 'spki' })
+    const res = await w.auth.renew({ publicKey: compressed.export({ type: 'spki', format: 'pem' }) as string }, id.peer)
+    assert.ok(new X509Certificate(res.certificate).publicKey.equals(createPublicKey(KEYS.p256)))
+  })
+
+  it('heartbeats of one instance committed together each land in its history, none overwriting another', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const id = await join(w, b.token)
+    await heartbeat(w, id.peer)
+    const beat = (hostname: string) => w.auth.heartbeat({ hostname, version: '0', os: 'linux', arch: 'x64', uptimeSeconds: 1, services: [] }, id.peer)
+    // All read the same row before any writes it (one group commit): each must decide on the row as the one before left it.
+    await Promise.all(['a', 'b', 'c', 'd'].map(beat))
+    assert.deepEqual((await w.store.getInstance(id.res.instanceId))!.heartbeats.map((h) => h.hostname).sort(), ['a', 'b', 'c', 'd', 'h'])
+  })
+
   it('the instance keeps only the last 10 authentications and heartbeats', async () => {
     const w = await world()
     const b = await addBot(w)
@@ -586,6 +616,24 @@ describe('auth service: service certificates', () => {
       await w.store.putResource({ kind, name, uri, createdAt: '' }, await createResourceCa(kind, name))
     }
   }
+
+  it('a database removed and added again signs its next certificates with its new CA, not the one held before', async () => {
+    const w = await world()
+    await withResources(w)
+    const b = await addBot(w, { databases: ['orders'], dbUsers: ['app'], dbNames: ['*'] })
+    const id = await join(w, b.token)
+    const issue = async () => new X509Certificate((await w.auth.issueDb({ publicKey: newKey().publicKey, service: 'orders', username: 'app' }, id.peer)).certificate)
+    const caOf = async () => new X509Certificate((await w.store.getResourceCa('db', 'orders'))!.publicMaterial)
+    const oldCa = await caOf()
+    assert.ok((await issue()).checkIssued(oldCa))
+    assert.ok((await issue()).verify(oldCa.publicKey), 'the held authority signs the second one')
+    await w.store.deleteResource('db', 'orders')
+    await w.store.putResource({ kind: 'db', name: 'orders', uri: 'postgres://orders.example:5432', createdAt: '' }, await createResourceCa('db', 'orders'))
+    const newCa = await caOf()
+    const next = await issue()
+    assert.ok(next.checkIssued(newCa) && next.verify(newCa.publicKey), 'signed by the new CA')
+    assert.ok(!next.verify(oldCa.publicKey), 'not by the old one')
+  })
 
   it('kube and db certificates are issued for P-256 keys and audited with what they grant', async () => {
     const w = await world()

@@ -32,6 +32,15 @@ describe('bot identity certificates', () => {
     assert.match(readBotClaims(der(cert.pem))!.serial, /^[0-9a-f]+$/, 'serial in lower case, as stored')
   })
 
+  it('reads serial and validity as OpenSSL does, GeneralizedTime after 2049 included', async () => {
+    for (const ttlMs of [600_000, Date.UTC(2051, 5, 1) - Date.now()]) {
+      const cert = await issueBotIdentity(ca, key.publicKey, { bot: 'ci', botId: BOT_ID, instanceId: INSTANCE, generation: 1 }, ttlMs, Date.now())
+      const x = new X509Certificate(cert.pem)
+      const c = readBotClaims(der(cert.pem))!
+      assert.deepEqual([c.serial, c.notBefore, c.notAfter], [x.serialNumber.toLowerCase(), new Date(x.validFrom), new Date(x.validTo)])
+    }
+  })
+
   it('a certificate from before bots had ids is read without one', async () => {
     assert.deepEqual(Object.keys(readBotClaims(await withUri(`memid://bot/old?instance=${INSTANCE}&generation=3`))!).sort(),
       ['bot', 'generation', 'instanceId', 'notAfter', 'notBefore', 'serial'])

@@ -9,6 +9,7 @@ import type { CaSet } from '../../../src/auth/cas.ts'
 import type { Role } from '../../../src/storage/store.ts'
 import { MemidError } from '../../../src/core/errors.ts'
 import { parseSshCertificateLine, sshPublicKeyBlob, sshPublicKeyLine, verifySshCertificate } from '../../../src/pki/openssh.ts'
+import { leafKeyObject } from '../../../src/pki/x509.ts'
 
 const userCa = generateKeyPairSync('ed25519')
 const hostCa = generateKeyPairSync('ed25519')
@@ -47,7 +48,7 @@ describe('issueSshCertificate', () => {
     assert.equal(cert.validBefore.toISOString(), '2030-05-06T07:38:09.000Z')
     assert.equal(res.notBefore, cert.validAfter.toISOString())
     assert.equal(res.notAfter, cert.validBefore.toISOString())
-    assert.ok(cert.publicKeyBlob.equals(sshPublicKeyBlob(c.publicKey)))
+    assert.ok(cert.publicKeyBlob.equals(sshPublicKeyBlob(leafKeyObject(c.publicKey))))
     assert.ok(verifySshCertificate(cert, userCa.publicKey))
   })
 

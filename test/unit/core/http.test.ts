@@ -84,6 +84,16 @@ describe('Router', () => {
     assert.deepEqual(c.body, { bot: 'ci', id: '1f0c-22' })
   })
 
+  it('a plain path and the forms the URL parser normalizes to it route alike', async () => {
+    for (const p of ['/v1/items/web', '/v1/./items/web', '/v1/x/../items/web', '/v1/items/web?']) {
+      const a = await request('GET', p)
+      assert.equal(a.status, 200, p)
+      assert.deepEqual(a.body, { name: 'web', q: null }, p)
+    }
+    const b = await request('GET', '/v1/items/web?q=1&q=2')
+    assert.deepEqual(b.body, { name: 'web', q: '1' })
+  })
+
   it('unknown path: 404 ERR_NOT_FOUND', async () => {
     for (const p of ['/nope', '/v1/items', '/v1/items/a/b', '/v1/echo/extra', '/V1/ECHO']) {
       const a = await request('GET', p)

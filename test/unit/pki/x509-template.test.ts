@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import * as x509 from '@peculiar/x509'
-import { createCaCertificate, issueLeaf, issueLeafSync, type IssuedX509, type LeafOptions, type X509Authority } from '../../../src/pki/x509.ts'
+import { createCaCertificate, issueLeaf, issueLeafSync, spkiDer, type IssuedX509, type LeafOptions, type X509Authority } from '../../../src/pki/x509.ts'
 import { ipBytes, utf8String } from '../../../src/pki/der.ts'
 import { issueBotIdentity, readBotClaims } from '../../../src/auth/bot-identity.ts'
 
@@ -38,7 +38,7 @@ async function peculiarLeaf(opts: LeafOptions, issued: IssuedX509): Promise<x509
     ...(opts.ipAddresses ?? []).map((value) => ({ type: 'ip' as const, value })),
     ...(opts.uris ?? []).map((value) => ({ type: 'url' as const, value })),
   ]
-  const spki = opts.publicKey.export({ type: 'spki', format: 'der' })
+  const spki = spkiDer(opts.publicKey)
   return x509.X509CertificateGenerator.create({
     serialNumber: issued.serial,
     subject: new x509.Name([{ CN: [opts.commonName] }, ...(opts.organizations ?? []).map((o) => ({ O: [o] }))]),
