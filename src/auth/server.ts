@@ -11,6 +11,7 @@ import { MemidError } from '../core/errors.ts'
 import { createHttpServer } from '../core/http.ts'
 import { issueLeaf } from '../pki/x509.ts'
 import { withPrivateKeyPem } from '../pki/pem.ts'
+import { TLS_CIPHERS } from '../pki/tls-context.ts'
 import { formatAddress, listen, parseListenAddress, removeSocketFile, type ListenAddress } from '../core/listener.ts'
 import type { Store } from '../storage/store.ts'
 import { AUTH_SERVER_NAME } from '../api/types.ts'
@@ -155,6 +156,8 @@ export async function serveAgentApi(o: {
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: 'TLSv1.2',
+    // Node's servers pick by their own order (honorCipherOrder): AES-128-GCM first, as Go's.
+    ciphers: TLS_CIPHERS,
     // No session resumption: a resumed session skips verifying the client certificate
     // (its expiry included) and carries over `authorized` from a handshake long past.
     // Without tickets and without a session cache every connection is a full handshake.

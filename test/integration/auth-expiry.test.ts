@@ -39,16 +39,18 @@ function call(agent: https.Agent, auth: AuthFixture, method: string, path: strin
 
 /** One HTTP/1.1 request on a fresh TLS connection, offering `session` for resumption. */
 function rawRequest(auth: AuthFixture, ctx: tls.SecureContext, method: string, path: string, body: unknown, session?: Buffer):
-  Promise<{ status: number; code: string | undefined; resumed: boolean; session: Buffer | undefined }> {
+  Promise<{ status: number; code: string | undefined; resumed: boolean; session: Buffer | undefined; cipher: string }> {
   const [host, port] = auth.addr.split(':') as [string, string]
   return new Promise((resolve, reject) => {
     const sock = tls.connect({ host, port: Number(port), secureContext: ctx, servername: AUTH_SERVER_NAME, ...(session ? { session } : {}) })
     let newSession: Buffer | undefined
     let resumed = false
+    let cipher = ''
     let text = ''
     sock.on('session', (s: Buffer) => (newSession = s))
     sock.on('secureConnect', () => {
       resumed = sock.isSessionReused()
+      cipher = sock.getCipher().name
       const payload = body === undefined ? '' : JSON.stringify(body)
       sock.write(`${method} ${path} HTTP/1.1\r\nhost: ${AUTH_SERVER_NAME}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`)
     })
@@ -58,7 +60,7 @@ function rawRequest(auth: AuthFixture, ctx: tls.SecureContext, method: string, p
       const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0)
       let code: string | undefined
       try { code = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))?.error?.code } catch { /* not JSON */ }
-      resolve({ status, code, resumed, session: newSession })
+      resolve({ status, code, resumed, session: newSession, cipher })
     })
   })
 }
@@ -87,6 +89,13 @@ describe('auth service: expiry on every request', () => {
       const second = await rawRequest(auth, ctx, 'GET', '/healthz', undefined, first.session)
       assert.equal(second.resumed, false, `${v}: no resumption`)
     }
+  })
+
+  test('the API picks AES-128-GCM (SHA-256), as Go servers do, also for a client that offers AES-256 first', async () => {
+    const id = await join(c, await auth.bot('cipher'))
+    const ctx = contextFor(c, id, 'TLSv1.3')
+    const r = await rawRequest(auth, ctx, 'GET', '/healthz', undefined)
+    assert.equal(r.cipher, 'TLS_AES_128_GCM_SHA256')
   })
 
   test('an expired identity is refused on a kept-alive connection and on a resumed TLS session', async () => {
