@@ -69,6 +69,7 @@ interface Pending {
   method: number
   url: string
   upgrade: boolean
+  chunked: boolean
   keepAlive: boolean
   body: Buffer[]
   complete: boolean
@@ -238,15 +239,18 @@ export class ProxyConnection {
     this.#url = ''
     this.headersSince = 0
     // llhttp refuses any other transfer coding only after this callback returns: refuse it
-    // here, before anything goes upstream (Node's server refuses it too).
-    if (!chunkedLast(headers)) return -1
+    // here, before anything goes upstream (Node's server refuses it too). The same pass
+    // says whether the body is chunked.
+    const coding = transferCoding(headers)
+    if (coding === undefined) return -1
+    const chunked = coding === 'chunked'
     if (upgrade) this.#parseDone = true
     if (this.#busy) {
-      const p: Pending = { minor, headers, method, url, upgrade, keepAlive, body: [], complete: false, error: undefined }
+      const p: Pending = { minor, headers, method, url, upgrade, chunked, keepAlive, body: [], complete: false, error: undefined }
       ;(this.#pending ??= []).push(p)
       this.#parsing = p
     } else {
-      this.#begin(minor, headers, method, url, upgrade, keepAlive)
+      this.#begin(minor, headers, method, url, upgrade, chunked, keepAlive)
     }
     // 2: what follows an upgrade request is another protocol (nothing for llhttp to frame).
     return upgrade ? 2 : 0
@@ -322,7 +326,7 @@ export class ProxyConnection {
       return
     }
     if (this.#busy) {
-      ;(this.#pending ??= []).push({ minor: 1, headers: [], method: 0, url: '', upgrade: false, keepAlive: false, body: [], complete: true, error: err })
+      ;(this.#pending ??= []).push({ minor: 1, headers: [], method: 0, url: '', upgrade: false, chunked: false, keepAlive: false, body: [], complete: true, error: err })
       this.#parsing = undefined
       return
     }
@@ -361,7 +365,7 @@ export class ProxyConnection {
 
   // One exchange.
 
-  #begin(minor: number, headers: string[], method: number, url: string, upgrade: boolean, keepAlive: boolean): void {
+  #begin(minor: number, headers: string[], method: number, url: string, upgrade: boolean, chunked: boolean, keepAlive: boolean): void {
     this.#busy = true
     this.idleSince = 0
     this.#local = false
@@ -376,7 +380,7 @@ export class ProxyConnection {
     this.#target = url
     const name = methods[method] ?? 'GET'
     this.#isHead = name === 'HEAD'
-    this.#kind = upgrade ? 'upgrade' : hasHeader(headers, 'transfer-encoding') ? 'chunked' : 'plain'
+    this.#kind = upgrade ? 'upgrade' : chunked ? 'chunked' : 'plain'
     this.#watch = false
     // CONNECT asks for a tunnel to anywhere: not something a Kubernetes API proxy does.
     if (name === 'CONNECT') return this.#answer(400, 'BadRequest', 'memid: CONNECT is not supported', false, true)
@@ -455,7 +459,7 @@ export class ProxyConnection {
     for (const b of p.body) this.#pendingBytes -= b.length
     if (p.error !== undefined) return this.#answerParseError(p.error)
     if (this.#parsing === p) this.#parsing = undefined
-    this.#begin(p.minor, p.headers, p.method, p.url, p.upgrade, p.keepAlive)
+    this.#begin(p.minor, p.headers, p.method, p.url, p.upgrade, p.chunked, p.keepAlive)
     for (const b of p.body) {
       if (p.upgrade) this.#afterUpgrade(b)
       else this.#onRequestBody(b)
@@ -658,15 +662,15 @@ function firstHeader(raw: readonly string[], lower: string): string | undefined 
   return undefined
 }
 
-function hasHeader(raw: readonly string[], lower: string): boolean {
-  return firstHeader(raw, lower) !== undefined
-}
-
-/** False when a Transfer-Encoding is present whose last coding is not `chunked`. */
-function chunkedLast(raw: readonly string[]): boolean {
+/**
+ * How the request's body is framed by its Transfer-Encoding headers (one pass over them):
+ * `none` without one, `chunked` when the last coding is chunked, undefined for any other
+ * last coding (refused).
+ */
+function transferCoding(raw: readonly string[]): 'none' | 'chunked' | undefined {
   let last: string | undefined
   for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === 'transfer-encoding') last = raw[i + 1]
-  if (last === undefined) return true
+  if (last === undefined) return 'none'
   const comma = last.lastIndexOf(',')
-  return last.slice(comma + 1).trim().toLowerCase() === 'chunked'
+  return last.slice(comma + 1).trim().toLowerCase() === 'chunked' ? 'chunked' : undefined
 }
