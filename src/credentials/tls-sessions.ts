@@ -116,6 +116,35 @@ export class UpstreamSessions {
   }
 
   /**
+   * Learns from a connection just dialed to `upstream` with `credential`, `offered` the
+   * session it was given (if any): what the server did with that session, the session the
+   * server sends when one is wanted, and the key-share group it agrees on. A session is
+   * kept only if `current()` is still `credential` when it arrives (see {@link remember}).
+   *
+   * Only connections that need a session listen for one up front ({@link wantsSession}):
+   * with a listener, OpenSSL serializes every ticket the server sends and Node hands it to
+   * JavaScript. A connection that was not resumed and did not listen listens after its
+   * handshake (TLS 1.3 tickets come after it) or, for TLS 1.2, takes the session the
+   * handshake made from the socket.
+   */
+  follow(socket: tls.TLSSocket, credential: TlsClientCredential, upstream: string, offered: Buffer | undefined, current: () => object | undefined): void {
+    const keep = (s: Buffer) => this.remember(credential, upstream, s, current())
+    if (this.wantsSession(credential, upstream)) socket.on('session', keep)
+    socket.once('secureConnect', () => {
+      const reused = socket.isSessionReused()
+      if (offered !== undefined) this.resumed(offered, reused)
+      if (!reused && socket.listenerCount('session') === 0) {
+        if (socket.getProtocol() === 'TLSv1.3') socket.on('session', keep)
+        else {
+          const made = socket.getSession()
+          if (made !== undefined) keep(made)
+        }
+      }
+      this.learnKeyShare(upstream, socket)
+    })
+  }
+
+  /**
    * Keeps the latest session (TLS 1.3 tickets arrive after the handshake) for the pair.
    * A session from a connection dialed with a credential other than `current` (one that
    * started before a renewal and finished after it) is not kept.

@@ -62,27 +62,8 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
     if (session !== undefined) options.session = session
     secure = tls.connect(options)
     secure.on('error', ignore)
-    if (resume === undefined) {
-      await step(secure, 'secureConnect', opts.signal, where)
-      return secure
-    }
-    // Only connections that need a session listen for one: with a listener, OpenSSL
-    // serializes every ticket the server sends and Node hands it over (see UpstreamSessions).
-    const keep = (s: Buffer) => resume.sessions.remember(opts.credential, where, s, resume.current())
-    if (resume.sessions.wantsSession(opts.credential, where)) secure.on('session', keep)
+    resume?.sessions.follow(secure, opts.credential, where, session, resume.current)
     await step(secure, 'secureConnect', opts.signal, where)
-    const reused = secure.isSessionReused()
-    if (session !== undefined) resume.sessions.resumed(session, reused)
-    if (!reused && secure.listenerCount('session') === 0) {
-      // A TLS 1.3 server sends its tickets after the handshake: there is still time to
-      // listen. A TLS 1.2 session (and its ticket) came during it: take it from the socket.
-      if (secure.getProtocol() === 'TLSv1.3') secure.on('session', keep)
-      else {
-        const made = secure.getSession()
-        if (made !== undefined) keep(made)
-      }
-    }
-    resume.sessions.learnKeyShare(where, secure)
     return secure
   } catch (err) {
     secure?.destroy()

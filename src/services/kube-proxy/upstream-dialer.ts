@@ -24,22 +24,20 @@ export class UpstreamDialer {
   readonly #connectTimeoutMs: number
   readonly #sessions = new UpstreamSessions()
   #retired = false
-  readonly #remember = (session: Buffer) => {
-    this.#sessions.remember(this.credential, this.authority, session, this.#retired ? undefined : this.credential)
-  }
+  /** The credential a session that arrives now may be kept for: none once retired. */
+  readonly #current = () => (this.#retired ? undefined : this.credential)
 
   constructor(credential: TlsClientCredential, opts: { connectTimeoutMs?: number } = {}) {
     this.credential = credential
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
     const up = credential.upstream
     this.authority = authority(up.host, up.port)
-    // The secure context (key, client certificate, the cluster's CA) was built once when the
-    // credential arrived; every connection reuses it. The server is verified against that
-    // CA and its certificate must name the host (or IP) registered with `memid kube add`.
+    // The secure context (key, client certificate, the cluster's CA) comes from the
+    // credential, built once when it arrived (see connect()). The server is verified against
+    // that CA and its certificate must name the host (or IP) registered with `memid kube add`.
     this.#tlsOptions = {
       host: up.host,
       port: up.port,
-      secureContext: credential.secureContext,
       rejectUnauthorized: true,
       ALPNProtocols: ['http/1.1'],
       ...(net.isIP(up.host) === 0 ? { servername: up.host } : {}),
@@ -64,14 +62,11 @@ export class UpstreamDialer {
     // Requests and their answers are small writes that must go out at once: Nagle would hold
     // one behind an unacknowledged segment for up to the peer's delayed-ACK time (40 ms).
     socket.setNoDelay(true)
-    socket.on('session', this.#remember)
+    this.#sessions.follow(socket, this.credential, this.authority, session, this.#current)
     const ms = this.#connectTimeoutMs
     const timer = setTimeout(() => socket.destroy(new MemidError('ERR_UPSTREAM', `connecting took longer than ${ms / 1000}s`)), ms)
     const clear = () => clearTimeout(timer)
-    socket.once('secureConnect', () => {
-      clear()
-      this.#sessions.learnKeyShare(this.authority, socket)
-    })
+    socket.once('secureConnect', clear)
     socket.once('close', clear)
     return socket
   }
