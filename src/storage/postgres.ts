@@ -369,13 +369,8 @@ export class PostgresStore implements Store {
       args.push(i.generation, i.pendingGeneration, i.pendingRetries, i.pendingKey ?? null, i.endedAt ?? null, instanceData(i))
       ok = `UPDATE bot_instances SET generation = $9, pending_generation = $10, pending_retries = $11, pending_key = $12, ended_at = $13, data = $14 WHERE ${unchanged} RETURNING 1`
     }
-    const rows: string[] = []
-    for (const ev of change.audit ?? []) {
-      const at = args.length
-      args.push(...auditArgs(ev))
-      rows.push(`(${AUDIT_CASTS.map((cast, k) => `$${at + k + 1}::${cast}`).join(', ')})`)
-    }
-    const audit = rows.length === 0 ? '' : `, audit AS (INSERT INTO audit_events (${AUDIT_COLUMNS}) SELECT * FROM (VALUES ${rows.join(', ')}) AS v WHERE EXISTS (SELECT 1 FROM ok))`
+    const rows = auditRows(change.audit ?? [], args)
+    const audit = rows === '' ? '' : `, audit AS (INSERT INTO audit_events (${AUDIT_COLUMNS}) SELECT * FROM (VALUES ${rows}) AS v WHERE EXISTS (SELECT 1 FROM ok))`
     const { rows: out } = await this.#withClient((c) => c.query<Row>(`WITH ok AS (${ok})${audit} SELECT count(*)::int AS n FROM ok`, args))
     return Number(out[0]?.n) > 0 ? change : undefined
   }
@@ -483,8 +478,9 @@ export class PostgresStore implements Store {
 
   async appendAudits(evs: NewAuditEvent[]): Promise<void> {
     if (evs.length === 0) return
-    const rows = evs.map((_, i) => `(${AUDIT_CASTS.map((_c, k) => `$${i * AUDIT_CASTS.length + k + 1}`).join(', ')})`)
-    await this.#withClient((c) => c.query(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${rows.join(', ')}`, evs.flatMap(auditArgs)))
+    const args: Arg[] = []
+    const rows = auditRows(evs, args)
+    await this.#withClient((c) => c.query(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${rows}`, args))
   }
 
   async queryAudit(q: AuditQuery): Promise<AuditEvent[]> {
@@ -514,6 +510,15 @@ const AUDIT_CASTS = ['text', 'text', 'int', 'text', 'text', 'text', 'text', 'tex
 function auditArgs(ev: NewAuditEvent): Arg[] {
   return [ev.time ?? new Date().toISOString(), ev.type, ev.success ? 1 : 0, ev.code ?? null, ev.message ?? null, ev.bot ?? null, ev.instance ?? null,
     ev.remoteAddr ?? null, JSON.stringify(ev.fields ?? {})]
+}
+
+/** `(…), (…)`: a VALUES row of typed parameters per event, their values appended to `args`. */
+function auditRows(evs: readonly NewAuditEvent[], args: Arg[]): string {
+  return evs.map((ev) => {
+    const at = args.length
+    args.push(...auditArgs(ev))
+    return `(${AUDIT_CASTS.map((cast, k) => `$${at + k + 1}::${cast}`).join(', ')})`
+  }).join(', ')
 }
 
 async function insertAudit(c: PoolClient, ev: NewAuditEvent): Promise<AuditEvent> {
