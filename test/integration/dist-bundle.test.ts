@@ -8,7 +8,8 @@
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { eventually, MemidProcess, runMemid, startAuth, tempDir, type AuthFixture } from '../fixtures/memid.ts'
@@ -87,5 +88,31 @@ describe('memid start from the bundled dist/', { skip: bundled ? false : 'dist/ 
 
   it('stops on SIGTERM with exit 0', async () => {
     assert.equal(await agent.stop(), 0)
+  })
+})
+
+describe('zod in the bundles', { skip: bundled ? false : 'dist/ is not bundled: run npm run build' }, () => {
+  it('speaks English only: its messages still reach a config error, and no other locale is shipped', () => {
+    const tmp = tempDir('memid-dist-zod-')
+    try {
+      const config = path.join(tmp.dir, 'agent.yaml')
+      writeFileSync(config, `version: v1\nauth_server: 127.0.0.1:1\nca_pins: [sha256:${'a'.repeat(64)}]\nonboarding: {token_file: ${config}}\nservices: 5\n`)
+      let stderr = ''
+      try {
+        execFileSync(process.execPath, [DIST_MAIN, 'start', '--config', config], { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'] })
+      } catch (err) {
+        stderr = String((err as { stderr?: string }).stderr)
+      }
+      assert.equal(stderr.trim(), 'memid: services: Invalid input: expected array, received number')
+    } finally {
+      tmp.cleanup()
+    }
+    const dist = path.dirname(path.dirname(DIST_MAIN))
+    const files = [
+      ...readdirSync(path.join(dist, 'chunks')).map((f) => path.join(dist, 'chunks', f)),
+      DIST_MAIN, path.join(dist, 'cli', 'program.js'), path.join(dist, 'services', 'data-plane-worker.js'), path.join(dist, 'auth', 'api-worker.js'),
+    ]
+    const locales = new Set(files.flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/^\/\/ node_modules\/zod\/v4\/locales\/([\w-]+)\.js$/gm)].map((m) => m[1])))
+    assert.deepEqual([...locales], ['en'])
   })
 })
