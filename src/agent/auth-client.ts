@@ -253,10 +253,19 @@ export class AuthClient {
           done(new MemidError(code, `${what}: ${message}`), undefined, status >= 500)
         })
       })
-      const timer = setTimeout(() => {
-        req.destroy()
-        done(new MemidError('ERR_AUTH_TIMEOUT', `${what}: the auth server at ${where} did not answer within ${Math.round(this.#timeoutMs / 1000)}s`), undefined, true)
-      }, this.#timeoutMs)
+      // The clock starts when the request gets its connection: requests under one identity
+      // queue for its one connection (identityAgent), and time spent behind another request
+      // is not this server failing to answer (that one has its own timeout, which frees the
+      // connection). Counted from the start, a third queued request timed out against a
+      // slow server and moved on to the next replica.
+      let timer: NodeJS.Timeout | undefined
+      req.once('socket', () => {
+        if (settled) return
+        timer = setTimeout(() => {
+          req.destroy()
+          done(new MemidError('ERR_AUTH_TIMEOUT', `${what}: the auth server at ${where} did not answer within ${Math.round(this.#timeoutMs / 1000)}s`), undefined, true)
+        }, this.#timeoutMs)
+      })
       req.on('error', (err: NodeJS.ErrnoException) => {
         const code = err.code ?? ''
         if (code.startsWith('ERR_TLS') || code.includes('CERT') || code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE') {

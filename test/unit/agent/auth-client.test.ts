@@ -2,6 +2,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import https from 'node:https'
+import tls from 'node:tls'
 import type { AddressInfo } from 'node:net'
 import { AuthClient } from '../../../src/agent/auth-client.ts'
 import { AUTH_SERVER_NAME } from '../../../src/api/types.ts'
@@ -71,4 +72,58 @@ describe('AuthClient checks answers with the contract schemas', () => {
       })
     })
   }
+})
+
+// Requests under one identity share its one connection (identityAgent): they queue, and a
+// request's timeout counts from when it has the connection, so a slow server does not turn
+// the last queued request into a timeout (and, with replicas, a needless move to the next).
+describe('AuthClient: requests under one identity queue on one connection', () => {
+  let server: https.Server
+  let caPem: string
+  let port = 0
+  let connections = 0
+
+  before(async () => {
+    const ca = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    caPem = await createCaCertificate(ca.privateKey, ca.publicKey, 'test tls CA', 3_600_000)
+    const leafKey: KeyObject = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
+    const leaf = await issueLeaf({
+      ca: { key: ca.privateKey, certPem: caPem }, publicKey: createPublicKey(leafKey), commonName: AUTH_SERVER_NAME,
+      dnsNames: [AUTH_SERVER_NAME], ttlMs: 3_600_000, usage: 'server',
+    })
+    const cas = { clusterName: 't', tls: caPem, sshHost: 'ssh-ed25519 AAAA host', sshUser: 'ssh-ed25519 AAAA user' }
+    server = withPrivateKeyPem(leafKey, (key) => https.createServer({ key, cert: leaf.pem }, (req, res) => {
+      req.resume()
+      // Each answer takes 300 ms: three in a row take longer than one request's timeout.
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(req.url === '/v1/cas' ? cas : { generation: 1 }))
+      }, req.url === '/v1/cas' ? 0 : 300)
+    }))
+    server.on('secureConnection', () => connections++)
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    port = (server.address() as AddressInfo).port
+  })
+  after(() => new Promise<void>((resolve) => {
+    server.closeAllConnections()
+    server.close(() => resolve())
+  }))
+
+  it('three concurrent requests use one connection and none times out behind the others', async () => {
+    const client = new AuthClient({ server: `127.0.0.1:${port}`, caPins: [spkiPin(caPem)], timeoutMs: 500 })
+    await client.bootstrap()
+    const before = connections
+    const caller = { agent: client.identityAgent(tls.createSecureContext({ ca: caPem })) }
+    const hb = { hostname: 'h', version: '0', os: 'linux', arch: 'x64', uptimeSeconds: 1, services: [] }
+    try {
+      const t0 = performance.now()
+      const answers = await Promise.all([1, 2, 3].map(() => client.heartbeat(caller, hb)))
+      assert.deepEqual(answers, [{ generation: 1 }, { generation: 1 }, { generation: 1 }])
+      assert.ok(performance.now() - t0 >= 850, 'they were answered one after the other')
+      assert.equal(connections - before, 1, 'one connection for the three')
+    } finally {
+      caller.agent.destroy()
+      client.close()
+    }
+  })
 })
