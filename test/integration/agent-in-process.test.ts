@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import http from 'node:http'
+import net from 'node:net'
 import path from 'node:path'
 import { startAgent, type AgentHandle } from '../../src/agent/agent.ts'
 import { startAuthServer, type AuthServer } from '../../src/auth/server.ts'
@@ -118,6 +119,55 @@ describe('agent in-process against startAuthServer', () => {
       assert.equal(later.body.services['db-tunnel:orders'].status, 'ok', 'the other tunnel is unaffected')
     } finally {
       await agent.stop()
+    }
+    assert.deepEqual(await agent.closed, { code: 0 })
+  })
+
+  it("after a renewal the services' certificates ride the heartbeat's connection: one new mutual-TLS handshake for the auth service, not one per service", async () => {
+    await auth.admin.addResource('db', { name: 'ledger', uri: 'postgres://127.0.0.1:1' })
+    await auth.admin.addRole({ name: 'ledger', databases: ['ledger'], dbUsers: ['app'], dbNames: ['*'] })
+    const { token } = await auth.admin.addBot({ name: 'three', roles: ['r', 'ledger'] })
+    // The agent reaches the auth service through a TCP relay that counts its connections
+    // (the TLS session is end to end: the relay sees only bytes).
+    const upstream = auth.address.split(':')
+    const sockets = new Set<net.Socket>()
+    let opened = 0
+    const relay = net.createServer((c) => {
+      opened++
+      const u = net.connect(Number(upstream[1]), upstream[0])
+      for (const [a, b] of [[c, u], [u, c]] as const) {
+        sockets.add(a)
+        a.pipe(b)
+        a.on('error', () => b.destroy())
+        a.on('close', () => (b.destroy(), sockets.delete(a)))
+      }
+    })
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve))
+    const agent = startAgent({
+      authServer: `127.0.0.1:${(relay.address() as net.AddressInfo).port}`, caPins: [auth.caPin], token: token.token, certificateTtlMs: 6_000, renewalIntervalMs: 2_000,
+      diagnostics: '127.0.0.1:0', logger: quiet(), drainMs: 1_000,
+      services: [
+        { type: 'ssh-agent', path: path.join(dir, 'three', 'agent.sock') },
+        { type: 'database-tunnel', listen: '127.0.0.1:0', service: 'orders', username: 'app' },
+        { type: 'database-tunnel', listen: '127.0.0.1:0', service: 'ledger', username: 'app' },
+      ],
+    })
+    try {
+      await agent.ready
+      const before = opened
+      const serials = agent.status().services.map((x) => (x.credential.status === 'valid' ? x.credential.serial : ''))
+      // 'renewed' comes once the three services have their certificates under the new identity.
+      await once(agent, 'renewed')
+      agent.status().services.forEach((x, i) => assert.notEqual(x.credential.status === 'valid' ? x.credential.serial : '', serials[i], `${x.name} renewed`))
+      // The heartbeat under the new identity needs a connection of its own, and the renewal
+      // one more if the old identity's connection had been closed meanwhile. With a
+      // connection per concurrent request, the three certificate requests opened two more.
+      const during = opened - before
+      assert.ok(during >= 1 && during <= 2, `new connections to the auth service during one renewal with three services: ${during} (expected 1 or 2)`)
+    } finally {
+      await agent.stop()
+      relay.close()
+      for (const s of sockets) s.destroy()
     }
     assert.deepEqual(await agent.closed, { code: 0 })
   })
