@@ -12,7 +12,7 @@ import type { ResolvedDbTunnelConfig } from './config.ts'
 import { socketPort } from './socket-name.ts'
 import { TunnelMetrics, type TunnelStats } from './metrics.ts'
 import { errorResponse, printable, readClientHello, SqlState, TunnelRefusal, type ErrorFields } from './postgres.ts'
-import { relay, RELAY_HIGH_WATER_MARK } from './relay.ts'
+import { DirectReads, relay, RELAY_HIGH_WATER_MARK } from './relay.ts'
 import { classify, dialUpstream, firstChunk } from './upstream.ts'
 
 /** How long a client may take to send its startup packet (PostgreSQL allows 60 s). */
@@ -190,9 +190,9 @@ export class DbTunnelService implements Service, TunnelStats {
     const credential = this.#credential()
     if (credential instanceof TunnelRefusal) return this.#refuse(client, credential)
 
-    const upstream = await this.#openSession(client, credential, hello.packet)
-    if (upstream === undefined) return
-    this.#splice(client, upstream)
+    const session = await this.#openSession(client, credential, hello.packet)
+    if (session === undefined) return
+    this.#splice(client, session.upstream, session.reads)
   }
 
   async #handleTls(client: net.Socket, allowed: Promise<LocalRefusal | undefined>): Promise<void> {
@@ -201,9 +201,9 @@ export class DbTunnelService implements Service, TunnelStats {
     if (this.#sessions >= this.#cfg.maxConnections) return this.#drop(client, 'too_many_connections', `max_connections ${this.#cfg.maxConnections} reached`)
     const credential = this.#credential()
     if (credential instanceof TunnelRefusal) return this.#drop(client, credential.reason, credential.message)
-    const upstream = await this.#openSession(client, credential)
-    if (upstream === undefined) return
-    this.#splice(client, upstream)
+    const session = await this.#openSession(client, credential)
+    if (session === undefined) return
+    this.#splice(client, session.upstream, session.reads)
   }
 
   /** What the tunnel refuses before it spends an upstream connection. */
@@ -252,7 +252,7 @@ export class DbTunnelService implements Service, TunnelStats {
    * says so only after the handshake, and that must become an ErrorResponse rather than
    * a closed socket. Returns undefined when the client was answered or is gone.
    */
-  async #openSession(client: net.Socket, credential: TlsClientCredential, startup?: Buffer): Promise<tls.TLSSocket | undefined> {
+  async #openSession(client: net.Socket, credential: TlsClientCredential, startup?: Buffer): Promise<{ upstream: tls.TLSSocket; reads?: DirectReads } | undefined> {
     this.#sessions++
     client.once('close', () => this.#sessions--)
     // One controller for both ends of the wait: the client leaving, or the deadline (any
@@ -267,8 +267,10 @@ export class DbTunnelService implements Service, TunnelStats {
     client.once('close', onGone)
     const where = `${credential.upstream.host}:${credential.upstream.port}`
     let upstream: tls.TLSSocket | undefined
+    // Only a socket Node dials itself reads through `onread` (see DialOptions.reads).
+    const reads = this.#cfg.protocol === 'tls' ? new DirectReads() : undefined
     try {
-      upstream = await dialUpstream({ credential, protocol: this.#cfg.protocol, signal, resume: this.#resume })
+      upstream = await dialUpstream({ credential, protocol: this.#cfg.protocol, signal, resume: this.#resume, ...(reads ? { reads } : {}) })
       if (startup !== undefined) {
         upstream.write(startup)
         const first = await firstChunk(upstream, signal, where, `the database server at ${where} closed the connection before answering the startup message`)
@@ -278,7 +280,7 @@ export class DbTunnelService implements Service, TunnelStats {
       client.off('close', onGone)
       this.#lastUpstreamError = undefined
       this.#log.debug({ serial: credential.serial }, 'tunnel session open')
-      return upstream
+      return reads ? { upstream, reads } : { upstream }
     } catch (err) {
       clearTimeout(deadline)
       client.off('close', onGone)
@@ -297,7 +299,7 @@ export class DbTunnelService implements Service, TunnelStats {
    * come from the sockets' own counters, the idle timer is the socket's). Either side
    * ending ends the other after its buffered bytes are written; an error destroys both.
    */
-  #splice(client: net.Socket, upstream: tls.TLSSocket): void {
+  #splice(client: net.Socket, upstream: tls.TLSSocket, reads?: DirectReads): void {
     if (client.destroyed) {
       upstream.destroy()
       return
@@ -317,7 +319,7 @@ export class DbTunnelService implements Service, TunnelStats {
       client.setTimeout(LINGER_MS, () => client.destroy())
     })
     const stopUp = relay(client, upstream, { coalesceRecords: false })
-    const stopDown = relay(upstream, client, { coalesceRecords: true })
+    const stopDown = relay(upstream, client, { coalesceRecords: true, ...(reads ? { reads } : {}) })
     const idle = this.#cfg.idleTimeoutMs
     if (idle !== undefined) {
       client.setTimeout(idle, () => {

@@ -3,7 +3,7 @@ import tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import type { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { SSL_REQUEST, SqlState, TunnelRefusal } from './postgres.ts'
-import { RELAY_HIGH_WATER_MARK } from './relay.ts'
+import { RELAY_HIGH_WATER_MARK, type DirectReads } from './relay.ts'
 
 export interface DialOptions {
   credential: TlsClientCredential
@@ -16,6 +16,11 @@ export interface DialOptions {
    * kept only when the credential it was made with is still the current one.
    */
   resume?: { sessions: UpstreamSessions; current(): TlsClientCredential | undefined }
+  /**
+   * Where the TLS socket reads into, for `relay()`. Node honours `onread` only on a socket
+   * it dials itself, so only for `tls`; for `postgres` the reads stay the socket's stream.
+   */
+  reads?: DirectReads
 }
 
 /**
@@ -57,6 +62,7 @@ export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
       ...(opts.protocol === 'postgres' ? { ALPNProtocols: ['postgresql'] } : {}),
       rejectUnauthorized: true,
       highWaterMark: RELAY_HIGH_WATER_MARK,
+      ...(raw === undefined && opts.reads !== undefined ? { onread: opts.reads.onread } : {}),
     }
     const session = resume?.sessions.get(opts.credential, where)
     if (session !== undefined) options.session = session

@@ -213,6 +213,32 @@ describe('db-tunnel tls protocol data path', () => {
       await t.stop()
     }
   })
+
+  test('half-close, the other order: the server ends its side first and still reads what the client sends after that', async () => {
+    // Greets and ends at once, then counts what arrives and reports it out of band.
+    let counted: (n: number) => void = () => undefined
+    const total = new Promise<number>((r) => (counted = r))
+    const t = await tlsTunnel('cache', (s) => {
+      let n = 0
+      s.on('data', (d: Buffer) => (n += d.length))
+      s.on('end', () => counted(n))
+      s.end('bye')
+    })
+    try {
+      // A client that allows half-open sockets, so the server's end does not end its side too.
+      const s = net.connect({ host: '127.0.0.1', port: t.port, allowHalfOpen: true })
+      const closed = new Promise((r) => s.once('close', r))
+      let greeting = ''
+      s.on('data', (d: Buffer) => (greeting += d.toString()))
+      await new Promise((r) => s.once('end', r))
+      assert.equal(greeting, 'bye', 'the server\'s end reached the client after its data')
+      s.end(Buffer.alloc(100_000, 'y'))
+      assert.equal(await total, 100_000, 'the client\'s data after the server\'s end reached the server')
+      await closed
+    } finally {
+      await t.stop()
+    }
+  })
 })
 
 describe('db-tunnel startup checks (before any upstream connection is spent)', () => {
