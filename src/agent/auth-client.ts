@@ -4,6 +4,7 @@ import type tls from 'node:tls'
 import { ERROR_STATUS, MemidError, type ErrorCode } from '../core/errors.ts'
 import { spkiPin } from '../pki/x509.ts'
 import { issueText } from '../core/validate.ts'
+import { hostPort } from '../core/listener.ts'
 import {
   casResponseSchema, dbCertResponseSchema, heartbeatResponseSchema, joinTokenInfoSchema, identityResponseSchema, kubeCertResponseSchema, sshCertResponseSchema,
 } from '../api/schemas.ts'
@@ -283,5 +284,5 @@ export class AuthClient {
 }
 
 function formatServer(s: AuthServerAddress): string {
-  return s.host.includes(':') ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`
+  return hostPort(s.host, s.port)
 }

@@ -63,7 +63,12 @@ export function isLoopbackHost(host: string): boolean {
 
 export function formatAddress(addr: ListenAddress): string {
   if (addr.kind === 'unix') return addr.path
-  return addr.host.includes(':') ? `[${addr.host}]:${addr.port}` : `${addr.host}:${addr.port}`
+  return hostPort(addr.host, addr.port)
+}
+
+/** `host:port`, an IPv6 address in brackets (`[::1]:5432`), as URLs and `ssh -p` users write it. */
+export function hostPort(host: string, port: number | string): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
 }
 
 function printable(s: string): string {

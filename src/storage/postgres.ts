@@ -1,6 +1,7 @@
 import pg from 'pg'
 import type { PoolClient, PoolConfig } from 'pg'
 import { MemidError } from '../core/errors.ts'
+import { hostPort } from '../core/listener.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
   auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
@@ -65,7 +66,7 @@ export class PostgresStore implements Store {
       throw new MemidError('ERR_CONFIG', `storage: ${redact(firstLine(err), secrets)}`)
     }
     if (typeof probe.password === 'string' && probe.password !== '') secrets.push(probe.password)
-    const target = probe.host.startsWith('/') ? `${probe.host}/.s.PGSQL.${probe.port}` : `${probe.host.includes(':') ? `[${probe.host}]` : probe.host}:${probe.port}`
+    const target = probe.host.startsWith('/') ? `${probe.host}/.s.PGSQL.${probe.port}` : hostPort(probe.host, probe.port)
     const config: PoolConfig = {
       connectionString: url,
       application_name: 'memid',

@@ -4,7 +4,7 @@ import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { describeError, hasCode } from '../../core/errors.ts'
 import type { Logger } from '../../core/log.ts'
-import { closeServer, ConnectionTracker, formatAddress, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
+import { closeServer, ConnectionTracker, formatAddress, hostPort, LocalAccess, removeSocketFile, type ListenAddress, type LocalRefusal } from '../../core/listener.ts'
 import { bindListener, speaksForService } from '../../core/shared-port.ts'
 import { credentialHealth, type Health, type Service, type ServiceDeps } from '../service.ts'
 import { Lifecycle } from '../../core/lifecycle.ts'
@@ -117,7 +117,7 @@ export class DbTunnelService implements Service, TunnelStats {
       protocol: this.#cfg.protocol,
       user: this.#cfg.username,
       ...(this.#cfg.database !== undefined ? { database: this.#cfg.database } : {}),
-      ...(cred ? { upstream: `${cred.upstream.host}:${cred.upstream.port}`, serial: cred.serial, notAfter: cred.notAfter.toISOString() } : {}),
+      ...(cred ? { upstream: hostPort(cred.upstream.host, cred.upstream.port), serial: cred.serial, notAfter: cred.notAfter.toISOString() } : {}),
       activeConnections: this.#open.size,
       maxConnections: this.#cfg.maxConnections,
       ...(connect ? { connect } : {}),
@@ -265,7 +265,7 @@ export class DbTunnelService implements Service, TunnelStats {
     const deadline = setTimeout(() => stop.abort(), this.#cfg.connectTimeoutMs)
     const onGone = () => stop.abort(new TunnelRefusal('client_closed', { code: SqlState.connectionFailure, message: 'client went away' }))
     client.once('close', onGone)
-    const where = `${credential.upstream.host}:${credential.upstream.port}`
+    const where = hostPort(credential.upstream.host, credential.upstream.port)
     let upstream: tls.TLSSocket | undefined
     // Only a socket Node dials itself reads through `onread` (see DialOptions.reads).
     const reads = this.#cfg.protocol === 'tls' ? new DirectReads() : undefined
@@ -360,7 +360,7 @@ export class DbTunnelService implements Service, TunnelStats {
       this.#log.debug('cancel request forwarded')
     } catch (err) {
       upstream?.destroy()
-      const refusal = classify(err, `${credential.upstream.host}:${credential.upstream.port}`)
+      const refusal = classify(err, hostPort(credential.upstream.host, credential.upstream.port))
       this.#count(refusal.reason, `cancel request not forwarded: ${refusal.message}`)
     }
     client.resume()

@@ -2,6 +2,7 @@ import net from 'node:net'
 import tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import type { UpstreamSessions } from '../../credentials/tls-sessions.ts'
+import { hostPort } from '../../core/listener.ts'
 import { SSL_REQUEST, SqlState, TunnelRefusal } from './postgres.ts'
 import { RELAY_HIGH_WATER_MARK, type DirectReads } from './relay.ts'
 
@@ -30,7 +31,7 @@ export interface DialOptions {
  */
 export async function dialUpstream(opts: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = opts.credential.upstream
-  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`
+  const where = hostPort(host, port)
   const tcp = { host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000, allowHalfOpen: true }
   // PostgreSQL asks for TLS in plaintext first, so it needs a TCP socket of its own; for
   // `tls` the TLS socket dials itself: one socket object per connection instead of a TCP

@@ -66,11 +66,6 @@ function clean(text: string): string {
   return text.includes('\r') || text.includes('\n') ? text.replace(/[\r\n]/g, '') : text
 }
 
-/** The `host:port` authority of the API server, brackets around IPv6. */
-export function authority(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
-}
-
 /** True for requests that stay open and stream events: `?watch=true|1` or the legacy `/watch/` paths. */
 export function isWatch(url: string): boolean {
   if (!url.includes('watch')) return false

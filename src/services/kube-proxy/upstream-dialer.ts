@@ -3,7 +3,7 @@ import tls from 'node:tls'
 import type { TlsClientCredential } from '../../credentials/credentials.ts'
 import { UpstreamSessions } from '../../credentials/tls-sessions.ts'
 import { MemidError } from '../../core/errors.ts'
-import { authority } from './headers.ts'
+import { hostPort } from '../../core/listener.ts'
 
 /** TCP + TLS handshake limit towards the API server. */
 export const CONNECT_TIMEOUT_MS = 15_000
@@ -31,7 +31,7 @@ export class UpstreamDialer {
     this.credential = credential
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
     const up = credential.upstream
-    this.authority = authority(up.host, up.port)
+    this.authority = hostPort(up.host, up.port)
     // The secure context (key, client certificate, the cluster's CA) comes from the
     // credential, built once when it arrived (see connect()). The server is verified against
     // that CA and its certificate must name the host (or IP) registered with `memid kube add`.

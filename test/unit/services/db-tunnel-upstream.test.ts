@@ -172,6 +172,18 @@ describe('db-tunnel service lifecycle', () => {
     }
   })
 
+  test('an IPv6 upstream is named [host]:port in the status, as in its errors', async () => {
+    const clock = new TestClock()
+    const clientCa = await testCa('client CA')
+    const serverCa = await testCa('server CA')
+    const source = new CredentialSource<TlsClientCredential>('database orders', clock)
+    source.set(await dbCredential({ clientCa, serverCaPem: serverCa.certPem, user: 'app', host: '::1', port: 5432 }))
+    const tunnel = createDbTunnelService({
+      listen: '127.0.0.1:0', service: 'orders', username: 'app', protocol: 'postgres', maxConnections: 5, connectTimeoutMs: 1000,
+    }, tunnelDeps(source, clock))
+    assert.equal(tunnel.describe?.().upstream, '[::1]:5432')
+  })
+
   test('stop() closes the listener, ends open connections by the deadline and removes the socket file', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'memid-dbt-'))
     const clock = new TestClock()

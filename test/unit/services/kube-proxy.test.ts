@@ -5,7 +5,8 @@ import assert from 'node:assert/strict'
 import { parse } from 'yaml'
 import { ConfigError } from '../../../src/core/errors.ts'
 import { HostAllowList, resolveKubeProxyConfig } from '../../../src/services/kube-proxy/config.ts'
-import { authority, isDiscovery, isWatch, requestHead } from '../../../src/services/kube-proxy/headers.ts'
+import { isDiscovery, isWatch, requestHead } from '../../../src/services/kube-proxy/headers.ts'
+import { hostPort } from '../../../src/core/listener.ts'
 import { renderKubeconfig } from '../../../src/services/kube-proxy/kubeconfig.ts'
 import { statusBody, statusResponse, warningHeader, writeRawStatus } from '../../../src/services/kube-proxy/status.ts'
 
@@ -146,9 +147,9 @@ describe('kube proxy headers, each rule on its own', () => {
     assert.equal(requestHead('GET', '/', 1, raw, 'h:1', 'upgrade', false), 'GET / HTTP/1.1\r\nHost: h:1\r\nConnection: Upgrade\r\nAccept: a\r\nX-Ref: Impersonate-User\r\nImpersonate-User: alice\r\n\r\n')
   })
 
-  it('authority brackets IPv6 hosts', () => {
-    assert.equal(authority('::1', 6443), '[::1]:6443')
-    assert.equal(authority('10.0.0.1', 443), '10.0.0.1:443')
+  it('the authority (hostPort) brackets IPv6 hosts', () => {
+    assert.equal(hostPort('::1', 6443), '[::1]:6443')
+    assert.equal(hostPort('10.0.0.1', 443), '10.0.0.1:443')
   })
 
   it('watch and discovery paths are matched from the start of the path, not in the query or a prefix', () => {
