@@ -66,7 +66,7 @@ export function formatAddress(addr: ListenAddress): string {
   return hostPort(addr.host, addr.port)
 }
 
-/** `host:port`, an IPv6 address in brackets (`[::1]:5432`), as URLs and `ssh -p` users write it. */
+/** `host:port`, an IPv6 address in brackets (`[::1]:5432`), as in URLs and HTTP Host headers. */
 export function hostPort(host: string, port: number | string): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
 }
