@@ -28,14 +28,14 @@
  * load's shape (fewer requests per wake-up cost more each), so compare operations measured
  * together, alternated, at the same RATE.
  */
-import { constants as cryptoConstants } from 'node:crypto'
 import { spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import https from 'node:https'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { AuthClient } from '../src/agent/auth-client.ts'
-import { TLS_CIPHERS, buildClientContext } from '../src/pki/tls-context.ts'
+import { buildClientContext } from '../src/pki/tls-context.ts'
+import { AGENT_API_KEEP_ALIVE_MS, AGENT_API_TLS } from '../src/auth/server.ts'
 import { benchCa, benchLeaf, cpuSeconds, firstMessage, median, startRole } from './_common.ts'
 import { heartbeat, join, renew } from '../test/helpers/identity.ts'
 
@@ -45,8 +45,7 @@ interface FloorMaterial { keyPem: string; certPem: string; caPem: string }
 async function serveFloor(): Promise<void> {
   const m = await firstMessage<FloorMaterial>()
   const server = https.createServer({
-    key: m.keyPem, cert: m.certPem + m.caPem, ca: [m.caPem], requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2', ciphers: TLS_CIPHERS,
-    secureOptions: cryptoConstants.SSL_OP_NO_TICKET | cryptoConstants.SSL_OP_NO_RENEGOTIATION,
+    key: m.keyPem, cert: m.certPem + m.caPem, ca: [m.caPem], ...AGENT_API_TLS,
   }, (req, res) => {
     req.resume()
     req.on('end', () => {
@@ -54,7 +53,7 @@ async function serveFloor(): Promise<void> {
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body)
     })
   })
-  server.keepAliveTimeout = 5_000
+  server.keepAliveTimeout = AGENT_API_KEEP_ALIVE_MS
   process.once('SIGTERM', () => process.exit(0))
   server.listen(0, '127.0.0.1', () => process.send?.({ port: (server.address() as import('node:net').AddressInfo).port }))
 }

@@ -142,6 +142,27 @@ export interface RunningApi {
 }
 
 /**
+ * The agent API's TLS settings besides its key and certificates (also the baseline
+ * `bench/_renew-profile.ts` measures a bare server with).
+ */
+export const AGENT_API_TLS = {
+  requestCert: true,
+  rejectUnauthorized: false,
+  minVersion: 'TLSv1.2',
+  // Node's servers pick by their own order (honorCipherOrder): AES-128-GCM first, as Go's.
+  ciphers: TLS_CIPHERS,
+  // No session resumption: a resumed session skips verifying the client certificate
+  // (its expiry included) and carries over `authorized` from a handshake long past.
+  // Without tickets and without a session cache every connection is a full handshake.
+  // No renegotiation either: the API reads the verified client certificate once per
+  // connection (http-api.ts), so it must not change on a live connection.
+  secureOptions: cryptoConstants.SSL_OP_NO_TICKET | cryptoConstants.SSL_OP_NO_RENEGOTIATION,
+} as const satisfies https.ServerOptions
+
+/** How long an idle agent connection stays open. */
+export const AGENT_API_KEEP_ALIVE_MS = 5_000
+
+/**
  * Serves the agent-facing HTTPS API on this thread. With `reusePort` it shares the port
  * with the other workers (see auth/api-worker.ts).
  */
@@ -153,17 +174,7 @@ export async function serveAgentApi(o: {
     key: keyPem,
     cert: o.identity.certPem + o.cas.tls.certPem,
     ca: [o.cas.bot.certPem],
-    requestCert: true,
-    rejectUnauthorized: false,
-    minVersion: 'TLSv1.2',
-    // Node's servers pick by their own order (honorCipherOrder): AES-128-GCM first, as Go's.
-    ciphers: TLS_CIPHERS,
-    // No session resumption: a resumed session skips verifying the client certificate
-    // (its expiry included) and carries over `authorized` from a handshake long past.
-    // Without tickets and without a session cache every connection is a full handshake.
-    // No renegotiation either: the API reads the verified client certificate once per
-    // connection (http-api.ts), so it must not change on a live connection.
-    secureOptions: cryptoConstants.SSL_OP_NO_TICKET | cryptoConstants.SSL_OP_NO_RENEGOTIATION,
+    ...AGENT_API_TLS,
   }, (req, res) => {
     served++
     void api.handle(req, res)
@@ -178,7 +189,7 @@ export async function serveAgentApi(o: {
 function hardenServer(server: Server, log: Logger): void {
   server.headersTimeout = 10_000
   server.requestTimeout = 30_000
-  server.keepAliveTimeout = 5_000
+  server.keepAliveTimeout = AGENT_API_KEEP_ALIVE_MS
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     log.debug({ err: err.code ?? err.message }, 'client error')
     if (socket.writable && !socket.destroyed) {
