@@ -1,5 +1,5 @@
 import { children, readTlv, TAG, type Tlv } from '../pki/der.ts'
-import { issueLeaf, type IssuedX509, type LeafKey, type X509Authority } from '../pki/x509.ts'
+import { certExtensions, issueLeaf, tbsParts, type IssuedX509, type LeafKey, type X509Authority } from '../pki/x509.ts'
 
 /** Who a bot identity certificate says its holder is. */
 export interface BotClaims {
@@ -90,22 +90,14 @@ function certFields(der: Buffer): CertFields | undefined {
   if (cert.tag !== TAG.SEQUENCE || cert.end !== der.length) return undefined
   const tbs = readTlv(der, cert.body, cert.end)
   if (tbs.tag !== TAG.SEQUENCE) return undefined
-  const parts = children(der, tbs)
-  const at = parts[0]?.tag === 0xa0 ? 1 : 0
-  // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, then the optional ones.
-  const serial = parts[at]
-  const validity = parts[at + 3]
+  const { serial, validity, extensions } = tbsParts(der, tbs)
   if (serial?.tag !== TAG.INTEGER || validity?.tag !== TAG.SEQUENCE) return undefined
   const [notBefore, notAfter] = children(der, validity).map((t) => derTime(der, t))
   if (notBefore === undefined || notAfter === undefined) return undefined
-  const exts = parts.slice(at + 6).find((t) => t.tag === 0xa3)
-  if (exts === undefined) return undefined
-  const list = readTlv(der, exts.body, exts.end)
+  if (extensions === undefined) return undefined
   let uri: string | undefined
-  for (const ext of children(der, list)) {
-    const [id, ...rest] = children(der, ext)
-    const value = rest.at(-1)
-    if (id === undefined || value?.tag !== TAG.OCTET_STRING || !der.subarray(id.start, id.end).equals(OID_SAN)) continue
+  for (const { id, value } of certExtensions(der, extensions)) {
+    if (value.tag !== TAG.OCTET_STRING || !id.equals(OID_SAN)) continue
     for (const name of children(der, readTlv(der, value.body, value.end))) {
       // uniformResourceIdentifier [6] IA5String
       const text = name.tag === 0x86 ? der.toString('latin1', name.body, name.end) : ''

@@ -1,6 +1,6 @@
 import { ECDH, KeyObject, randomBytes, webcrypto, createHash, createPublicKey, sign, X509Certificate } from 'node:crypto'
 import type * as X509 from '@peculiar/x509'
-import { bitString, children, directoryString, ipBytes, octetString, oid, readTlv, seq, TAG, time, tlv, uint } from './der.ts'
+import { bitString, children, directoryString, ipBytes, octetString, oid, readTlv, seq, TAG, time, tlv, uint, type Tlv } from './der.ts'
 
 /**
  * @peculiar/x509 builds only the self-signed CA, once per auth service's life. It and its
@@ -166,6 +166,43 @@ function signatureParams(key: KeyObject): { signatureAlgorithm: Buffer; digest: 
   throw new TypeError(`unsupported CA key type ${String(key.asymmetricKeyType)} (P-256 or Ed25519)`)
 }
 
+/** The fields of a certificate's tbsCertificate that memid reads, by name; missing ones are undefined. */
+export interface TbsParts {
+  serial?: Tlv
+  validity?: Tlv
+  subject?: Tlv
+  spki?: Tlv
+  /** The `[3]` field holding the extension list. */
+  extensions?: Tlv
+}
+
+/** Names the fields of a tbsCertificate (its optional version skipped); throws on malformed DER. */
+export function tbsParts(der: Buffer, tbs: Tlv): TbsParts {
+  const fields = children(der, tbs)
+  const at = fields[0]?.tag === 0xa0 ? 1 : 0
+  // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, then the optional ones.
+  return {
+    serial: fields[at], validity: fields[at + 3], subject: fields[at + 4], spki: fields[at + 5],
+    extensions: fields.slice(at + 6).find((f) => f.tag === 0xa3),
+  }
+}
+
+/**
+ * The extensions of a `[3]` field, in order: each one's OID (its whole DER, as `oid()`
+ * encodes it) and its value, the last element (the OCTET STRING). Throws on malformed DER.
+ */
+export function certExtensions(der: Buffer, extensions: Tlv): { id: Buffer; value: Tlv }[] {
+  const out: { id: Buffer; value: Tlv }[] = []
+  const list = children(der, extensions)[0]
+  for (const ext of list === undefined ? [] : children(der, list)) {
+    const parts = children(der, ext)
+    const id = parts[0]
+    const value = parts[parts.length - 1]
+    if (id !== undefined && value !== undefined) out.push({ id: der.subarray(id.start, id.end), value })
+  }
+  return out
+}
+
 /**
  * Reads what a leaf needs from the CA certificate once: subject bytes, key identifier,
  * signature algorithm. Also checks that the CA key is the certificate's key, so a
@@ -177,28 +214,17 @@ function caTemplate(ca: X509Authority): CaTemplate {
   const der = pemToDer(ca.certPem)
   const tbs = children(der, readTlv(der, 0))[0]
   if (tbs === undefined) throw new TypeError('CA certificate has no tbsCertificate')
-  const fields = children(der, tbs)
-  const at = fields[0]?.tag === 0xa0 ? 1 : 0
-  const subject = fields[at + 4]
-  const spki = fields[at + 5]
+  const { subject, spki, extensions } = tbsParts(der, tbs)
   if (subject === undefined || spki === undefined) throw new TypeError('CA certificate is truncated')
   const spkiDer = der.subarray(spki.start, spki.end)
   if (!createPublicKey(ca.key).export({ type: 'spki', format: 'der' }).equals(spkiDer)) {
     throw new TypeError('CA key does not match the CA certificate')
   }
   let keyId: Buffer | undefined
-  const exts = fields.find((f) => f.tag === 0xa3)
-  if (exts !== undefined) {
-    const list = children(der, exts)[0]
-    for (const ext of list === undefined ? [] : children(der, list)) {
-      const parts = children(der, ext)
-      const id = parts[0]
-      const value = parts[parts.length - 1]
-      if (id === undefined || value === undefined) continue
-      if (der.subarray(id.start, id.end).equals(oid(OID_SKI))) {
-        const inner = readTlv(der, value.body, value.end)
-        keyId = Buffer.from(der.subarray(inner.body, inner.end))
-      }
+  for (const { id, value } of extensions === undefined ? [] : certExtensions(der, extensions)) {
+    if (id.equals(oid(OID_SKI))) {
+      const inner = readTlv(der, value.body, value.end)
+      keyId = Buffer.from(der.subarray(inner.body, inner.end))
     }
   }
   if (keyId === undefined) {
