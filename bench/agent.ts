@@ -12,15 +12,12 @@
  * services here: the RSS is the agent's own cost (the data-plane benches load them).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { machineLine, median, withBenchDir } from './_common.ts'
+import { DIST_CLI as CLI, ensureDist, machineLine, median, withBenchDir } from './_common.ts'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const CLI = path.join(ROOT, 'dist', 'cli', 'main.js')
 const { values } = parseArgs({
   options: {
     renewals: { type: 'string', default: '1000' }, starts: { type: 'string', default: '5' },
@@ -32,18 +29,6 @@ const RENEWALS = Number(values.renewals)
 const STARTS = Number(values.starts)
 const START_WORKERS = values.workers.split(',').map(Number)
 const RENEWAL_WORKERS = Number(values['renewal-workers'])
-
-/** dist/ is what users run (tsc's output with the thread entry points bundled); build it when src/ is newer. */
-function ensureDist(): void {
-  const stale = () => execFileSync('find', [path.join(ROOT, 'src'), '-name', '*.ts', '-newer', CLI], { encoding: 'utf8' }).trim() !== ''
-  // A plain `tsc -p tsconfig.build.json` leaves dist/ unbundled (it works, but it is not what `npm run build` ships).
-  const unbundled = () => !readFileSync(CLI, 'utf8').includes('__memidDist')
-  if (!existsSync(CLI) || stale() || unbundled()) {
-    console.log('building dist/ (npm run build: tsc, then scripts/bundle.ts)')
-    execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(ROOT, 'tsconfig.build.json')], { stdio: 'inherit' })
-    execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'bundle.ts')], { stdio: 'inherit' })
-  }
-}
 
 /** A memid process whose JSON log lines (stderr) are read as they come. */
 class Proc {

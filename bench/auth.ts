@@ -17,7 +17,9 @@
  * load is spread over them round-robin, one client per concurrent bot.
  *
  * The state-scale run fills the store with N bot instances (bulk inserts in the store's
- * row format), then keeps bots renewing while it lists every instance twice — through the
+ * row format), then keeps bots renewing at the rate such a fleet renews at (N / 20 minutes,
+ * the default renewal interval: 83/s for 100,000; --scale-rate R) while it lists every
+ * instance twice — through the
  * CLI (`memid get bot_instance --format json`, every page) and through the admin API —
  * and reports the renewal p99 and the worst event-loop delay of the server in each window,
  * and the server's RSS.
@@ -41,7 +43,7 @@ import { openStore } from '../src/storage/open.ts'
 import { instanceData } from '../src/storage/rows.ts'
 import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
-import { ForeignLoad, cpuSeconds, machineLine, startRole, withBenchDir, type Role } from './_common.ts'
+import { DIST_CLI, ForeignLoad, cpuSeconds, ensureDist, machineLine, startRole, withBenchDir, type Role } from './_common.ts'
 import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
 import { heartbeat, join, newKey, renew, type TestIdentity } from '../test/helpers/identity.ts'
 
@@ -57,12 +59,11 @@ const { values } = parseArgs({
     replicas: { type: 'string', default: '1,3' },
     'pg-url': { type: 'string' },
     scale: { type: 'string' },
-    'scale-concurrency': { type: 'string', default: '4' },
+    'scale-rate': { type: 'string' },
+    'scale-bots': { type: 'string', default: '16' },
     workers: { type: 'string', default: '1' },
   },
 })
-
-const MEMID = path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'src', 'cli', 'main.ts')
 
 /**
  * One auth server (a replica): the store named by --store; with --setup, the bench's role,
@@ -104,7 +105,7 @@ async function serve(): Promise<void> {
         process.send?.({ ok: true })
       } else if (m.loop === 'read') {
         const mem = process.memoryUsage()
-        process.send?.({ maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6, ...turns.stop(), heapMb: mem.heapTotal / 2 ** 20, externalMb: mem.external / 2 ** 20 })
+        process.send?.({ maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6, ...turns.stop(), heapMb: mem.heapTotal / 2 ** 20, heapUsedMb: mem.heapUsed / 2 ** 20, externalMb: mem.external / 2 ** 20 })
       }
     })()
   })
@@ -466,10 +467,10 @@ async function listAll(dir: string, page: (after: string | undefined, file: stri
   return { files, peakMb }
 }
 
-/** Every page through `memid get bot_instance --format json` (GNU time reports the CLI's peak RSS). */
+/** Every page through `memid get bot_instance --format json`, the built CLI (GNU time reports its peak RSS). */
 function listThroughCli(dataDir: string, limit: number, out: string) {
   return listAll(out, async (after, file) => {
-    const stderr = await runToFile(['/usr/bin/time', '-f', '%M', process.execPath, MEMID, 'get', 'bot_instance', '--format', 'json', '--data-dir', dataDir,
+    const stderr = await runToFile(['/usr/bin/time', '-f', '%M', process.execPath, DIST_CLI, 'get', 'bot_instance', '--format', 'json', '--data-dir', dataDir,
       '--limit', String(limit), ...(after !== undefined ? ['--after', after] : [])], file)
     return Number(stderr.trim().split('\n').at(-1)) / 1024
   })
@@ -488,11 +489,22 @@ function listThroughApi(socketPath: string, limit: number, out: string) {
  * The state-scale run: N instances in the store, bots renewing (new key and connection
  * each, confirmed by a heartbeat), a full listing through the CLI and then through the admin
  * API; renewal latency and the server's event-loop delay in each window, and its RSS.
+ *
+ * The renewals arrive at a fixed rate (open loop), as a fleet's do: N instances renewing
+ * every 20 minutes (the default renewal_interval) start N / 1200 renewals a second whatever
+ * the server is doing. Each takes an idle bot from a pool; its latency counts from when it
+ * was due, so a renewal that waited for a bot, or for a server stalled by a listing, shows
+ * the wait (no coordinated omission). A closed loop (each bot renewing again as soon as it
+ * is answered) would measure the queue at saturation instead: the question here is whether
+ * a listing stalls the bots, not how many renewals fit.
  */
 async function scaleRun(config: Config, n: number): Promise<void> {
   if (config.replicas !== 1) throw new Error('the state-scale run uses one replica: add --replicas 1')
-  const conc = Number(values['scale-concurrency'])
-  console.log(`\n--- state scale: ${n} bot instances, ${config.label}, ${conc} bots renewing`)
+  const rate = values['scale-rate'] !== undefined ? Number(values['scale-rate']) : n / 1200
+  const poolSize = Number(values['scale-bots'])
+  if (!(rate > 0) || !(poolSize > 0)) throw new Error('--scale-rate and --scale-bots must be positive numbers')
+  ensureDist()
+  console.log(`\n--- state scale: ${n} bot instances, ${config.label}, ${rate.toFixed(0)} renewals/s (open loop, ${poolSize} bots)`)
   await withBenchDir('memid-bench-auth-scale-', async (dir, own) => {
     const { roles, addrs, caPin, spec } = await startReplicas(config, dir, own)
     const server = roles[0] as Role
@@ -506,29 +518,68 @@ async function scaleRun(config: Config, n: number): Promise<void> {
     const t0 = performance.now()
     await fill(spec, n)
     console.log(`filled ${n} instances in ${((performance.now() - t0) / 1000).toFixed(1)} s; server RSS ${rss0.toFixed(0)} MB before`)
-    const tokens = (await ask({ tokens: conc })).tokens as string[]
-    const bots = await Promise.all(tokens.map(async (t) => {
+    const tokens = (await ask({ tokens: poolSize })).tokens as string[]
+    const idle = await Promise.all(tokens.map(async (t) => {
       const client = new AuthClient({ server: addrs[0] as string, caPins: [caPin] })
       await client.bootstrap()
       return { client, id: await join(client, t) }
     }))
+    const bots = [...idle]
     let lat: number[] = []
+    let late = 0
+    let failed = 0
     let peakRss = 0
-    let running = true
     const sampler = setInterval(() => { peakRss = Math.max(peakRss, rssMb(pid)) }, 50)
-    const renewing = Promise.all(bots.map(async (b) => {
-      while (running) {
-        const a = performance.now()
-        const next = await renew(b.client, b.id)
-        await heartbeat(b.client, next)
-        lat.push(performance.now() - a)
-        ;(b.id.caller.agent as https.Agent).destroy()
-        b.id = next
+    // Due times waiting for an idle bot, oldest first.
+    const due: number[] = []
+    const inFlight = new Set<Promise<void>>()
+    const dispatch = () => {
+      while (due.length > 0 && idle.length > 0) {
+        const at = due.shift() as number
+        const b = idle.pop() as (typeof idle)[number]
+        const p: Promise<void> = (async () => {
+          const next = await renew(b.client, b.id)
+          await heartbeat(b.client, next)
+          lat.push(performance.now() - at)
+          ;(b.id.caller.agent as https.Agent).destroy()
+          b.id = next
+        })().catch((err: unknown) => {
+          failed++
+          if (failed === 1) console.error(`a renewal failed: ${(err as Error).message}`)
+        }).finally(() => {
+          inFlight.delete(p)
+          idle.push(b)
+          dispatch()
+        })
+        inFlight.add(p)
       }
-    }))
+    }
+    // The schedule: one renewal due every 1/rate s from the start; the timer is set for the
+    // next due time (a late timer catches up: every renewal due by then is started).
+    const start = performance.now()
+    let scheduled = 0
+    let ticker: NodeJS.Timeout | undefined
+    const tick = () => {
+      const now = performance.now()
+      for (let at = start + (scheduled * 1000) / rate; at <= now; at = start + (scheduled * 1000) / rate) {
+        scheduled++
+        if (idle.length === 0 || due.length > 0) late++
+        due.push(at)
+      }
+      dispatch()
+      ticker = setTimeout(tick, Math.max(0, start + (scheduled * 1000) / rate - performance.now()))
+    }
+    tick()
+    const renewing = { async stop() {
+      clearTimeout(ticker)
+      due.length = 0
+      while (inFlight.size > 0) await Promise.all(inFlight)
+    } }
     const load = new ForeignLoad(() => [pid])
     const window = async (what: string, body: () => Promise<string>) => {
       lat = []
+      late = 0
+      failed = 0
       peakRss = 0
       await ask({ loop: 'reset' })
       load.begin()
@@ -536,9 +587,9 @@ async function scaleRun(config: Config, n: number): Promise<void> {
       const note = await body()
       const secs = (performance.now() - t0) / 1000
       load.end()
-      const loop = await ask({ loop: 'read' }) as { maxMs: number; p99Ms: number; turnCpuMaxMs: number; turnCpuP99Ms: number; heapMb: number; externalMb: number }
+      const loop = await ask({ loop: 'read' }) as { maxMs: number; p99Ms: number; turnCpuMaxMs: number; turnCpuP99Ms: number; heapMb: number; heapUsedMb: number; externalMb: number }
       const l = [...lat].sort((x, y) => x - y)
-      console.log(`${what.padEnd(34)} ${secs.toFixed(1).padStart(5)} s  renewals ${String(l.length).padStart(5)}  p50 ${pct(l, 0.5).toFixed(1).padStart(6)} ms  p99 ${pct(l, 0.99).toFixed(1).padStart(6)} ms  max ${(l.at(-1) ?? NaN).toFixed(1).padStart(6)} ms  server loop delay max ${loop.maxMs.toFixed(1)} ms (wall), longest loop turn ${loop.turnCpuMaxMs.toFixed(1)} ms CPU (p99 ${loop.turnCpuP99Ms.toFixed(1)})  RSS peak ${peakRss.toFixed(0)} MB (JS heap ${loop.heapMb.toFixed(0)}, external ${loop.externalMb.toFixed(0)} at the end)  ${note}  (load avg ${loadavg()[0]?.toFixed(1)})`)
+      console.log(`${what.padEnd(34)} ${secs.toFixed(1).padStart(5)} s  renewals ${String(l.length).padStart(5)} (${(l.length / secs).toFixed(0)}/s, ${late} waited for a bot, ${failed} failed)  p50 ${pct(l, 0.5).toFixed(1).padStart(6)} ms  p99 ${pct(l, 0.99).toFixed(1).padStart(6)} ms  max ${(l.at(-1) ?? NaN).toFixed(1).padStart(6)} ms  server loop delay max ${loop.maxMs.toFixed(1)} ms (wall), longest loop turn ${loop.turnCpuMaxMs.toFixed(1)} ms CPU (p99 ${loop.turnCpuP99Ms.toFixed(1)})  RSS peak ${peakRss.toFixed(0)} MB (JS heap ${loop.heapMb.toFixed(0)}, ${loop.heapUsedMb.toFixed(0)} in use, external ${loop.externalMb.toFixed(0)} at the end)  ${note}  (load avg ${loadavg()[0]?.toFixed(1)})`)
     }
     await window('renewals, no listing', async () => {
       await new Promise((r) => setTimeout(r, 5000))
@@ -558,11 +609,10 @@ async function scaleRun(config: Config, n: number): Promise<void> {
       api = await listThroughApi(path.join(dir, 'r0', 'admin.sock'), 10_000, apiOut)
       return `${api.files.length} pages of up to 10000`
     })
-    running = false
-    await renewing
+    await renewing.stop()
     clearInterval(sampler)
     for (const b of bots) b.client.close()
-    console.log(`listed ${countItems(cli.files)} instances through the CLI, ${countItems(api.files)} through the API (${n} filled + ${conc} renewing)`)
+    console.log(`listed ${countItems(cli.files)} instances through the CLI, ${countItems(api.files)} through the API (${n} filled + ${poolSize} renewing)`)
     console.log(`server RSS at the end ${rssMb(pid).toFixed(0)} MB; ${cpus().length} cores shared with other work`)
   })
 }
