@@ -1,5 +1,6 @@
 /**
- * The auth service under load: joins/s, renewals/s (a new key and a new mutual-TLS
+ * The auth service under load: joins/s (keep-alive, and "as a runner": a new agent's
+ * bootstrap and join, two new connections), renewals/s (a new key and a new mutual-TLS
  * connection each; "as an agent": two, as a real agent renews), heartbeats/s and database certificate
  * issues/s (keep-alive), at concurrency 1/8/32/128, with p50/p99 latency and the auth
  * servers' CPU milliseconds per operation (from /proc, each server runs in its own process),
@@ -388,6 +389,20 @@ async function throughput(config: Config): Promise<void> {
         drop(await join(client, t))
         return client
       }))
+      // What a new runner's join costs: its agent starts with no connection, bootstraps the
+      // CA bundle (an unverified connection, then a verified one) and joins on the latter.
+      const runnerPool = await tokens(Math.ceil(seconds * 300) + c * 10)
+      show('join (as a runner)', c, await run(c, async () => undefined, async () => {
+        const t = runnerPool.pop()
+        if (t === undefined) throw new Error('bench ran out of join tokens; raise the pool')
+        const client = new AuthClient({ server: addrs[Math.floor(Math.random() * addrs.length)] as string, caPins: [caPin] })
+        try {
+          await client.bootstrap()
+          drop(await join(client, t))
+        } finally {
+          client.close()
+        }
+      }))
       const ids = async (w: number) => {
         const client = await clientFor(w)
         return { client, id: await join(client, (await tokens(1))[0] as string) }
@@ -417,7 +432,7 @@ async function throughput(config: Config): Promise<void> {
       }))
     }
     for (const cl of clients) cl.close()
-    console.log(`${config.label}; the renewal rows include the heartbeat that confirms the new generation (2 requests): one new connection each in "renew", two in "renew (as an agent)".`)
+    console.log(`${config.label}; "join" reuses each bot's connections, "join (as a runner)" is a new agent's bootstrap and join (two new connections); the renewal rows include the heartbeat that confirms the new generation (2 requests): one new connection each in "renew", two in "renew (as an agent)".`)
     console.log('Indicative only when the foreign load is high: this 2-core machine is shared.')
   })
 }

@@ -105,17 +105,27 @@ export class AuthClient {
     } finally {
       probe.destroy()
     }
-    const verified = new https.Agent({ keepAlive: false, ca: claimedCa, servername: AUTH_SERVER_NAME })
+    const verified = anonymousAgent(claimedCa)
     let cas: CasResponse
     try {
       cas = await this.#request('GET', '/v1/cas', undefined, verified, 'bootstrap', casResponseSchema)
       this.#pinnedTlsCa(cas)
-    } finally {
+    } catch (err) {
       verified.destroy()
+      throw err
     }
     this.#cas = cas
     this.#anonAgent?.destroy()
-    this.#anonAgent = new https.Agent({ keepAlive: true, ca: cas.tls, servername: AUTH_SERVER_NAME, maxSockets: 4 })
+    // The verified connection stays open for the join that follows: it was verified against
+    // the very CA the bundle names, so it is the connection a new agent would open for it,
+    // and a runner's join costs the auth service two handshakes instead of three. (With
+    // several pins the bundle may name another pinned CA: then a new agent trusts that one.)
+    if (cas.tls === claimedCa) {
+      this.#anonAgent = verified
+    } else {
+      verified.destroy()
+      this.#anonAgent = anonymousAgent(cas.tls)
+    }
     return cas
   }
 
@@ -281,6 +291,11 @@ export class AuthClient {
       req.end(payload)
     })
   }
+}
+
+/** Unauthenticated calls (the CA bundle, joins): the server verified against `caPem` and the name `memid-auth`. */
+function anonymousAgent(caPem: string): https.Agent {
+  return new https.Agent({ keepAlive: true, ca: caPem, servername: AUTH_SERVER_NAME, maxSockets: 4 })
 }
 
 function formatServer(s: AuthServerAddress): string {

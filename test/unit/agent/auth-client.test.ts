@@ -124,3 +124,38 @@ describe('AuthClient: requests under one identity queue on one connection', () =
     }
   })
 })
+
+// A runner's start is bootstrap (an unverified connection for the CA's claim, then one
+// verified against the pinned CA) and its join. The join takes the verified connection
+// rather than a third: every handshake is CPU on the auth service, and a fleet of
+// ephemeral runners joins all day.
+describe("AuthClient: a runner's join rides the bootstrap's verified connection", () => {
+  let server: https.Server
+  let caPem: string
+  let port = 0
+  const connections: tls.TLSSocket[] = []
+  const served: { url: string | undefined; socket: number }[] = []
+  const good = { certificate: 'PEM', bot: 'b', instanceId: 'i', generation: 1, serial: 's', notBefore: new Date().toISOString(), notAfter: new Date().toISOString() }
+
+  before(async () => {
+    ;({ server, caPem, port } = await fakeAuthServer((_req, send) => send(good)))
+    server.on('secureConnection', (s: tls.TLSSocket) => connections.push(s))
+    server.on('request', (req: http.IncomingMessage) => served.push({ url: req.url, socket: connections.indexOf(req.socket as tls.TLSSocket) }))
+  })
+  after(() => new Promise<void>((resolve) => {
+    server.closeAllConnections()
+    server.close(() => resolve())
+  }))
+
+  it('bootstrap and join open two connections, not three: the CA bundle read over the verified one and the join on the same', async () => {
+    const client = new AuthClient({ server: `127.0.0.1:${port}`, caPins: [spkiPin(caPem)] })
+    try {
+      await client.bootstrap()
+      await client.join({ joinMethod: 'token', token: 't', publicKey: 'k' })
+    } finally {
+      client.close()
+    }
+    assert.equal(connections.length, 2, `connections to the auth service: ${connections.length}`)
+    assert.deepEqual(served, [{ url: '/v1/cas', socket: 0 }, { url: '/v1/cas', socket: 1 }, { url: '/v1/join', socket: 1 }])
+  })
+})
