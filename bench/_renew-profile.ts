@@ -35,28 +35,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { AuthClient } from '../src/agent/auth-client.ts'
 import { buildClientContext } from '../src/pki/tls-context.ts'
-import { AGENT_API_KEEP_ALIVE_MS, AGENT_API_TLS } from '../src/auth/server.ts'
-import { benchCa, benchLeaf, cpuSeconds, firstMessage, median, startRole } from './_common.ts'
+import { benchCa, benchLeaf, cpuSeconds, median, startRole } from './_common.ts'
+import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { heartbeat, join, renew } from '../test/helpers/identity.ts'
-
-interface FloorMaterial { keyPem: string; certPem: string; caPem: string }
-
-/** The floor: a bare node:https server with the auth server's TLS options, answering a heartbeat-sized JSON. */
-async function serveFloor(): Promise<void> {
-  const m = await firstMessage<FloorMaterial>()
-  const server = https.createServer({
-    key: m.keyPem, cert: m.certPem + m.caPem, ca: [m.caPem], ...AGENT_API_TLS,
-  }, (req, res) => {
-    req.resume()
-    req.on('end', () => {
-      const body = JSON.stringify({ generation: (req.socket as import('node:tls').TLSSocket).authorized ? 1 : 0 })
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body)
-    })
-  })
-  server.keepAliveTimeout = AGENT_API_KEEP_ALIVE_MS
-  process.once('SIGTERM', () => process.exit(0))
-  server.listen(0, '127.0.0.1', () => process.send?.({ port: (server.address() as import('node:net').AddressInfo).port }))
-}
 
 async function main(): Promise<void> {
   const seconds = Number(process.env.SECS ?? 8)

@@ -11,6 +11,7 @@
  *   npm run bench -- auth --pg-url postgres://user:pw@host:5432/emptydb   (an existing server)
  *   npm run bench -- auth --scale 100000        the state-scale run (see below)
  *   --workers N                                 each server's API in N threads (default 1)
+ *   --floor-seconds N                           the handshake floor's run per server (default 4; 0 skips it)
  *
  * PostgreSQL: without --pg-url a throwaway PostgreSQL 15 cluster is started in a temp dir
  * (fsync and synchronous_commit on: a renewal is answered after its commit is durable), a
@@ -27,7 +28,7 @@
  *
  * The machine is usually shared: the foreign load seen during each run is printed next to it.
  */
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import type https from 'node:https'
@@ -44,7 +45,8 @@ import { openStore } from '../src/storage/open.ts'
 import { instanceData } from '../src/storage/rows.ts'
 import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
-import { DIST_CLI, ForeignLoad, cpuSeconds, ensureDist, machineLine, startRole, withBenchDir, type Role } from './_common.ts'
+import { DIST_CLI, ForeignLoad, benchCa, benchLeaf, cpuSeconds, ensureDist, freePort, machineLine, requireTool, startRole, waitForPort, withBenchDir, writePem, type Role } from './_common.ts'
+import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
 import { heartbeat, join, newKey, renew, type TestIdentity } from '../test/helpers/identity.ts'
 
@@ -63,6 +65,7 @@ const { values } = parseArgs({
     'scale-rate': { type: 'string' },
     'scale-bots': { type: 'string', default: '16' },
     workers: { type: 'string', default: '1' },
+    'floor-seconds': { type: 'string', default: '4' },
   },
 })
 
@@ -286,6 +289,8 @@ async function main(): Promise<void> {
       await scaleRun(configs[0] as Config, Number(values.scale))
       return
     }
+    const floorSeconds = Number(values['floor-seconds'])
+    if (floorSeconds > 0) await handshakeFloor(floorSeconds)
     for (const c of configs) await throughput(c)
   } finally {
     await pgServer?.stop()
@@ -501,6 +506,65 @@ function listThroughApi(socketPath: string, limit: number, out: string) {
 }
 
 /**
+ * What one mutual-TLS handshake costs a server on this machine: the floor under every
+ * renewal (one or two handshakes each) and every runner's join. FLOOR_CLIENTS copies of
+ * `openssl s_time -new` make full handshakes one after another with a client certificate
+ * (no session reuse), together, against
+ * `openssl s_server` (native; the machine's OpenSSL, not Node's), a bare node:https server
+ * with the auth API's TLS settings and no memid code (bench/_floor.ts), and memid's auth
+ * server itself (SQLite; the client certificate is a bot identity it issued, so the
+ * handshake verifies it as an agent's). Each server's CPU comes from /proc.
+ */
+const FLOOR_CLIENTS = 4
+
+async function handshakeFloor(seconds: number): Promise<void> {
+  requireTool('openssl', 'apt-get install -y openssl', ['version'])
+  console.log(`\n--- the mutual-TLS handshake floor: ${FLOOR_CLIENTS} × openssl s_time -new with a client certificate (each one handshake at a time), ${seconds} s per server`)
+  await withBenchDir('memid-bench-auth-floor-', async (dir, own) => {
+    const ca = await benchCa('floor')
+    const server = await benchLeaf(ca, 'localhost', 'server', { ipAddresses: ['127.0.0.1'] })
+    const client = await benchLeaf(ca, 'bot', 'client')
+    // memid's server: a bot identity it issued, for s_time to present.
+    const sqlite: Config = { label: 'SQLite', replicas: 1, store: async (d) => `sqlite:${path.join(d, 'memid.db')}` }
+    const { roles, addrs, caPin } = await startReplicas(sqlite, dir, own)
+    const memid = roles[0] as Role
+    memid.child.send({ tokens: 1 })
+    const token = ((await memid.next()).tokens as string[])[0] as string
+    const authClient = new AuthClient({ server: addrs[0] as string, caPins: [caPin] })
+    await authClient.bootstrap()
+    const bot = await join(authClient, token)
+    ;(bot.caller.agent as https.Agent).destroy()
+    authClient.close()
+    // openssl reads keys and certificates from files: its requirement (in this private dir), not memid's.
+    const f = writePem(dir, {
+      'ca.pem': ca.certPem, 'server.pem': server.certPem + ca.certPem, 'server.key': server.keyPem, 'client.pem': client.certPem, 'client.key': client.keyPem,
+      'bot.pem': bot.res.certificate, 'bot.key': bot.key.export({ format: 'pem', type: 'pkcs8' }) as string,
+    })
+    const measure = async (what: string, pid: number | undefined, port: number, cert: string, key: string) => {
+      const cpu0 = cpuSeconds(pid)
+      const outs = await Promise.all(Array.from({ length: FLOOR_CLIENTS }, () => new Promise<string>((resolve, reject) => execFile('openssl',
+        ['s_time', '-connect', `127.0.0.1:${port}`, '-new', '-cert', cert, '-key', key, '-time', String(seconds)], (err, stdout) => (err ? reject(err) : resolve(stdout))))))
+      const ms = ((cpuSeconds(pid) - cpu0) * 1000)
+      const n = outs.reduce((a, out) => a + Number(/(\d+) connections in [\d.]+s;/.exec(out)?.[1] ?? 0), 0)
+      if (!(n > 0)) throw new Error(`openssl s_time made no connection to ${what}: ${outs.join('').trim()}`)
+      console.log(`${what.padEnd(62)} ${(ms / n).toFixed(2).padStart(5)} ms of server CPU per handshake (${n} handshakes)`)
+    }
+    const osslPort = await freePort()
+    const ossl = own(spawn('openssl', ['s_server', '-accept', `127.0.0.1:${osslPort}`, '-cert', f['server.pem'] as string, '-key', f['server.key'] as string,
+      '-CAfile', f['ca.pem'] as string, '-verify', '1', '-no_ticket', '-www', '-quiet'], { stdio: ['ignore', 'ignore', 'pipe'] }))
+    await waitForPort(osslPort, ossl, 'openssl s_server')
+    const version = await new Promise<string>((resolve) => execFile('openssl', ['version'], (_e, out) => resolve(String(out).split(' ')[1] ?? '?')))
+    await measure(`openssl s_server (native, OpenSSL ${version})`, ossl.pid, osslPort, f['client.pem'] as string, f['client.key'] as string)
+    const floor = startRole(new URL(import.meta.url).pathname, 'floor')
+    own(floor.child)
+    floor.child.send({ keyPem: server.keyPem, certPem: server.certPem, caPem: ca.certPem } satisfies FloorMaterial)
+    const floorPort = (await floor.next()).port as number
+    await measure(`bare node:https, the auth API's TLS settings (OpenSSL ${process.versions.openssl})`, floor.child.pid, floorPort, f['client.pem'] as string, f['client.key'] as string)
+    await measure('memid auth server, a bot identity as the client certificate', memid.child.pid, Number((addrs[0] as string).split(':').at(-1)), f['bot.pem'] as string, f['bot.key'] as string)
+  })
+}
+
+/**
  * The state-scale run: N instances in the store, bots renewing (new key and connection
  * each, confirmed by a heartbeat), a full listing through the CLI and then through the admin
  * API; renewal latency and the server's event-loop delay in each window, and its RSS.
@@ -633,7 +697,9 @@ async function scaleRun(config: Config, n: number): Promise<void> {
 }
 
 // Last: the classes above are not hoisted.
-if (values.role === 'memid') {
+if (values.role === 'floor') {
+  await serveFloor()
+} else if (values.role === 'memid') {
   await serve()
 } else {
   await main()
