@@ -3,7 +3,7 @@ import type { Logger } from '../core/log.ts'
 import { MemidError } from '../core/errors.ts'
 import { parseDuration } from '../core/duration.ts'
 import type { Clock } from '../core/clock.ts'
-import type { Authentication, Bot, BotInstance, InstanceChange, Lock, NewAuditEvent, Role, Store } from '../storage/store.ts'
+import type { Authentication, Bot, BotInstance, InstanceChange, JoinToken, Lock, NewAuditEvent, Role, Store } from '../storage/store.ts'
 import { INSTANCE_HISTORY } from '../storage/store.ts'
 import type {
   CasResponse, DbCertRequest, DbCertResponse, HeartbeatRequest, IdentityResponse, JoinRequest, JoinTokenInfo, KubeCertRequest,
@@ -123,15 +123,22 @@ export class AuthService {
       const askedTtlMs = requestedTtl(req.ttl)
       const token = await this.#store.getToken(parts.name)
       const bot = token && (await this.#store.getBot(token.bot))
-      const instanceId = randomUUID()
-      const instance = await this.#store.consumeToken(parts.name, (t) => {
+      /** The token's bot, if the token lets whoever holds its secret join now. */
+      const admit = (t: JoinToken | undefined): Bot => {
         if (t === undefined || t.joinMethod !== 'token' || !secretMatches(parts.secret, t.secretHash)) throw new MemidError('ERR_TOKEN_INVALID', 'the join token is not valid')
         if (t.usedAt !== undefined) throw new MemidError('ERR_TOKEN_USED', `join token ${t.name} was already used`)
         if (t.expiresAt === undefined || Date.parse(t.expiresAt) <= now) throw new MemidError('ERR_TOKEN_EXPIRED', `join token ${t.name} expired at ${t.expiresAt}`)
         if (bot === undefined || bot.name !== t.bot) throw new MemidError('ERR_BOT_NOT_FOUND', `bot "${t.bot}" no longer exists`)
+        return bot
+      }
+      // The token first (only its holder may learn of a lock and its reason), then the
+      // locks: a refused join writes nothing. The transaction checks the token again.
+      await this.#refuseIfLocked(admit(token))
+      const instance = await this.#store.consumeToken(parts.name, (t) => {
+        const b = admit(t)
         const auth: Authentication = { time: new Date(now).toISOString(), joinMethod: 'token', remoteAddr: peer.remoteAddr, generation: 1 }
         return {
-          id: instanceId, bot: t.bot, botId: bot.id, joinMethod: 'token', tokenName: t.name, createdAt: auth.time,
+          id: randomUUID(), bot: b.name, botId: b.id, joinMethod: 'token', tokenName: parts.name, createdAt: auth.time,
           generation: 1, pendingGeneration: null, pendingRetries: 0,
           initialAuthentication: auth, latestAuthentications: [auth], heartbeats: [],
         }
@@ -148,17 +155,27 @@ export class AuthService {
     try {
       const publicKey = parseAgentKey(req.publicKey, 'ec')
       const askedTtlMs = requestedTtl(req.ttl)
-      const { bot, instance } = await platformJoin(this.#store, this.#platform, req, peer.remoteAddr, now)
+      const { bot, instance } = await platformJoin(this.#store, this.#platform, req, peer.remoteAddr, now, (b) => this.#refuseIfLocked(b))
       return await this.#admitted(bot, instance, askedTtlMs, peer, publicKey, now)
     } catch (err) {
       throw await this.#joinFailed(err, req, peer, req.tokenName)
     }
   }
 
-  /** The common end of every join: locks, the first bot identity, the audit. */
-  async #admitted(bot: Bot, instance: BotInstance, askedTtlMs: number, peer: Peer, publicKey: LeafKey, now: number): Promise<IdentityResponse> {
-    const locks = await this.#store.locksFor(bot.name, instance.id)
+  /**
+   * A join for a locked bot is refused before it writes anything: no instance, the token
+   * (or a platform join's JWT) not used up, so it joins once the lock is removed. A lock
+   * made while a join is on its way may come after it, as for any request: the new
+   * instance's next request meets it.
+   */
+  async #refuseIfLocked(bot: Bot): Promise<void> {
+    // A new instance cannot be locked yet: only the bot's locks can apply.
+    const locks = await this.#store.locksFor(bot.name, '')
     if (locks.length > 0) throw new MemidError('ERR_LOCKED', `bot "${bot.name}" is locked: ${locks[0]?.reason}`)
+  }
+
+  /** The common end of every join: the first bot identity and the audit. */
+  async #admitted(bot: Bot, instance: BotInstance, askedTtlMs: number, peer: Peer, publicKey: LeafKey, now: number): Promise<IdentityResponse> {
     const ttlMs = Math.min(askedTtlMs, bot.maxTtlMs)
     const cert = await issueBotIdentity(this.#cas.bot, publicKey, { bot: bot.name, botId: bot.id, instanceId: instance.id, generation: 1 }, ttlMs, now)
     // One commit for both (each its own was a group commit and an fsync more per join).

@@ -98,13 +98,19 @@ export class PlatformJoins {
 }
 
 /**
- * A platform join: verify, then in one store transaction check the token and bot again,
- * refuse a replay, count the join and create the instance (with the identifying claims).
+ * A platform join: verify, let the caller `admit` the bot (its lock check, which may refuse
+ * the join before anything is written), then in one store transaction check the token and
+ * bot again, refuse a replay, count the join and create the instance (with the identifying
+ * claims).
  */
-export async function platformJoin(store: Store, joins: PlatformJoins, req: PlatformJoinRequest, remoteAddr: string, now: number): Promise<{ bot: Bot; instance: BotInstance }> {
+export async function platformJoin(
+  store: Store, joins: PlatformJoins, req: PlatformJoinRequest, remoteAddr: string, now: number, admit: (bot: Bot) => Promise<void>,
+): Promise<{ bot: Bot; instance: BotInstance }> {
   const token = await store.getToken(req.tokenName)
   const verified = await joins.verify(token, req, now)
   const bot = token && (await store.getBot(token.bot))
+  // Once the JWT is verified, before anything is written (the caller's lock check).
+  if (bot !== undefined && bot.name === token?.bot) await admit(bot)
   const time = new Date(now).toISOString()
   const instance = await store.joinWithPlatformToken(req.tokenName, { ...verified.replay, now: time }, (t) => {
     if (t === undefined) throw new MemidError('ERR_TOKEN_INVALID', `join token ${req.tokenName} was removed`)

@@ -255,6 +255,30 @@ describe('auth service: joins with a join token', () => {
     assert.equal((await lastAudit(w, 'join.failed'))?.code, 'ERR_LOCKED')
     assert.equal((await w.store.queryAudit({ type: 'join' })).length, 0, 'no join audited')
   })
+
+  // A lock stops requests; a refused request leaves nothing behind. An instance for the
+  // refused join would show in `memid get bot_instance` as a bot that joined, to the admin
+  // who locked the bot because it may be compromised.
+  it('a join refused because its bot is locked writes nothing: no bot instance, the token unused; without the lock the same token joins', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const lock = await w.admin.addLock({ bot: b.name, reason: 'incident 42' })
+    await refused(join(w, b.token), 'ERR_LOCKED', /incident 42/)
+    assert.deepEqual(await w.store.listInstances(b.name), [], 'no instance for the refused join')
+    assert.equal((await w.store.getToken(b.token.split('.')[0] as string))?.usedAt, undefined, 'the token is not used')
+    await w.admin.removeLock(lock.id)
+    const id = await join(w, b.token)
+    assert.equal(id.res.generation, 1)
+  })
+
+  it("a wrong secret for a locked bot's token is ERR_TOKEN_INVALID: the lock and its reason are told only to a valid token", async () => {
+    const w = await world()
+    const b = await addBot(w)
+    await w.admin.addLock({ bot: b.name, reason: 'incident 42' })
+    const name = b.token.split('.')[0] as string
+    const err = await refused(join(w, `${name}.${'A'.repeat(43)}`), 'ERR_TOKEN_INVALID')
+    assert.doesNotMatch(err.message, /incident 42|locked/)
+  })
 })
 
 describe('auth service: TTLs', () => {
@@ -754,6 +778,19 @@ describe('auth service: platform joins and the public token info', () => {
     await w.admin.addLock({ bot: b.name, reason: 'compromised runner' })
     await refused(w.auth.join({ joinMethod: 'oidc', tokenName: p.name, idToken: await p.mint('deploy'), publicKey: newKey().publicKey }, { remoteAddr: '10.0.0.8' }), 'ERR_LOCKED', /compromised runner/)
     assert.equal((await w.store.queryAudit({ type: 'join' })).length, 0)
+  })
+
+  it('a platform join refused because its bot is locked leaves no instance and does not use up the JWT: without the lock the same JWT joins', async () => {
+    const w = await world()
+    const b = await addBot(w)
+    const p = await platformToken(w, b.name)
+    const idToken = await p.mint('deploy')
+    const lock = await w.admin.addLock({ bot: b.name, reason: 'incident 42' })
+    await refused(w.auth.join({ joinMethod: 'oidc', tokenName: p.name, idToken, publicKey: newKey().publicKey }, { remoteAddr: '10.0.0.8' }), 'ERR_LOCKED', /incident 42/)
+    assert.deepEqual(await w.store.listInstances(b.name), [], 'no instance for the refused join')
+    await w.admin.removeLock(lock.id)
+    const res = await w.auth.join({ joinMethod: 'oidc', tokenName: p.name, idToken, publicKey: newKey().publicKey }, { remoteAddr: '10.0.0.8' })
+    assert.equal(res.generation, 1)
   })
 })
 
