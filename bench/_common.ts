@@ -113,6 +113,12 @@ export interface Role {
   next(): Promise<Record<string, unknown>>
 }
 
+/** `n` join tokens for the bench's bot from bench/auth.ts's `memid` role (the replica that ran --setup). */
+export async function askTokens(role: Role, n: number): Promise<string[]> {
+  role.child.send({ tokens: n })
+  return (await role.next()).tokens as string[]
+}
+
 /**
  * Starts `script` again in role `role`. For the `memid` role, `MEMID_BENCH_CPU_PROF=DIR`
  * writes a V8 CPU profile and `MEMID_BENCH_NODE_FLAGS="…"` passes Node flags (e.g.

@@ -35,7 +35,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { AuthClient } from '../src/agent/auth-client.ts'
 import { buildClientContext } from '../src/pki/tls-context.ts'
-import { benchCa, benchLeaf, cpuSeconds, median, startRole } from './_common.ts'
+import { askTokens, benchCa, benchLeaf, cpuSeconds, median, startRole } from './_common.ts'
 import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { heartbeat, join, renew } from '../test/helpers/identity.ts'
 
@@ -51,8 +51,7 @@ async function main(): Promise<void> {
   const floor = ops.includes('floor') ? startRole(new URL(import.meta.url).pathname, 'floor') : undefined
   try {
     const m = await role.next() as { addr: string; caPin: string }
-    role.child.send({ tokens: conc })
-    const tokens = (await role.next()).tokens as string[]
+    const tokens = await askTokens(role, conc)
     const bots = await Promise.all(tokens.map(async (t) => {
       const client = new AuthClient({ server: m.addr, caPins: [m.caPin] })
       await client.bootstrap()

@@ -45,7 +45,7 @@ import { openStore } from '../src/storage/open.ts'
 import { instanceData } from '../src/storage/rows.ts'
 import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
-import { DIST_CLI, ForeignLoad, benchCa, benchLeaf, cpuSeconds, ensureDist, freePort, machineLine, requireTool, startRole, waitForPort, withBenchDir, writePem, type Role } from './_common.ts'
+import { DIST_CLI, ForeignLoad, askTokens, benchCa, benchLeaf, cpuSeconds, ensureDist, freePort, machineLine, requireTool, startRole, waitForPort, withBenchDir, writePem, type Role } from './_common.ts'
 import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
 import { heartbeat, join, newKey, renew, type TestIdentity } from '../test/helpers/identity.ts'
@@ -255,6 +255,9 @@ interface Config {
   dbCpu?: () => number
 }
 
+/** One auth server on a SQLite file in the run's directory. */
+const SQLITE: Config = { label: 'SQLite', replicas: 1, store: async (dir) => `sqlite:${path.join(dir, 'memid.db')}` }
+
 async function main(): Promise<void> {
   const storages = (values.storage as string).split(',').map((s) => s.trim())
   const replicaCounts = (values.replicas as string).split(',').map(Number)
@@ -273,7 +276,7 @@ async function main(): Promise<void> {
   const pgCpu = () => (pgServer === undefined ? 0 : clusterPids(pgServer.pid()).reduce((a, p) => a + cpuSeconds(p), 0))
   const configs: Config[] = []
   for (const s of storages) {
-    if (s === 'sqlite') configs.push({ label: 'SQLite', replicas: 1, store: async (dir) => `sqlite:${path.join(dir, 'memid.db')}` })
+    if (s === 'sqlite') configs.push(SQLITE)
     else if (s === 'postgres') {
       for (const r of replicaCounts) {
         configs.push({ label: `PostgreSQL 15, ${r} replica${r > 1 ? 's' : ''}`, replicas: r, store: pgStore, ...(pgUrl === undefined ? { dbCpu: pgCpu } : {}) })
@@ -326,10 +329,7 @@ async function throughput(config: Config): Promise<void> {
   await withBenchDir('memid-bench-auth-', async (dir, own) => {
     const { roles, addrs, caPin } = await startReplicas(config, dir, own)
     const first = roles[0] as Role
-    const tokens = async (n: number): Promise<string[]> => {
-      first.child.send({ tokens: n })
-      return (await first.next()).tokens as string[]
-    }
+    const tokens = (n: number) => askTokens(first, n)
     const clients: AuthClient[] = []
     /** Bot i talks to replica i mod R, over its own client (connections, pins). */
     const clientFor = async (i: number): Promise<AuthClient> => {
@@ -505,6 +505,9 @@ function listThroughApi(socketPath: string, limit: number, out: string) {
   })
 }
 
+/** How many `openssl s_time` clients the handshake floor runs together. */
+const FLOOR_CLIENTS = 4
+
 /**
  * What one mutual-TLS handshake costs a server on this machine: the floor under every
  * renewal (one or two handshakes each) and every runner's join. FLOOR_CLIENTS copies of
@@ -515,8 +518,6 @@ function listThroughApi(socketPath: string, limit: number, out: string) {
  * server itself (SQLite; the client certificate is a bot identity it issued, so the
  * handshake verifies it as an agent's). Each server's CPU comes from /proc.
  */
-const FLOOR_CLIENTS = 4
-
 async function handshakeFloor(seconds: number): Promise<void> {
   requireTool('openssl', 'apt-get install -y openssl', ['version'])
   console.log(`\n--- the mutual-TLS handshake floor: ${FLOOR_CLIENTS} × openssl s_time -new with a client certificate (each one handshake at a time), ${seconds} s per server`)
@@ -525,14 +526,12 @@ async function handshakeFloor(seconds: number): Promise<void> {
     const server = await benchLeaf(ca, 'localhost', 'server', { ipAddresses: ['127.0.0.1'] })
     const client = await benchLeaf(ca, 'bot', 'client')
     // memid's server: a bot identity it issued, for s_time to present.
-    const sqlite: Config = { label: 'SQLite', replicas: 1, store: async (d) => `sqlite:${path.join(d, 'memid.db')}` }
-    const { roles, addrs, caPin } = await startReplicas(sqlite, dir, own)
+    const { roles, addrs, caPin } = await startReplicas(SQLITE, dir, own)
     const memid = roles[0] as Role
-    memid.child.send({ tokens: 1 })
-    const token = ((await memid.next()).tokens as string[])[0] as string
+    const [token] = await askTokens(memid, 1)
     const authClient = new AuthClient({ server: addrs[0] as string, caPins: [caPin] })
     await authClient.bootstrap()
-    const bot = await join(authClient, token)
+    const bot = await join(authClient, token as string)
     ;(bot.caller.agent as https.Agent).destroy()
     authClient.close()
     // openssl reads keys and certificates from files: its requirement (in this private dir), not memid's.
@@ -597,7 +596,7 @@ async function scaleRun(config: Config, n: number): Promise<void> {
     const t0 = performance.now()
     await fill(spec, n)
     console.log(`filled ${n} instances in ${((performance.now() - t0) / 1000).toFixed(1)} s; server RSS ${rss0.toFixed(0)} MB before`)
-    const tokens = (await ask({ tokens: poolSize })).tokens as string[]
+    const tokens = await askTokens(server, poolSize)
     const idle = await Promise.all(tokens.map(async (t) => {
       const client = new AuthClient({ server: addrs[0] as string, caPins: [caPin] })
       await client.bootstrap()
