@@ -12,11 +12,20 @@
  *   npm run bench -- auth --scale 100000        the state-scale run (see below)
  *   --workers N                                 each server's API in N threads (default 1)
  *   --floor-seconds N                           the handshake floor's run per server (default 4; 0 skips it)
+ *   --clients node,native                       the load clients (default both; see below)
  *
  * PostgreSQL: without --pg-url a throwaway PostgreSQL 15 cluster is started in a temp dir
  * (fsync and synchronous_commit on: a renewal is answered after its commit is durable), a
  * fresh database per configuration. Replicas are separate processes on their own ports; the
  * load is spread over them round-robin, one client per concurrent bot.
+ *
+ * Load clients: every row runs from this process with the agent's own client (Node's
+ * https, what an agent sends). The Node client costs about what the server does per
+ * keep-alive request, and it shares the two cores with the server, so the keep-alive rows
+ * run a second time from a native client (bench/native/auth-load.c, compiled with cc and
+ * OpenSSL; gcc and libssl-dev are installed if missing): the same bots, one mutual-TLS
+ * connection and identity each, the same request bodies, with a fraction of the client's
+ * CPU left on the cores. Those rows say "(native)".
  *
  * The state-scale run fills the store with N bot instances (bulk inserts in the store's
  * row format), then keeps bots renewing at the rate such a fleet renews at (N / 20 minutes,
@@ -30,7 +39,7 @@
  */
 import { execFile, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import type https from 'node:https'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
@@ -45,7 +54,7 @@ import { openStore } from '../src/storage/open.ts'
 import { instanceData } from '../src/storage/rows.ts'
 import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
-import { DIST_CLI, ForeignLoad, askTokens, benchCa, benchLeaf, cpuSeconds, ensureDist, freePort, machineLine, requireTool, startRole, waitForPort, withBenchDir, writePem, type Role } from './_common.ts'
+import { DIST_CLI, ForeignLoad, askTokens, benchCa, benchLeaf, compileNative, cpuSeconds, ensureDist, ensurePackages, freePort, keyValues, machineLine, requireTool, startRole, waitForPort, withBenchDir, writePem, type Role } from './_common.ts'
 import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
 import { heartbeat, join, newKey, renew, type TestIdentity } from '../test/helpers/identity.ts'
@@ -66,8 +75,14 @@ const { values } = parseArgs({
     'scale-bots': { type: 'string', default: '16' },
     workers: { type: 'string', default: '1' },
     'floor-seconds': { type: 'string', default: '4' },
+    clients: { type: 'string', default: 'node,native' },
   },
 })
+
+/** Which load clients the throughput rows use: the agent's own (Node) and the native one (keep-alive rows only). */
+const clientKinds = (values.clients as string).split(',').map((s) => s.trim())
+/** What the bench's heartbeats say (test/helpers/identity.ts sends the same). */
+const HEARTBEAT_BODY = JSON.stringify({ hostname: 'test', version: '0', os: 'linux', arch: 'x64', uptimeSeconds: 1, services: [] })
 
 /**
  * One auth server (a replica): the store named by --store; with --setup, the bench's role,
@@ -294,6 +309,7 @@ async function main(): Promise<void> {
     }
     const floorSeconds = Number(values['floor-seconds'])
     if (floorSeconds > 0) await handshakeFloor(floorSeconds)
+    if (clientKinds.includes('native')) ensurePackages([{ cmd: 'cc', pkg: 'gcc' }, { cmd: 'cc', pkg: 'libssl-dev', file: '/usr/include/openssl/ssl.h' }])
     for (const c of configs) await throughput(c)
   } finally {
     await pgServer?.stop()
@@ -380,61 +396,129 @@ async function throughput(config: Config): Promise<void> {
     }
 
     const drop = (id: TestIdentity) => (id.caller.agent as https.Agent).destroy()
+
+    // The native client (bench/native/auth-load.c): the same keep-alive requests at a
+    // fraction of the Node client's CPU, so that the server gets more of the two cores.
+    const nativeLoad = clientKinds.includes('native') ? compileNative(dir, 'auth-load', ['-lssl', '-lcrypto']) : undefined
+    /** `c` bots joined for the native client, each key and certificate in a file OpenSSL reads (in the bench's private dir). */
+    const nativeIdentities = async (c: number): Promise<string> => {
+      const idDir = path.join(dir, `native-${c}`)
+      mkdirSync(idDir, { mode: 0o700 })
+      const client = await clientFor(0)
+      writePem(idDir, { 'ca.pem': client.cas.tls })
+      for (const [i, t] of (await tokens(c)).entries()) {
+        const id = await join(client, t)
+        drop(id)
+        writePem(idDir, { [`id-${i}.pem`]: (id.key.export({ type: 'pkcs8', format: 'pem' }) as string) + id.res.certificate })
+      }
+      return idDir
+    }
+    /** One native client per replica, each with its share of the `c` bots, for `seconds`; server CPU from when all are connected. */
+    const runNative = async (bin: string, idDir: string, c: number, reqPath: string, body: string): Promise<Result> => {
+      const bodyFile = path.join(idDir, 'body.json')
+      writeFileSync(bodyFile, body, { mode: 0o600 })
+      const shares = addrs.map((_a, r) => Math.floor(c / addrs.length) + (r < c % addrs.length ? 1 : 0))
+      let started = 0
+      let cpu0 = 0
+      let db0: number | undefined
+      let allStarted: () => void = () => undefined
+      const connected = new Promise<void>((resolve) => (allStarted = resolve))
+      const runs = addrs.map((addr, r) => shares[r] === 0 ? Promise.resolve<Record<string, number> | undefined>(undefined) : new Promise<Record<string, number>>((resolve, reject) => {
+        const first = shares.slice(0, r).reduce((a, b) => a + b, 0)
+        const child = spawn(bin, [addr.slice(addr.lastIndexOf(':') + 1), String(seconds), idDir, String(shares[r]), reqPath, bodyFile, String(first)], { stdio: ['ignore', 'pipe', 'inherit'] })
+        let out = ''
+        child.stdout.setEncoding('utf8')
+        child.stdout.on('data', (d: string) => {
+          out += d
+          if (d.includes('start\n') && ++started === shares.filter((n) => n > 0).length) {
+            cpu0 = serverCpu()
+            db0 = config.dbCpu?.()
+            load.begin()
+            allStarted()
+          }
+        })
+        child.on('error', reject)
+        child.on('close', (code) => {
+          const line = out.split('\n').find((l) => l.startsWith('count='))
+          if (code !== 0 || line === undefined) reject(new Error(`the native load client exited ${code}`))
+          else resolve(keyValues(line))
+        })
+      }))
+      const results = (await Promise.all(runs)).filter((x) => x !== undefined)
+      await connected
+      load.end()
+      const ops = results.reduce((a, x) => a + (x.count ?? 0), 0)
+      const secs = Math.max(...results.map((x) => x.seconds ?? 0))
+      const db = db0 === undefined ? undefined : ((config.dbCpu?.() ?? 0) - db0) * 1000 / ops
+      // With several replicas each client reports its own percentiles: the worst is shown.
+      return {
+        errors: results.reduce((a, x) => a + (x.errors ?? 0), 0), ops, seconds: secs,
+        p50: Math.max(...results.map((x) => (x.p50_us ?? 0) / 1000)), p99: Math.max(...results.map((x) => (x.p99_us ?? 0) / 1000)), max: NaN,
+        cpuMsPerOp: ((serverCpu() - cpu0) * 1000) / ops, dbCpuMsPerOp: db, foreign: load.share,
+      }
+    }
     const show = (what: string, c: number, r: Result) => {
       const db = r.dbCpuMsPerOp === undefined ? '' : ` + PostgreSQL ${r.dbCpuMsPerOp.toFixed(2)}`
       console.log(`${what.padEnd(22)} c=${String(c).padEnd(4)} ${(r.ops / r.seconds).toFixed(0).padStart(6)}/s  p50 ${r.p50.toFixed(1).padStart(6)} ms  p99 ${r.p99.toFixed(1).padStart(6)} ms  server CPU ${r.cpuMsPerOp.toFixed(2)}${db} ms/op${r.errors > 0 ? `  ERRORS ${r.errors}` : ''}  (foreign load ${Math.round(r.foreign * 100)}%, load avg ${loadavg()[0]?.toFixed(1)})`)
     }
 
     for (const c of levels) {
-      // Joins: a token each, drawn from a pool made before the clock starts.
-      const pool = await tokens(Math.ceil(seconds * 600) + c * 50)
-      show('join', c, await run(c, (w) => clientFor(w), async (client) => {
-        const t = pool.pop()
-        if (t === undefined) throw new Error('bench ran out of join tokens; raise the pool')
-        drop(await join(client, t))
-        return client
-      }))
-      // What a new runner's join costs: its agent starts with no connection, bootstraps the
-      // CA bundle (an unverified connection, then a verified one) and joins on the latter.
-      const runnerPool = await tokens(Math.ceil(seconds * 300) + c * 10)
-      show('join (as a runner)', c, await run(c, async () => undefined, async () => {
-        const t = runnerPool.pop()
-        if (t === undefined) throw new Error('bench ran out of join tokens; raise the pool')
-        const client = new AuthClient({ server: addrs[Math.floor(Math.random() * addrs.length)] as string, caPins: [caPin] })
-        try {
-          await client.bootstrap()
+      if (clientKinds.includes('node')) {
+        // Joins: a token each, drawn from a pool made before the clock starts.
+        const pool = await tokens(Math.ceil(seconds * 600) + c * 50)
+        show('join', c, await run(c, (w) => clientFor(w), async (client) => {
+          const t = pool.pop()
+          if (t === undefined) throw new Error('bench ran out of join tokens; raise the pool')
           drop(await join(client, t))
-        } finally {
-          client.close()
+          return client
+        }))
+        // What a new runner's join costs: its agent starts with no connection, bootstraps the
+        // CA bundle (an unverified connection, then a verified one) and joins on the latter.
+        const runnerPool = await tokens(Math.ceil(seconds * 300) + c * 10)
+        show('join (as a runner)', c, await run(c, async () => undefined, async () => {
+          const t = runnerPool.pop()
+          if (t === undefined) throw new Error('bench ran out of join tokens; raise the pool')
+          const client = new AuthClient({ server: addrs[Math.floor(Math.random() * addrs.length)] as string, caPins: [caPin] })
+          try {
+            await client.bootstrap()
+            drop(await join(client, t))
+          } finally {
+            client.close()
+          }
+        }))
+        const ids = async (w: number) => {
+          const client = await clientFor(w)
+          return { client, id: await join(client, (await tokens(1))[0] as string) }
         }
-      }))
-      const ids = async (w: number) => {
-        const client = await clientFor(w)
-        return { client, id: await join(client, (await tokens(1))[0] as string) }
+        show('renew (new conn each)', c, await run(c, ids, async (s) => {
+          const next = await renew(s.client, s.id)
+          await heartbeat(s.client, next) // the agent confirms the generation it now holds
+          drop(s.id)
+          return { client: s.client, id: next }
+        }))
+        // What a real agent's renewal costs: it renews minutes after its last request, when the
+        // server has closed that connection (5 s idle), so the renew request needs a new one too.
+        show('renew (as an agent)', c, await run(c, ids, async (s) => {
+          drop(s.id)
+          const next = await renew(s.client, s.id)
+          await heartbeat(s.client, next)
+          drop(s.id)
+          return { client: s.client, id: next }
+        }))
+        show('heartbeat (keep-alive)', c, await run(c, ids, async (s) => {
+          await heartbeat(s.client, s.id)
+          return s
+        }))
+        show('db cert (keep-alive)', c, await run(c, ids, async (s) => {
+          await s.client.issueDb(s.id.caller, { publicKey: newKey().publicKey, service: 'orders', username: 'app' })
+          return s
+        }))
       }
-      show('renew (new conn each)', c, await run(c, ids, async (s) => {
-        const next = await renew(s.client, s.id)
-        await heartbeat(s.client, next) // the agent confirms the generation it now holds
-        drop(s.id)
-        return { client: s.client, id: next }
-      }))
-      // What a real agent's renewal costs: it renews minutes after its last request, when the
-      // server has closed that connection (5 s idle), so the renew request needs a new one too.
-      show('renew (as an agent)', c, await run(c, ids, async (s) => {
-        drop(s.id)
-        const next = await renew(s.client, s.id)
-        await heartbeat(s.client, next)
-        drop(s.id)
-        return { client: s.client, id: next }
-      }))
-      show('heartbeat (keep-alive)', c, await run(c, ids, async (s) => {
-        await heartbeat(s.client, s.id)
-        return s
-      }))
-      show('db cert (keep-alive)', c, await run(c, ids, async (s) => {
-        await s.client.issueDb(s.id.caller, { publicKey: newKey().publicKey, service: 'orders', username: 'app' })
-        return s
-      }))
+      if (nativeLoad !== undefined) {
+        const idDir = await nativeIdentities(c)
+        show('heartbeat (native)', c, await runNative(nativeLoad, idDir, c, '/v1/heartbeat', HEARTBEAT_BODY))
+        show('db cert (native)', c, await runNative(nativeLoad, idDir, c, '/v1/certs/db', JSON.stringify({ publicKey: newKey().publicKey, service: 'orders', username: 'app' })))
+      }
     }
     for (const cl of clients) cl.close()
     console.log(`${config.label}; "join" reuses each bot's connections, "join (as a runner)" is a new agent's bootstrap and join (two new connections); the renewal rows include the heartbeat that confirms the new generation (2 requests): one new connection each in "renew", two in "renew (as an agent)".`)

@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include "latencies.h"
 
 static int port;
 static double seconds;
@@ -93,17 +94,6 @@ static void hang_up(struct conn *c) {
   close(c->fd);
 }
 
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double pct(double *xs, size_t n, double p) {
-  if (n == 0) return 0;
-  size_t i = (size_t)(p * (double)(n - 1));
-  return xs[i];
-}
-
 /* ---- echo server ---- */
 static void *echo_one(void *arg) {
   int fd = (int)(long)arg;
@@ -147,13 +137,8 @@ static int echo_server(void) {
 }
 
 /* ---- new connections ---- */
-struct conn_stats {
-  double *lat;
-  size_t n, cap, errors;
-};
-
 static void *conn_loop(void *arg) {
-  struct conn_stats *st = arg;
+  struct latencies *st = arg;
   char msg[64], back[64];
   memset(msg, 'm', sizeof msg);
   double until = now() + seconds;
@@ -166,37 +151,23 @@ static void *conn_loop(void *arg) {
       continue;
     }
     hang_up(&c);
-    if (st->n == st->cap) {
-      st->cap = st->cap ? st->cap * 2 : 4096;
-      st->lat = realloc(st->lat, st->cap * sizeof(double));
-    }
-    st->lat[st->n++] = now() - t0;
+    latencies_add(st, now() - t0);
   }
   return NULL;
 }
 
 static int conn_mode(int threads) {
   pthread_t t[256];
-  struct conn_stats st[256];
+  struct latencies st[256];
   memset(st, 0, sizeof st);
   double t0 = now();
   for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, conn_loop, &st[i]);
-  size_t n = 0, errors = 0;
+  size_t n = 0;
   for (int i = 0; i < threads; i++) {
     pthread_join(t[i], NULL);
     n += st[i].n;
-    errors += st[i].errors;
   }
-  double elapsed = now() - t0;
-  double *all = malloc((n ? n : 1) * sizeof(double));
-  size_t k = 0;
-  for (int i = 0; i < threads; i++) {
-    memcpy(all + k, st[i].lat, st[i].n * sizeof(double));
-    k += st[i].n;
-  }
-  qsort(all, n, sizeof(double), cmp);
-  printf("count=%zu errors=%zu seconds=%.3f rate=%.1f p50_us=%.0f p99_us=%.0f\n", n, errors, elapsed, n / elapsed,
-         pct(all, n, 0.5) * 1e6, pct(all, n, 0.99) * 1e6);
+  size_t errors = latencies_report(st, threads, now() - t0);
   return errors > n / 100 ? 1 : 0;
 }
 
