@@ -4,7 +4,7 @@ import { MemidError } from '../core/errors.ts'
 import { hostPort } from '../core/listener.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
+  BOT_AND_INSTANCE_SQL, auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, botOfJoinedRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -310,10 +310,11 @@ export class PostgresStore implements Store {
   }
 
   async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
-    const r = await this.#get(BOT_AND_INSTANCE, bot, instanceId)
+    const r = await this.#get(BOT_AND_INSTANCE_SQL, bot, instanceId)
     if (r === undefined) return {}
     const out: { bot?: Bot; instance?: BotInstance } = {}
-    if (r.b_name !== null) out.bot = botFromRow({ id: r.b_id, name: r.b_name, roles: r.b_roles, max_ttl_ms: r.b_max_ttl_ms, created_at: r.b_created_at })
+    const b = botOfJoinedRow(r)
+    if (b !== undefined) out.bot = b
     if (r.id !== null) out.instance = instanceFromRow(r)
     return out
   }
@@ -499,9 +500,6 @@ function insertLock(lock: Lock): string {
 function lockArgs(lock: Lock): Arg[] {
   return [lock.id, lock.bot ?? null, lock.instance ?? null, lock.reason, lock.createdAt, lock.cause ?? null]
 }
-
-const BOT_AND_INSTANCE = 'SELECT b.id AS b_id, b.name AS b_name, b.roles AS b_roles, b.max_ttl_ms AS b_max_ttl_ms, b.created_at AS b_created_at, i.*'
-  + ' FROM (SELECT 1) AS one LEFT JOIN bots b ON b.name = $1 LEFT JOIN bot_instances i ON i.id = $2'
 
 const AUDIT_COLUMNS = 'time, type, success, code, message, bot, instance, remote_addr, fields'
 /** The column types of AUDIT_COLUMNS, for parameters in a VALUES list (which has no column to infer them from). */

@@ -84,6 +84,19 @@ export function tokenFromRow(r: Row): JoinToken {
   return t
 }
 
+/**
+ * A bot and an instance in one statement (a request's authentication reads both): the
+ * bot's columns prefixed `b_`, then the instance's. Each side is NULL when it does not
+ * exist. `$1` is the bot's name, `$2` the instance's id, in that order.
+ */
+export const BOT_AND_INSTANCE_SQL = 'SELECT b.id AS b_id, b.name AS b_name, b.roles AS b_roles, b.max_ttl_ms AS b_max_ttl_ms, b.created_at AS b_created_at, i.*'
+  + ' FROM (SELECT 1) AS one LEFT JOIN bots b ON b.name = $1 LEFT JOIN bot_instances i ON i.id = $2'
+
+/** The bot of a BOT_AND_INSTANCE_SQL row, if it exists. */
+export function botOfJoinedRow(r: Row): Bot | undefined {
+  return r.b_name === null ? undefined : botFromRow({ id: r.b_id, name: r.b_name, roles: r.b_roles, max_ttl_ms: r.b_max_ttl_ms, created_at: r.b_created_at })
+}
+
 /** The `data` column of an instance, with its histories capped to INSTANCE_HISTORY. */
 export function instanceData(i: BotInstance): string {
   return JSON.stringify({
