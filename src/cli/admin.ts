@@ -8,16 +8,39 @@ import { loadYaml } from '../core/yaml.ts'
 import type { AuditEvent, Bot, BotInstance, Lock, Page, Resource, Role } from '../storage/store.ts'
 import type { AddedResource, CreatedPlatformToken, CreatedToken, PublicToken } from '../auth/admin.ts'
 import { emit, list, parseFormat, table, type Format } from './output.ts'
-import { socketRequest } from './socket-client.ts'
+import { socketPipe, socketRequest } from './socket-client.ts'
 
 interface Common {
   dataDir?: string
   format?: string
 }
 
-function adminCall<T>(opts: Common, method: string, p: string, body?: unknown): Promise<T> {
+/** The admin socket of the data directory, and what to say when it does not answer. */
+function adminSocket(opts: Common): [socketPath: string, what: string, hint: string] {
   const dir = resolveDataDir(opts.dataDir)
-  return socketRequest<T>(path.join(dir, 'admin.sock'), method, p, body, 'the auth service admin socket', `is "memid auth start --data-dir ${dir}" running?`)
+  return [path.join(dir, 'admin.sock'), 'the auth service admin socket', `is "memid auth start --data-dir ${dir}" running?`]
+}
+
+function adminCall<T>(opts: Common, method: string, p: string, body?: unknown): Promise<T> {
+  const [socketPath, what, hint] = adminSocket(opts)
+  return socketRequest<T>(socketPath, method, p, body, what, hint)
+}
+
+/**
+ * `--format json` of a listing when stdout is not a terminal (a script, a pipe, a file):
+ * the page goes out as the admin API streams it, compact, never parsed or held whole. A
+ * page of 10,000 instances is ~20 MB; parsing and indenting it cost the CLI ~0.3 s of CPU
+ * and ~70 MB per page, on the machine where the auth service answers renewals. On a
+ * terminal the page is indented like every other `--format json` output.
+ */
+function streamsPage(f: Format): boolean {
+  return f === 'json' && process.stdout.isTTY !== true
+}
+
+/** One listing page straight from the admin API to stdout (streamsPage). */
+function pipePage(opts: Common, method: string, p: string, body?: unknown): Promise<void> {
+  const [socketPath, what, hint] = adminSocket(opts)
+  return socketPipe(socketPath, method, p, body, what, hint, process.stdout)
 }
 
 const csv = (v: string | undefined): string[] => (v === undefined ? [] : v.split(',').map((s) => s.trim()).filter(Boolean))
@@ -86,7 +109,9 @@ function emitPage<T>(f: Format, page: Page<T>, command: string, text: (items: T[
 function pagedLsCommand<T>(group: Command, what: string, apiPath: string, headers: string[], row: (item: T) => (string | number | undefined)[]): void {
   paged(common(group.command('ls').description(`list ${what}, newest first`))).action(async (o: Common & Paging) => {
     const f = parseFormat(o.format)
-    const page = await adminCall<Page<T>>(o, 'GET', `${apiPath}?${pageQuery(pageParams(o, f))}`)
+    const url = `${apiPath}?${pageQuery(pageParams(o, f))}`
+    if (streamsPage(f)) return pipePage(o, 'GET', url)
+    const page = await adminCall<Page<T>>(o, 'GET', url)
     emitPage(f, page, `memid ${group.name()} ls`, (items) => table(headers, items.map(row)))
   })
 }
@@ -197,6 +222,7 @@ export function registerAdminCommands(program: Command): void {
       }
       const q = pageQuery(pageParams(o, f))
       if (parts.length === 2) q.set('bot', parts[1] as string)
+      if (streamsPage(f)) return pipePage(o, 'GET', `/v1/instances?${q}`)
       const page = await adminCall<Page<BotInstance>>(o, 'GET', `/v1/instances?${q}`)
       emitPage(f, page, `memid get ${resource}`, (rows) => table(['Bot', 'Instance ID', 'Generation', 'Joined', 'Last Seen', 'Hostname', 'Version'], rows.map((i) => {
         const hb = i.heartbeats.at(-1)
@@ -226,6 +252,7 @@ export function registerAdminCommands(program: Command): void {
     .action(async (o: Common & Paging & { since?: string; type?: string; bot?: string }) => {
       const f = parseFormat(o.format, ['text', 'json'])
       const filters = { ...(o.since ? { since: o.since } : {}), ...(o.type ? { type: o.type } : {}), ...(o.bot ? { bot: o.bot } : {}) }
+      if (streamsPage(f)) return pipePage(o, 'POST', '/v1/audit', { ...filters, ...pageParams(o, f) })
       const page = await adminCall<Page<AuditEvent>>(o, 'POST', '/v1/audit', { ...filters, ...pageParams(o, f) })
       const again = ['memid audit', ...Object.entries(filters).map(([k, v]) => `--${k} ${v}`)].join(' ')
       emitPage(f, page, again, (rows) => table(['Time', 'Type', 'Result', 'Bot', 'Instance', 'Details'], rows.map((e) => [
