@@ -347,22 +347,28 @@ export class AuthService {
     fn: (ctx: IssueContext, req: Req) => Promise<Res>, describe: (res: Res) => Record<string, unknown>,
   ): Promise<Res> {
     const a = await this.#authenticate(peer, `cert.${kind}`)
-    await this.#move(a, peer, `cert.${kind}`, (cur) => decideRequest(cur, a.claims.generation))
     const now = this.#clock.now()
     const { publicKey: _pk, ...asked } = req
+    // Signed (or denied) first, so that its audit event commits with the instance's check
+    // (generation, locks): one durable commit per certificate, as a renewal's, and no
+    // certificate goes out without its audit row. A copy or a lock refuses the request
+    // in that commit, and the certificate, never sent, is dropped.
+    let issued: { res: Res; ttlMs: number } | undefined
+    let denied: MemidError | undefined
     try {
       const roles = await this.#roles(a.bot)
       const ttlMs = Math.min(clampTtl(req.ttl, a.bot), a.claims.notAfter.getTime() - now)
       if (ttlMs < 1000) throw new MemidError('ERR_IDENTITY_EXPIRED', 'the bot identity expires too soon to issue certificates; renew first')
       const ctx: IssueContext = { bot: a.bot, instance: a.instance, roles, cas: this.#cas, store: this.#store, publicKey: parseAgentKey(req.publicKey, keyType), ttlMs, now }
-      const res = await fn(ctx, req)
-      await this.audit(this.#issuedEvent(kind, a, peer, res.serial, ttlMs, describe(res)))
-      return res
+      issued = { res: await fn(ctx, req), ttlMs }
     } catch (err) {
-      const e = asMemidError(err)
-      await this.audit({ type: 'cert.denied', success: false, code: e.code, message: e.message, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { kind, ...asked } })
-      throw e
+      denied = asMemidError(err)
     }
+    await this.#move(a, peer, `cert.${kind}`, (cur) => decideRequest(cur, a.claims.generation), () => [issued !== undefined
+      ? this.#issuedEvent(kind, a, peer, issued.res.serial, issued.ttlMs, describe(issued.res))
+      : { type: 'cert.denied', success: false, code: denied?.code, message: denied?.message, bot: a.bot.name, instance: a.instance.id, remoteAddr: peer.remoteAddr, fields: { kind, ...asked } }])
+    if (issued === undefined) throw denied as MemidError
+    return issued.res
   }
 
   issueSsh(req: SshCertRequest, peer: Peer): Promise<SshCertResponse> {

@@ -235,6 +235,30 @@ describe('generation state machine', () => {
     assert.ok(types.includes('renew') && types.filter((t) => t === 'cert.issued').length === 2, types.join(','))
   })
 
+  it('a certificate request is one durable commit: the instance\'s check and the certificate\'s audit row', async () => {
+    const w = await world()
+    const id = await joinBot(w)
+    w.writes.length = 0
+    const cert = await w.auth.issueSsh({ publicKey: newKey().publicKey, principals: ['deploy'] }, id.peer)
+    assert.deepEqual(w.writes, ['updateInstance'])
+    const issued = await w.store.queryAudit({ type: 'cert.issued' })
+    assert.ok(issued.some((e) => e.fields.kind === 'ssh' && e.fields.serial === cert.serial), 'its audit row')
+    w.writes.length = 0
+    await rejects(w.auth.issueSsh({ publicKey: newKey().publicKey, principals: ['root'] }, id.peer), 'ERR_ACCESS_DENIED')
+    assert.deepEqual(w.writes, ['updateInstance'], 'a denial too')
+    assert.equal((await w.store.queryAudit({ type: 'cert.denied' })).length, 1)
+  })
+
+  it('no certificate goes out without its audit row: when the row cannot be written the request fails', async () => {
+    const w = await world()
+    const id = await joinBot(w)
+    const heal = failInserts(w, 'audit_events', "NEW.type = 'cert.issued'")
+    await assert.rejects(w.auth.issueSsh({ publicKey: newKey().publicKey, principals: ['deploy'] }, id.peer), (e: unknown) => e instanceof MemidError)
+    heal()
+    assert.equal((await w.store.queryAudit({ type: 'cert.issued' })).filter((e) => e.fields.kind === 'ssh').length, 0)
+    assert.equal((await w.auth.issueSsh({ publicKey: newKey().publicKey, principals: ['deploy'] }, id.peer)).principals[0], 'deploy')
+  })
+
   it('a renewal whose audit rows cannot be written moves nothing', async () => {
     const w = await world()
     const id = await joinBot(w)
