@@ -268,6 +268,8 @@ interface Config {
   replicas: number
   /** The database server's CPU seconds so far, when it runs here. */
   dbCpu?: () => number
+  /** Its postmaster, when it runs here: its CPU is the bench's own, not foreign load. */
+  dbPid?: () => number | undefined
 }
 
 /** One auth server on a SQLite file in the run's directory. */
@@ -294,7 +296,7 @@ async function main(): Promise<void> {
     if (s === 'sqlite') configs.push(SQLITE)
     else if (s === 'postgres') {
       for (const r of replicaCounts) {
-        configs.push({ label: `PostgreSQL 15, ${r} replica${r > 1 ? 's' : ''}`, replicas: r, store: pgStore, ...(pgUrl === undefined ? { dbCpu: pgCpu } : {}) })
+        configs.push({ label: `PostgreSQL 15, ${r} replica${r > 1 ? 's' : ''}`, replicas: r, store: pgStore, ...(pgUrl === undefined ? { dbCpu: pgCpu, dbPid: () => pgServer?.pid() } : {}) })
       }
     } else throw new Error(`--storage: sqlite or postgres, got "${s}"`)
   }
@@ -357,7 +359,7 @@ async function throughput(config: Config): Promise<void> {
       return clients[i] as AuthClient
     }
     const pids = () => roles.map((r) => r.child.pid)
-    const load = new ForeignLoad(pids)
+    const load = new ForeignLoad(() => [...pids(), config.dbPid?.()])
     const serverCpu = () => pids().reduce((a: number, p) => a + cpuSeconds(p), 0)
 
     /** Runs `op` from `workers` loops for `seconds`; each worker keeps its own state. */
