@@ -399,12 +399,13 @@ async function throughput(config: Config): Promise<void> {
 
     const drop = (id: TestIdentity) => (id.caller.agent as https.Agent).destroy()
 
-    // The native client (bench/native/auth-load.c): the same keep-alive requests at a
-    // fraction of the Node client's CPU, so that the server gets more of the two cores.
+    // The native client (bench/native/auth-load.c): the same renewals and keep-alive
+    // requests at a fraction of the Node client's CPU, so that the server gets more of the two cores.
     const nativeLoad = clientKinds.includes('native') ? compileNative(dir, 'auth-load', ['-lssl', '-lcrypto']) : undefined
+    let nativeSets = 0
     /** `c` bots joined for the native client, each key and certificate in a file OpenSSL reads (in the bench's private dir). */
     const nativeIdentities = async (c: number): Promise<string> => {
-      const idDir = path.join(dir, `native-${c}`)
+      const idDir = path.join(dir, `native-${++nativeSets}`)
       mkdirSync(idDir, { mode: 0o700 })
       const client = await clientFor(0)
       writePem(idDir, { 'ca.pem': client.cas.tls })
@@ -415,8 +416,12 @@ async function throughput(config: Config): Promise<void> {
       }
       return idDir
     }
-    /** One native client per replica, each with its share of the `c` bots, for `seconds`; server CPU from when all are connected. */
-    const runNative = async (bin: string, idDir: string, c: number, reqPath: string, body: string): Promise<Result> => {
+    /**
+     * One native client per replica, each with its share of the `c` bots, for `seconds`:
+     * keep-alive requests of `reqPath` with `body`, or with 'renew' renewals (each with the
+     * heartbeat that confirms it, `body`). Server CPU from when every bot is connected.
+     */
+    const runNative = async (bin: string, idDir: string, c: number, reqPath: string | 'renew', body: string): Promise<Result> => {
       const bodyFile = path.join(idDir, 'body.json')
       writeFileSync(bodyFile, body, { mode: 0o600 })
       const shares = addrs.map((_a, r) => Math.floor(c / addrs.length) + (r < c % addrs.length ? 1 : 0))
@@ -427,7 +432,9 @@ async function throughput(config: Config): Promise<void> {
       const connected = new Promise<void>((resolve) => (allStarted = resolve))
       const runs = addrs.map((addr, r) => shares[r] === 0 ? Promise.resolve<Record<string, number> | undefined>(undefined) : new Promise<Record<string, number>>((resolve, reject) => {
         const first = shares.slice(0, r).reduce((a, b) => a + b, 0)
-        const child = spawn(bin, [addr.slice(addr.lastIndexOf(':') + 1), String(seconds), idDir, String(shares[r]), reqPath, bodyFile, String(first)], { stdio: ['ignore', 'pipe', 'inherit'] })
+        const common = [addr.slice(addr.lastIndexOf(':') + 1), String(seconds), idDir, String(shares[r])]
+        const args = reqPath === 'renew' ? ['renew', ...common, bodyFile, String(first)] : ['keepalive', ...common, reqPath, bodyFile, String(first)]
+        const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] })
         let out = ''
         child.stdout.setEncoding('utf8')
         child.stdout.on('data', (d: string) => {
@@ -517,6 +524,8 @@ async function throughput(config: Config): Promise<void> {
         }))
       }
       if (nativeLoad !== undefined) {
+        // Renewals first: their identities are then used up (each bot's last one is in the native client's memory only).
+        show('renew (native)', c, await runNative(nativeLoad, await nativeIdentities(c), c, 'renew', HEARTBEAT_BODY))
         const idDir = await nativeIdentities(c)
         show('heartbeat (native)', c, await runNative(nativeLoad, idDir, c, '/v1/heartbeat', HEARTBEAT_BODY))
         show('db cert (native)', c, await runNative(nativeLoad, idDir, c, '/v1/certs/db', JSON.stringify({ publicKey: newKey().publicKey, service: 'orders', username: 'app' })))
