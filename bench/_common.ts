@@ -120,15 +120,16 @@ export async function askTokens(role: Role, n: number): Promise<string[]> {
 }
 
 /**
- * Starts `script` again in role `role`. For the `memid` role, `MEMID_BENCH_CPU_PROF=DIR`
- * writes a V8 CPU profile and `MEMID_BENCH_NODE_FLAGS="…"` passes Node flags (e.g.
+ * Starts `script` again in role `role`, under node with `nodeFlags` (those the memid command
+ * the role stands for runs with). For the `memid` role, `MEMID_BENCH_CPU_PROF=DIR`
+ * writes a V8 CPU profile and `MEMID_BENCH_NODE_FLAGS="…"` passes more Node flags (e.g.
  * `--trace-gc`), to see where memid's time goes.
  */
-export function startRole(script: string, role: string, args: string[] = []): Role {
+export function startRole(script: string, role: string, args: string[] = [], nodeFlags: readonly string[] = []): Role {
   const memid = role === 'memid'
   const prof = memid && process.env.MEMID_BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.MEMID_BENCH_CPU_PROF] : []
   const flags = memid && process.env.MEMID_BENCH_NODE_FLAGS ? process.env.MEMID_BENCH_NODE_FLAGS.split(' ').filter(Boolean) : []
-  const child = spawn(process.execPath, [...prof, ...flags, script, '--role', role, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const child = spawn(process.execPath, [...nodeFlags, ...prof, ...flags, script, '--role', role, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   const queue: Record<string, unknown>[] = []
   const waiters: { resolve(m: Record<string, unknown>): void; reject(e: Error): void }[] = []
   let exited: Error | undefined

@@ -35,6 +35,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { AuthClient } from '../src/agent/auth-client.ts'
 import { buildClientContext } from '../src/pki/tls-context.ts'
+import { AUTH_NODE_FLAGS } from '../src/core/gc.ts'
 import { askTokens, benchCa, benchLeaf, cpuSeconds, median, startRole } from './_common.ts'
 import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { heartbeat, join, renew } from '../test/helpers/identity.ts'
@@ -47,7 +48,7 @@ async function main(): Promise<void> {
   const ops = (process.env.OP ?? 'renew').split(',')
   const dir = mkdtempSync(path.join(tmpdir(), 'memid-renew-profile-'))
   mkdirSync(path.join(dir, 'r0'), { mode: 0o700 })
-  const role = startRole(new URL('./auth.ts', import.meta.url).pathname, 'memid', ['--dir', path.join(dir, 'r0'), '--store', `sqlite:${path.join(dir, 'memid.db')}`, '--workers', '1', '--setup'])
+  const role = startRole(new URL('./auth.ts', import.meta.url).pathname, 'memid', ['--dir', path.join(dir, 'r0'), '--store', `sqlite:${path.join(dir, 'memid.db')}`, '--workers', '1', '--setup'], AUTH_NODE_FLAGS)
   const floor = ops.includes('floor') ? startRole(new URL(import.meta.url).pathname, 'floor') : undefined
   try {
     const m = await role.next() as { addr: string; caPin: string }

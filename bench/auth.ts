@@ -54,6 +54,7 @@ import { openStore } from '../src/storage/open.ts'
 import { instanceData } from '../src/storage/rows.ts'
 import type { BotInstance } from '../src/storage/store.ts'
 import { silentLogger } from '../src/core/log.ts'
+import { AUTH_NODE_FLAGS } from '../src/core/gc.ts'
 import { DIST_CLI, ForeignLoad, askTokens, benchCa, benchLeaf, compileNative, cpuSeconds, ensureDist, ensurePackages, freePort, keyValues, machineLine, requireTool, startRole, waitForPort, withBenchDir, writePem, type Role } from './_common.ts'
 import { serveFloor, type FloorMaterial } from './_floor.ts'
 import { startBenchPostgres, type BenchPostgres } from './_postgres.ts'
@@ -329,7 +330,8 @@ async function startReplicas(config: Config, dir: string, own: (c: Role['child']
     // Each replica its own admin socket directory; the first creates the CAs and the bot.
     const rdir = path.join(dir, `r${i}`)
     mkdirSync(rdir, { mode: 0o700 })
-    const role = startRole(new URL(import.meta.url).pathname, 'memid', ['--dir', rdir, '--store', spec, '--workers', values.workers as string, ...(i === 0 ? ['--setup'] : [])])
+    // Under the node flags `memid auth start` runs with.
+    const role = startRole(new URL(import.meta.url).pathname, 'memid', ['--dir', rdir, '--store', spec, '--workers', values.workers as string, ...(i === 0 ? ['--setup'] : [])], AUTH_NODE_FLAGS)
     own(role.child)
     const m = await role.next() as { addr: string; caPin: string }
     roles.push(role)

@@ -3,6 +3,7 @@ import path from 'node:path'
 import type { Command } from 'commander'
 import { MemidError } from '../core/errors.ts'
 import { hardenProcess } from '../core/harden.ts'
+import { AUTH_NODE_FLAGS } from '../core/gc.ts'
 import { parseDuration } from '../core/duration.ts'
 import { resolveDataDir } from '../config/paths.ts'
 import { EXIT_ERROR, EXIT_OK } from './exit.ts'
@@ -68,7 +69,7 @@ export function registerAuthCommands(program: Command): void {
     .option('--log-format <format>', 'json or text', undefined)
     .option('--workers <n>', 'API worker threads sharing the port (default: the number of CPUs)')
     .action(async (opts: { config?: string; dataDir?: string; listen?: string; storage?: string; clusterName?: string; logFormat?: string; workers?: string }) => {
-      hardenProcess()
+      hardenProcess(process.env, AUTH_NODE_FLAGS)
       const [{ loadAuthConfig, ensureDataDir }, { createLogger }, { openStore }, { startAuthServer }, { runUntilSignal }] = await Promise.all([
         import('../config/auth.ts'), import('../core/log.ts'), import('../storage/open.ts'), import('../auth/server.ts'), import('./run.ts'),
       ])

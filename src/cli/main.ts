@@ -1,4 +1,4 @@
-import { AGENT_NODE_FLAGS } from '../core/gc.ts'
+import { AGENT_NODE_FLAGS, AUTH_NODE_FLAGS } from '../core/gc.ts'
 import { hardenProcess } from '../core/harden.ts'
 import { exitWithError } from './exit.ts'
 
@@ -10,7 +10,7 @@ import { exitWithError } from './exit.ts'
 export function longRunningFlags(argv: string[]): readonly string[] | undefined {
   const [command, sub] = argv.slice(2)
   if (command === 'start' || command === 'dev') return AGENT_NODE_FLAGS
-  if (command === 'auth' && sub === 'start') return []
+  if (command === 'auth' && sub === 'start') return AUTH_NODE_FLAGS
   return undefined
 }
 

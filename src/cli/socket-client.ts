@@ -18,9 +18,11 @@ export async function socketRequest<T>(socketPath: string, method: string, path:
  */
 export async function socketPipe(socketPath: string, method: string, path: string, body: unknown, what: string, hint: string, out: NodeJS.WritableStream): Promise<void> {
   const res = await send(socketPath, method, path, body, what, hint)
-  if ((res.statusCode ?? 500) >= 300 || !String(res.headers['content-type'] ?? '').startsWith('application/json')) {
+  const json = String(res.headers['content-type'] ?? '').startsWith('application/json')
+  if ((res.statusCode ?? 500) >= 300 || !json) {
+    // An error status rejects here, with the error its body carries.
     await readAnswer(res, what)
-    throw new MemidError('ERR_INTERNAL', `${what} answered ${res.statusCode} without JSON`)
+    throw new MemidError('ERR_INTERNAL', `${what} answered ${res.statusCode}${json ? '' : ' without JSON'}`)
   }
   try {
     await pipeline(res, out, { end: false })

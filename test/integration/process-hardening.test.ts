@@ -10,7 +10,7 @@ import { readFileSync, readdirSync, readlinkSync } from 'node:fs'
 import https from 'node:https'
 import path from 'node:path'
 import { startAuth, startAgent, runMemid, tempDir, type AgentFixture, type AuthFixture } from '../fixtures/memid.ts'
-import { AGENT_NODE_FLAGS } from '../../src/core/gc.ts'
+import { AGENT_NODE_FLAGS, AUTH_NODE_FLAGS } from '../../src/core/gc.ts'
 
 /** TCP ports the process `pid` itself listens on (its own socket fds matched against /proc/net/tcp*). */
 function listeningPorts(pid: number): number[] {
@@ -92,11 +92,12 @@ describe('no debugger, no core file', () => {
     }
   })
 
-  it('memid start runs node with --expose-gc and a 2 MB young generation (a renewal\'s replaced keys and TLS contexts are freed within seconds, not at the next heap pressure)', () => {
+  it('memid start runs node with --expose-gc and a 2 MB young generation (a renewal\'s replaced keys and TLS contexts are freed within seconds, not at the next heap pressure); memid auth start with its heap growth bounded', () => {
     const argv = readFileSync(`/proc/${agent.process.proc.pid as number}/cmdline`, 'utf8').split('\0')
     for (const flag of AGENT_NODE_FLAGS) assert.ok(argv.includes(flag), `${flag} in ${argv.join(' ')}`)
     const authArgv = readFileSync(`/proc/${auth.process.proc.pid as number}/cmdline`, 'utf8').split('\0')
-    assert.ok(!authArgv.includes('--expose-gc'), 'the auth service keeps V8\'s defaults')
+    for (const flag of AUTH_NODE_FLAGS) assert.ok(authArgv.includes(flag), `${flag} in ${authArgv.join(' ')}`)
+    assert.ok(!authArgv.includes('--expose-gc'), 'not the agent\'s flags')
   })
 
   it('started under a core limit of 0 already (systemd LimitCORE=0), memid start keeps it and runs node --disable-sigusr1', async () => {
