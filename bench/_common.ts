@@ -106,6 +106,23 @@ export async function benchService(resolved: ResolvedService, deps: ServiceDeps<
   return slot.build({ logger: deps.logger, clock: deps.clock, metrics: deps.metrics, ...(group ? { workers: group } : {}) })
 }
 
+/**
+ * Starts a bench service and waits until every one of its threads serves. The service is up
+ * once its first thread listens and the others join the port as they load (`memid status`
+ * shows them "starting"); a bench that warmed up before they joined sent its warm-up to the
+ * first thread alone and measured the others' first requests cold (their code not yet
+ * compiled), in its first round's tail.
+ */
+export async function startAllThreads(svc: Service, timeoutMs = 30_000): Promise<void> {
+  await svc.start()
+  const until = Date.now() + timeoutMs
+  const starting = () => ((svc.describe?.().workers ?? []) as { status: string }[]).some((w) => w.status === 'starting')
+  while (starting()) {
+    if (Date.now() > until) throw new Error(`${svc.name}: not every thread serves after ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
 /** A child process running `script --role ROLE`, and the messages it sends, in order. */
 export interface Role {
   child: ChildProcess

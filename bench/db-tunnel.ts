@@ -25,7 +25,7 @@ import { defaultWorkers } from '../src/config/agent.ts'
 import { fileURLToPath } from 'node:url'
 import { sharedPeerOwners } from '../src/core/peer-owner.ts'
 import {
-  benchCa, benchLeaf, benchService, benchServiceDeps, compileNative, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
+  benchCa, benchLeaf, benchService, benchServiceDeps, compileNative, startAllThreads, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, keyValues,
   machineLine, median, nginxVersion, startNginx, startRole, waitForPort, quietRounds, withBenchDir, writePem, type ClientMaterial,
 } from './_common.ts'
 
@@ -62,7 +62,7 @@ async function serveMemid(): Promise<void> {
     ...(args['peer-check'] === 'off' ? { allowedUsers: ['*'] } : {}),
   }, 'bench')
   const svc = await benchService(resolved, benchServiceDeps('db', 'bench', [], m), Number(args.workers))
-  await svc.start()
+  await startAllThreads(svc)
   process.send?.({ address: svc.address })
   process.on('SIGTERM', () => void svc.stop(100).then(() => process.exit(0)))
 }

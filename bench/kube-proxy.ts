@@ -21,7 +21,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { defaultWorkers } from '../src/config/agent.ts'
 import {
-  benchCa, benchLeaf, benchService, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion,
+  benchCa, benchLeaf, benchService, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion, startAllThreads,
   requireTool, startKubectlProxy, startNginx, startRole, quietRounds, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
 } from './_common.ts'
 
@@ -54,7 +54,7 @@ async function serveMemid(): Promise<void> {
   const m = await firstMessage<ClientMaterial>()
   const resolved = kubeProxy.fromOptions({ type: 'kube-proxy', listen: '127.0.0.1:0', cluster: 'bench' }, 'bench')
   const svc = await benchService(resolved, benchServiceDeps('kube', 'bench-memid', ['bench'], m), Number(args.workers))
-  await svc.start()
+  await startAllThreads(svc)
   // MEMID_BENCH_ELD=1: how late the event loop ran over the whole bench (one loop: --workers 1).
   const eld = process.env.MEMID_BENCH_ELD ? monitorEventLoopDelay({ resolution: 1 }) : undefined
   eld?.enable()
