@@ -438,10 +438,13 @@ async function throughput(config: Config): Promise<void> {
         const args = reqPath === 'renew' ? ['renew', ...common, bodyFile, String(first)] : ['keepalive', ...common, reqPath, bodyFile, String(first)]
         const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] })
         let out = ''
+        let up = false
         child.stdout.setEncoding('utf8')
         child.stdout.on('data', (d: string) => {
           out += d
-          if (d.includes('start\n') && ++started === shares.filter((n) => n > 0).length) {
+          if (up || !out.includes('start\n')) return
+          up = true
+          if (++started === shares.filter((n) => n > 0).length) {
             cpu0 = serverCpu()
             db0 = config.dbCpu?.()
             load.begin()
