@@ -7,30 +7,17 @@ import http from 'node:http'
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { AdminService } from '../../src/auth/admin.ts'
-import { adminRouter } from '../../src/auth/admin-socket.ts'
 import { SqliteStore } from '../../src/storage/sqlite.ts'
-import { systemClock } from '../../src/core/clock.ts'
 import { memidBin, runMemid } from '../fixtures/memid.ts'
 import { acceptUnused, instance, token } from '../helpers/store-contract.ts'
+import { adminRaw, serveAdmin } from '../helpers/admin-socket.ts'
 
 let dir: string
 let store: SqliteStore
-let server: http.Server
+let server: { close(): Promise<void> }
 
 /** What the admin socket answers, unparsed. */
-function raw(sock: string, p: string, body?: unknown): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body)
-    const req = http.request({ agent: false, socketPath: sock, path: p, method: payload === undefined ? 'GET' : 'POST', headers: payload ? { 'content-type': 'application/json' } : {} }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
-    })
-    req.on('error', reject)
-    req.end(payload)
-  })
-}
+const raw = async (sock: string, p: string, body?: unknown) => (await adminRaw(sock, p, body)).text
 
 before(async () => {
   dir = mkdtempSync(path.join(tmpdir(), 'memid-cli-listing-'))
@@ -41,13 +28,10 @@ before(async () => {
     await store.consumeToken(name, acceptUnused(instance(name, { bot: 'ci', createdAt: new Date(Date.UTC(2030, 0, 1) + k * 1000).toISOString() })))
     await store.appendAudit({ type: 'join', success: true, bot: 'ci', fields: { k } })
   }
-  const router = adminRouter(new AdminService({ store, clock: systemClock, audit: async (ev) => void (await store.appendAudit(ev)) }))
-  server = http.createServer((req, res) => void router.handle(req, res))
-  await new Promise<void>((resolve) => server.listen(path.join(dir, 'admin.sock'), resolve))
+  server = await serveAdmin(store, path.join(dir, 'admin.sock'))
 })
 after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await server.close()
   await store.close()
   rmSync(dir, { recursive: true, force: true })
 })

@@ -3,20 +3,18 @@ import { randomUUID } from 'node:crypto'
 // and an event loop that keeps serving while a big listing runs.
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import http from 'node:http'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { AdminService } from '../../../src/auth/admin.ts'
-import { LISTING_CHUNK, adminRouter } from '../../../src/auth/admin-socket.ts'
+import { LISTING_CHUNK } from '../../../src/auth/admin-socket.ts'
 import { SqliteStore } from '../../../src/storage/sqlite.ts'
-import { systemClock } from '../../../src/core/clock.ts'
 import type { BotInstance, Page, Store } from '../../../src/storage/store.ts'
 import { acceptUnused, instance, token } from '../../helpers/store-contract.ts'
+import { adminRaw, serveAdmin } from '../../helpers/admin-socket.ts'
 
 let dir: string
 let store: Store
-let server: http.Server
+let server: { close(): Promise<void> }
 let sock: string
 let made = 0
 /** The page reads the admin API made of the store: method and limit. */
@@ -39,20 +37,7 @@ async function get(p: string, body?: unknown): Promise<{ status: number; json: a
 }
 
 /** The response unparsed: parsing megabytes of JSON here would stall the loop being measured. */
-function getRaw(p: string, body?: unknown): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body)
-    const req = http.request({ agent: false, socketPath: sock, path: p, method: payload === undefined ? 'GET' : 'POST', headers: payload ? { 'content-type': 'application/json' } : {} }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => {
-        resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') })
-      })
-    })
-    req.on('error', reject)
-    req.end(payload)
-  })
-}
+const getRaw = (p: string, body?: unknown) => adminRaw(sock, p, body)
 
 before(async () => {
   dir = mkdtempSync(path.join(tmpdir(), 'memid-admin-listing-'))
@@ -67,15 +52,11 @@ before(async () => {
       }
     },
   })
-  const admin = new AdminService({ store, clock: systemClock, audit: async (ev) => void (await store.appendAudit(ev)) })
-  const router = adminRouter(admin)
-  server = http.createServer((req, res) => void router.handle(req, res))
   sock = path.join(dir, 'admin.sock')
-  await new Promise<void>((resolve) => server.listen(sock, resolve))
+  server = await serveAdmin(store, sock)
 })
 after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await server.close()
   await store.close()
   rmSync(dir, { recursive: true, force: true })
 })
