@@ -4,7 +4,7 @@ import { MemidError } from '../core/errors.ts'
 import { hostPort } from '../core/listener.ts'
 import { POSTGRES, SCHEMA_MIGRATIONS_DDL, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  BOT_AND_INSTANCE_SQL, auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, botOfJoinedRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
+  BOT_AND_INSTANCE_SQL, auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botAndInstanceFromRow, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -311,12 +311,7 @@ export class PostgresStore implements Store {
 
   async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
     const r = await this.#get(BOT_AND_INSTANCE_SQL, bot, instanceId)
-    if (r === undefined) return {}
-    const out: { bot?: Bot; instance?: BotInstance } = {}
-    const b = botOfJoinedRow(r)
-    if (b !== undefined) out.bot = b
-    if (r.id !== null) out.instance = instanceFromRow(r)
-    return out
+    return r === undefined ? {} : botAndInstanceFromRow(r)
   }
 
   async listInstances(bot?: string): Promise<BotInstance[]> {

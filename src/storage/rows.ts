@@ -92,9 +92,12 @@ export function tokenFromRow(r: Row): JoinToken {
 export const BOT_AND_INSTANCE_SQL = 'SELECT b.id AS b_id, b.name AS b_name, b.roles AS b_roles, b.max_ttl_ms AS b_max_ttl_ms, b.created_at AS b_created_at, i.*'
   + ' FROM (SELECT 1) AS one LEFT JOIN bots b ON b.name = $1 LEFT JOIN bot_instances i ON i.id = $2'
 
-/** The bot of a BOT_AND_INSTANCE_SQL row, if it exists. */
-export function botOfJoinedRow(r: Row): Bot | undefined {
-  return r.b_name === null ? undefined : botFromRow({ id: r.b_id, name: r.b_name, roles: r.b_roles, max_ttl_ms: r.b_max_ttl_ms, created_at: r.b_created_at })
+/** The bot and the instance of a BOT_AND_INSTANCE_SQL row, each when it exists; `instanceOf` reads the instance's columns. */
+export function botAndInstanceFromRow(r: Row, instanceOf: (r: Row) => BotInstance = instanceFromRow): { bot?: Bot; instance?: BotInstance } {
+  const out: { bot?: Bot; instance?: BotInstance } = {}
+  if (r.b_name !== null) out.bot = botFromRow({ id: r.b_id, name: r.b_name, roles: r.b_roles, max_ttl_ms: r.b_max_ttl_ms, created_at: r.b_created_at })
+  if (r.id !== null) out.instance = instanceOf(r)
+  return out
 }
 
 /** The `data` column of an instance, with its histories capped to INSTANCE_HISTORY. */

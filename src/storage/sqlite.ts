@@ -3,7 +3,7 @@ import { chmodSync, existsSync, fsync, openSync, closeSync } from 'node:fs'
 import { MemidError } from '../core/errors.ts'
 import { SCHEMA_MIGRATIONS_DDL, SQLITE, checkSchemaVersion, migrations } from './migrations.ts'
 import {
-  BOT_AND_INSTANCE_SQL, auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botFromRow, botOfJoinedRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, instanceRowIs, lockFromRow,
+  BOT_AND_INSTANCE_SQL, auditFromRow, auditPageFromRows, auditPageQuery, auditQuery, botAndInstanceFromRow, botFromRow, pageFromRows, pageQuery, caFromRow, instanceData, instanceFromRow, instanceJsonFromRow, instanceRowIs, lockFromRow,
   resourceCaFromRow, resourceFromRow, resourceLabel, roleFromRow, roleSpec, tokenColumns, tokenFromRow, type Row,
 } from './rows.ts'
 import type {
@@ -373,9 +373,7 @@ export class SqliteStore implements Store {
 
   async getBotAndInstance(bot: string, instanceId: string): Promise<{ bot?: Bot; instance?: BotInstance }> {
     // One statement for both: two were a tenth of a keep-alive heartbeat's CPU.
-    const r = this.#get(BOT_AND_INSTANCE, bot, instanceId) as Row
-    const b = botOfJoinedRow(r)
-    return { ...(b ? { bot: b } : {}), ...(r.id !== null ? { instance: this.#instance(r) } : {}) }
+    return botAndInstanceFromRow(this.#get(BOT_AND_INSTANCE, bot, instanceId) as Row, (r) => this.#instance(r))
   }
 
   async listInstances(bot?: string): Promise<BotInstance[]> {
