@@ -123,6 +123,28 @@ export async function startAllThreads(svc: Service, timeoutMs = 30_000): Promise
   }
 }
 
+/**
+ * Child side: answers `{ accepted: true }` with the connections each of the service's
+ * threads accepted so far (after the threads' next state report), so the parent can show
+ * how new connections were spread over the threads.
+ */
+export function answerAccepted(svc: Service): void {
+  process.on('message', (m: { accepted?: boolean }) => {
+    if (m.accepted !== true) return
+    setTimeout(() => {
+      const workers = (svc.describe?.().workers ?? []) as { accepted: number }[]
+      process.send?.({ accepted: workers.map((w) => w.accepted) })
+    }, 600)
+  })
+}
+
+/** Parent side: what each thread accepted since `before` (a role child that runs `answerAccepted`), as `17/16`. */
+export async function acceptedSince(role: Role, before: number[]): Promise<{ now: number[]; split: string }> {
+  role.child.send({ accepted: true })
+  const now = (await role.next()).accepted as number[]
+  return { now, split: now.map((n, i) => n - (before[i] ?? 0)).join('/') }
+}
+
 /** A child process running `script --role ROLE`, and the messages it sends, in order. */
 export interface Role {
   child: ChildProcess

@@ -16,12 +16,14 @@
  * TLS-less figure to beat there; it is the ceiling of this machine's loopback).
  *
  * The fixture-based figure (a Node TLS sink) stays in bench/db-tunnel-node-sink.ts.
+ * memid runs under the Node flags `memid start` runs with (`AGENT_NODE_FLAGS`).
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { defaultWorkers } from '../src/config/agent.ts'
+import { AGENT_NODE_FLAGS } from '../src/core/gc.ts'
 import { fileURLToPath } from 'node:url'
 import { sharedPeerOwners } from '../src/core/peer-owner.ts'
 import {
@@ -111,7 +113,7 @@ async function main(): Promise<void> {
     // memid's tunnel in its own process, given the client credential over IPC; resolves to it and its port.
     const workers = args.workers ?? String(defaultWorkers())
     const startMemid = async (extra: string[] = []) => {
-      const role = startRole(SELF, 'memid', ['--workers', workers, ...extra])
+      const role = startRole(SELF, 'memid', ['--workers', workers, ...extra], AGENT_NODE_FLAGS)
       own(role.child)
       role.child.send({
         ...memidClient, serverCaPem: serverCa.certPem, uri: `tls://127.0.0.1:${tlsPort}`, host: '127.0.0.1', port: tlsPort,

@@ -12,6 +12,11 @@
  * of 32 × 1 KB chunks, each flushed on its own by nginx's echo module, as a watch delivers
  * events). The fixture-based figure (the Node test API server) stays in
  * bench/kube-proxy-fixture.ts.
+ *
+ * memid runs under the Node flags `memid start` runs with (`AGENT_NODE_FLAGS`: the small
+ * young generation changes how often and how long the threads pause to collect), and each
+ * memid row is followed by how wrk's connections were spread over memid's threads in each
+ * round (the kernel hashes each new connection to one thread's listener).
  */
 import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
@@ -20,8 +25,9 @@ import { fileURLToPath } from 'node:url'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { defaultWorkers } from '../src/config/agent.ts'
+import { AGENT_NODE_FLAGS } from '../src/core/gc.ts'
 import {
-  benchCa, benchLeaf, benchService, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion, startAllThreads,
+  acceptedSince, answerAccepted, benchCa, benchLeaf, benchService, benchServiceDeps, cpuSeconds, ensurePackages, NGINX_PACKAGES, firstMessage, ForeignLoad, freePort, machineLine, median, nginxVersion, startAllThreads,
   requireTool, startKubectlProxy, startNginx, startRole, quietRounds, withBenchDir, writePem, wrkLatencies, type ClientMaterial,
 } from './_common.ts'
 
@@ -55,6 +61,7 @@ async function serveMemid(): Promise<void> {
   const resolved = kubeProxy.fromOptions({ type: 'kube-proxy', listen: '127.0.0.1:0', cluster: 'bench' }, 'bench')
   const svc = await benchService(resolved, benchServiceDeps('kube', 'bench-memid', ['bench'], m), Number(args.workers))
   await startAllThreads(svc)
+  answerAccepted(svc)
   // MEMID_BENCH_ELD=1: how late the event loop ran over the whole bench (one loop: --workers 1).
   const eld = process.env.MEMID_BENCH_ELD ? monitorEventLoopDelay({ resolution: 1 }) : undefined
   eld?.enable()
@@ -115,7 +122,7 @@ async function main(): Promise<void> {
     })
 
     const workers = args.workers ?? String(defaultWorkers())
-    const memid = startRole(SELF, 'memid', ['--workers', workers])
+    const memid = startRole(SELF, 'memid', ['--workers', workers], AGENT_NODE_FLAGS)
     own(memid.child)
     memid.child.send(await material('bench-memid'))
     const memidBase = `http://${String((await memid.next()).address)}`
@@ -125,26 +132,35 @@ async function main(): Promise<void> {
     type Party = 'memid' | 'kubectl' | 'direct'
     const base: Record<Party, string> = { memid: memidBase, kubectl: kp.url, direct: `http://127.0.0.1:${plainPort}` }
     const pid: Record<Party, number | undefined> = { memid: memid.child.pid, kubectl: kp.child.pid, direct: nginx.pid }
-    interface Sample { rate: number; p50: number; p99: number; cpu: number }
+    interface Sample { rate: number; p50: number; p99: number; cpu: number; split?: string }
     const tests = { small: SMALL_PATH, stream: STREAM_PATH }
     const samples: Record<keyof typeof tests, Record<Party, Sample[]>> = {
       small: { memid: [], kubectl: [], direct: [] }, stream: { memid: [], kubectl: [], direct: [] },
     }
+    let accepted: number[] = []
     const measure = (test: keyof typeof tests, who: Party, secs = seconds): Sample => {
       const c0 = cpuSeconds(pid[who])
       const out = wrk(`${base[who]}${tests[test]}`, secs, connections)
       return { ...out, cpu: ((cpuSeconds(pid[who]) - c0) / (out.rate * secs)) * 1e6 }
     }
+    /** memid's run, with how its threads shared wrk's connections. */
+    const measureMemid = async (test: keyof typeof tests, secs = seconds): Promise<Sample> => {
+      const sample = measure(test, 'memid', secs)
+      const { now, split } = await acceptedSince(memid, accepted)
+      accepted = now
+      return { ...sample, split }
+    }
     // Warm up: TLS handshakes, upstream connections, JIT.
     for (const who of ['memid', 'kubectl', 'direct'] as const) for (const test of TESTS) measure(test, who, 1)
+    accepted = (await acceptedSince(memid, [])).now
 
     const foreign = new ForeignLoad(() => [memid.child.pid, kp.child.pid, nginx.pid])
     // memid and kubectl proxy take turns going first; direct, the limit, always goes last.
     const waited = await quietRounds({
       rounds, quietWaitMs, foreign,
-      round(r) {
+      async round(r) {
         const order: Party[] = r % 2 === 0 ? ['memid', 'kubectl', 'direct'] : ['kubectl', 'memid', 'direct']
-        for (const test of TESTS) for (const who of order) samples[test][who].push(measure(test, who))
+        for (const test of TESTS) for (const who of order) samples[test][who].push(who === 'memid' ? await measureMemid(test) : measure(test, who))
       },
     })
 
@@ -158,7 +174,8 @@ async function main(): Promise<void> {
         const m = { rate: median(xs.map((x) => x.rate)), p50: median(xs.map((x) => x.p50)), p99: median(xs.map((x) => x.p99)), cpu: median(xs.map((x) => x.cpu)) }
         med[who] = m
         const cpu = who === 'direct' ? '   (wrk straight to nginx over plain HTTP: the upstream limit)' : `  CPU ${m.cpu.toFixed(0)} µs/request`
-        console.log(`  ${who.padEnd(8)} ${m.rate.toFixed(0)} req/s (${xs.map((x) => x.rate.toFixed(0)).join(', ')})  p50 ${m.p50.toFixed(2)} ms p99 ${m.p99.toFixed(2)} ms${cpu}`)
+        console.log(`  ${who.padEnd(8)} ${m.rate.toFixed(0)} req/s (${xs.map((x) => x.rate.toFixed(0)).join(', ')})  p50 ${m.p50.toFixed(2)} ms p99 ${m.p99.toFixed(2)} ms (${xs.map((x) => x.p99.toFixed(1)).join(', ')})${cpu}`)
+        if (who === 'memid' && xs.length > 0 && xs[0]?.split?.includes('/')) console.log(`           wrk's connections per memid thread: ${xs.map((x) => x.split).join(', ')}`)
       }
       const a = med.memid as Sample
       const b = med.kubectl as Sample
