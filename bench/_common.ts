@@ -134,9 +134,12 @@ export function answerAccepted(svc: Service): void {
     setTimeout(() => {
       const workers = (svc.describe?.().workers ?? []) as { accepted: number }[]
       process.send?.({ accepted: workers.map((w) => w.accepted) })
-    }, 600)
+    }, THREAD_REPORT_WAIT_MS)
   })
 }
+
+/** A thread reports its counts every 500 ms (`STATE_EVERY_MS` in src/services/data-plane-worker.ts). */
+const THREAD_REPORT_WAIT_MS = 600
 
 /** Parent side: what each thread accepted since `before` (a role child that runs `answerAccepted`), as `17/16`. */
 export async function acceptedSince(role: Role, before: number[]): Promise<{ now: number[]; split: string }> {

@@ -175,7 +175,7 @@ async function main(): Promise<void> {
         med[who] = m
         const cpu = who === 'direct' ? '   (wrk straight to nginx over plain HTTP: the upstream limit)' : `  CPU ${m.cpu.toFixed(0)} µs/request`
         console.log(`  ${who.padEnd(8)} ${m.rate.toFixed(0)} req/s (${xs.map((x) => x.rate.toFixed(0)).join(', ')})  p50 ${m.p50.toFixed(2)} ms p99 ${m.p99.toFixed(2)} ms (${xs.map((x) => x.p99.toFixed(1)).join(', ')})${cpu}`)
-        if (who === 'memid' && xs.length > 0 && xs[0]?.split?.includes('/')) console.log(`           wrk's connections per memid thread: ${xs.map((x) => x.split).join(', ')}`)
+        if (who === 'memid' && xs[0]?.split?.includes('/')) console.log(`           wrk's connections per memid thread: ${xs.map((x) => x.split).join(', ')}`)
       }
       const a = med.memid as Sample
       const b = med.kubectl as Sample

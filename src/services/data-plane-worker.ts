@@ -22,7 +22,7 @@ const init = workerData as DataPlaneInit
 const send = (m: FromDataPlane) => port.postMessage(m)
 const log = createLogger({ level: init.logLevel, sink: { write: (line) => send({ type: 'log', line }) } })
 
-/** How often each service's health and counters are compared with what it last reported. */
+/** How often each service's health and counters are compared with what it last reported (bench/_common.ts waits a little longer for them). */
 const STATE_EVERY_MS = 500
 
 /** One service in this thread. Messages that change it run one after another on `chain`. */
